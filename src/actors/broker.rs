@@ -1,0 +1,460 @@
+//! `EventBroker`: fan-out of gateway events to subscribers.
+//!
+//! **Owns:** the bridge's own event id counter (monotonic for the process),
+//! a ring buffer of the last `events.buffer` events for resume, and the
+//! subscribers, each with a bounded queue and a filter.
+//!
+//! **Handles:** [`EventMsg`] (from `GatewayConnection`), [`LinkChanged`] (from
+//! `Supervisor`: `bridge.connected` / `bridge.disconnected`), [`Subscribe`] /
+//! [`BrokerStats`] (from the HTTP API).
+//!
+//! **Never waits for a subscriber:** each delivery is a `try_send`. A full
+//! queue marks the subscriber lagged (one `sse.subscriber_lagged` log, a
+//! count of dropped events); when its queue has room again it first gets a
+//! `bridge.gap` message naming the missed id range, so a loss is never silent.
+//! A subscriber whose receiver is gone is removed.
+//!
+//! **On stop:** subscribers' channels close, so their streams end.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use actix::prelude::{Actor, Context, Handler, Message, MessageResult};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::messages::{EventMsg, LinkChanged};
+use crate::protocol::GatewayEvent;
+use crate::telemetry::events as ev;
+
+/// One message as subscribers get it, rendered once for all of them.
+#[derive(Debug)]
+pub struct BrokerItem {
+    /// The bridge's event id (SSE `id:`).
+    pub id: u64,
+    /// The gateway event name, or `bridge.*`.
+    pub name: String,
+    pub agent_id: Option<String>,
+    pub run_id: Option<String>,
+    /// `{"seq": …, "payload": …}`: the SSE `data:` line.
+    pub data: String,
+}
+
+/// What a subscriber wants. Empty means everything.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub events: Vec<String>,
+    pub agent: Option<String>,
+    pub run: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, item: &BrokerItem) -> bool {
+        // Bridge lifecycle and gap messages reach every subscriber.
+        if item.name.starts_with("bridge.") {
+            return true;
+        }
+        if !self.events.is_empty() && !self.events.contains(&item.name) {
+            return false;
+        }
+        if let Some(a) = &self.agent {
+            if item.agent_id.as_deref() != Some(a.as_str()) {
+                return false;
+            }
+        }
+        if let Some(r) = &self.run {
+            if item.run_id.as_deref() != Some(r.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Subscribe; with `since`, replay the buffered events after that id first.
+#[derive(Debug, Message)]
+#[rtype(result = "Subscription")]
+pub struct Subscribe {
+    pub filter: Filter,
+    pub since: Option<u64>,
+    /// A name for logs (e.g. the peer address).
+    pub label: String,
+}
+
+pub struct Subscription {
+    pub id: u64,
+    pub rx: mpsc::Receiver<Arc<BrokerItem>>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    pub subscribers: usize,
+    pub lagged_subscribers: usize,
+    pub last_event_id: u64,
+    pub buffered: usize,
+    pub dropped_total: u64,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Stats")]
+pub struct BrokerStats;
+
+struct Subscriber {
+    tx: mpsc::Sender<Arc<BrokerItem>>,
+    filter: Filter,
+    label: String,
+    /// First id not delivered since the queue overflowed.
+    lagged_from: Option<u64>,
+    dropped: u64,
+}
+
+pub struct EventBroker {
+    next_id: u64,
+    ring: VecDeque<Arc<BrokerItem>>,
+    ring_cap: usize,
+    queue: usize,
+    subscribers: HashMap<u64, Subscriber>,
+    next_sub: u64,
+    dropped_total: u64,
+}
+
+impl EventBroker {
+    pub fn new(buffer: usize, subscriber_queue: usize) -> Self {
+        EventBroker {
+            next_id: 1,
+            ring: VecDeque::with_capacity(buffer.min(65_536)),
+            ring_cap: buffer.max(1),
+            queue: subscriber_queue.max(1),
+            subscribers: HashMap::new(),
+            next_sub: 1,
+            dropped_total: 0,
+        }
+    }
+
+    fn publish(
+        &mut self,
+        name: String,
+        agent_id: Option<String>,
+        run_id: Option<String>,
+        data: String,
+    ) {
+        let item = Arc::new(BrokerItem {
+            id: self.next_id,
+            name,
+            agent_id,
+            run_id,
+            data,
+        });
+        self.next_id += 1;
+        if self.ring.len() == self.ring_cap {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(item.clone());
+        let mut closed = Vec::new();
+        for (sid, sub) in self.subscribers.iter_mut() {
+            if !sub.filter.matches(&item) {
+                continue;
+            }
+            if let Some(from) = sub.lagged_from {
+                let gap = gap_item(from, item.id - 1, sub.dropped);
+                match sub.tx.try_send(Arc::new(gap)) {
+                    Ok(()) => {
+                        sub.lagged_from = None;
+                        sub.dropped = 0;
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.dropped += 1;
+                        self.dropped_total += 1;
+                        continue;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        closed.push(*sid);
+                        continue;
+                    }
+                }
+            }
+            match sub.tx.try_send(item.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.lagged_from = Some(item.id);
+                    sub.dropped = 1;
+                    self.dropped_total += 1;
+                    tracing::warn!(event = ev::SSE_SUBSCRIBER_LAGGED, subscriber = %sub.label, subscriber_id = *sid, dropped = 1u64, queue = self.queue, "subscriber is not keeping up; skipping events for it (it gets a bridge.gap message)");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*sid),
+            }
+        }
+        for sid in closed {
+            self.subscribers.remove(&sid);
+        }
+    }
+}
+
+fn gap_item(from: u64, to: u64, dropped: u64) -> BrokerItem {
+    BrokerItem {
+        id: to,
+        name: "bridge.gap".into(),
+        agent_id: None,
+        run_id: None,
+        data: json!({"seq": null, "payload": {"from": from, "to": to, "dropped": dropped}})
+            .to_string(),
+    }
+}
+
+/// `{"seq":N|null,"payload":…}` without re-parsing the payload.
+pub fn render_data(event: &GatewayEvent) -> String {
+    let payload = event.payload_json();
+    let mut s = String::with_capacity(payload.len() + 32);
+    s.push_str("{\"seq\":");
+    match event.seq {
+        Some(n) => s.push_str(&n.to_string()),
+        None => s.push_str("null"),
+    }
+    s.push_str(",\"payload\":");
+    s.push_str(payload);
+    s.push('}');
+    s
+}
+
+impl Actor for EventBroker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(65_536);
+    }
+}
+
+impl Handler<EventMsg> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, EventMsg(event): EventMsg, _: &mut Context<Self>) {
+        let data = render_data(&event);
+        self.publish(
+            event.name.clone(),
+            event.agent_id().map(str::to_owned),
+            event.run_id().map(str::to_owned),
+            data,
+        );
+    }
+}
+
+impl Handler<LinkChanged> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkChanged, _: &mut Context<Self>) {
+        let name = if msg.connected {
+            "bridge.connected"
+        } else {
+            "bridge.disconnected"
+        };
+        let data = json!({"seq": Value::Null, "payload": msg.detail}).to_string();
+        self.publish(name.into(), None, None, data);
+    }
+}
+
+impl Handler<Subscribe> for EventBroker {
+    type Result = MessageResult<Subscribe>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        let mut replay: Vec<Arc<BrokerItem>> = Vec::new();
+        if let Some(since) = msg.since {
+            let oldest = self.ring.front().map_or(self.next_id, |i| i.id);
+            if since + 1 < oldest && since + 1 < self.next_id {
+                replay.push(Arc::new(gap_item(
+                    since + 1,
+                    oldest - 1,
+                    oldest - 1 - since,
+                )));
+            }
+            replay.extend(
+                self.ring
+                    .iter()
+                    .filter(|i| i.id > since && msg.filter.matches(i))
+                    .cloned(),
+            );
+        }
+        let (tx, rx) = mpsc::channel(self.queue + replay.len());
+        for item in replay {
+            // Capacity was sized for the replay: this cannot be full.
+            let _ = tx.try_send(item);
+        }
+        let id = self.next_sub;
+        self.next_sub += 1;
+        self.subscribers.insert(
+            id,
+            Subscriber {
+                tx,
+                filter: msg.filter,
+                label: msg.label,
+                lagged_from: None,
+                dropped: 0,
+            },
+        );
+        MessageResult(Subscription { id, rx })
+    }
+}
+
+impl Handler<BrokerStats> for EventBroker {
+    type Result = MessageResult<BrokerStats>;
+
+    fn handle(&mut self, _: BrokerStats, _: &mut Context<Self>) -> Self::Result {
+        self.subscribers.retain(|_, s| !s.tx.is_closed());
+        MessageResult(Stats {
+            subscribers: self.subscribers.len(),
+            lagged_subscribers: self
+                .subscribers
+                .values()
+                .filter(|s| s.lagged_from.is_some())
+                .count(),
+            last_event_id: self.next_id - 1,
+            buffered: self.ring.len(),
+            dropped_total: self.dropped_total,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{decode, Inbound};
+    use actix::Actor;
+
+    fn ev(name: &str, agent: &str, run: &str) -> EventMsg {
+        let text = format!(
+            r#"{{"type":"event","event":"{name}","seq":1,"payload":{{"runId":"{run}","agentId":"{agent}","stream":"assistant"}}}}"#
+        );
+        match decode(&text).unwrap() {
+            Inbound::Event(f) => EventMsg(Arc::new(GatewayEvent::from_frame(&f).0)),
+            _ => panic!(),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn filters_and_order() {
+        let b = EventBroker::new(100, 10).start();
+        let mut all = b
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: None,
+                label: "all".into(),
+            })
+            .await
+            .unwrap();
+        let mut only_b = b
+            .send(Subscribe {
+                filter: Filter {
+                    agent: Some("b".into()),
+                    ..Default::default()
+                },
+                since: None,
+                label: "b".into(),
+            })
+            .await
+            .unwrap();
+        for (a, r) in [("a", "r1"), ("b", "r2"), ("a", "r1"), ("b", "r3")] {
+            b.send(ev("agent", a, r)).await.unwrap();
+        }
+        let ids: Vec<u64> = (0..4).map(|_| all.rx.try_recv().unwrap().id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        let got: Vec<(u64, Option<String>)> = (0..2)
+            .map(|_| {
+                let i = only_b.rx.try_recv().unwrap();
+                (i.id, i.run_id.clone())
+            })
+            .collect();
+        assert_eq!(got, vec![(2, Some("r2".into())), (4, Some("r3".into()))]);
+        assert!(only_b.rx.try_recv().is_err());
+    }
+
+    #[actix_rt::test]
+    async fn stalled_subscriber_is_skipped_then_told_the_gap() {
+        let b = EventBroker::new(100, 2).start();
+        let mut slow = b
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: None,
+                label: "slow".into(),
+            })
+            .await
+            .unwrap();
+        let mut fast = b
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: None,
+                label: "fast".into(),
+            })
+            .await
+            .unwrap();
+        for i in 0..5 {
+            b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
+            // the fast one keeps up
+            assert_eq!(fast.rx.recv().await.unwrap().id, i + 1);
+        }
+        let stats = b.send(BrokerStats).await.unwrap();
+        assert_eq!(stats.lagged_subscribers, 1);
+        assert_eq!(stats.dropped_total, 3);
+        assert_eq!(slow.rx.try_recv().unwrap().id, 1);
+        assert_eq!(slow.rx.try_recv().unwrap().id, 2);
+        b.send(ev("agent", "a", "r5")).await.unwrap();
+        let gap = slow.rx.try_recv().unwrap();
+        assert_eq!(gap.name, "bridge.gap");
+        let v: Value = serde_json::from_str(&gap.data).unwrap();
+        assert_eq!(v["payload"], json!({"from": 3, "to": 5, "dropped": 3}));
+        assert_eq!(slow.rx.try_recv().unwrap().id, 6);
+    }
+
+    #[actix_rt::test]
+    async fn resume_from_buffer_and_gap_when_evicted() {
+        let b = EventBroker::new(3, 10).start();
+        for i in 0..5 {
+            b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
+        }
+        // ids 3,4,5 are buffered
+        let mut s = b
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: Some(3),
+                label: "x".into(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(s.rx.try_recv().unwrap().id, 4);
+        assert_eq!(s.rx.try_recv().unwrap().id, 5);
+        assert!(s.rx.try_recv().is_err());
+        let mut s = b
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: Some(0),
+                label: "y".into(),
+            })
+            .await
+            .unwrap();
+        let gap = s.rx.try_recv().unwrap();
+        assert_eq!(gap.name, "bridge.gap");
+        let v: Value = serde_json::from_str(&gap.data).unwrap();
+        assert_eq!(v["payload"]["from"], 1);
+        assert_eq!(v["payload"]["to"], 2);
+        assert_eq!(s.rx.try_recv().unwrap().id, 3);
+    }
+
+    #[test]
+    fn data_line_shape() {
+        let EventMsg(e) = ev("agent", "a", "r");
+        let v: Value = serde_json::from_str(&render_data(&e)).unwrap();
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["payload"]["runId"], "r");
+    }
+}
+
+/// Drop every subscriber (shutdown): their streams end cleanly.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CloseAll;
+
+impl Handler<CloseAll> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseAll, _: &mut Context<Self>) {
+        self.subscribers.clear();
+    }
+}

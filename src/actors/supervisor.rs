@@ -1,0 +1,617 @@
+//! `Supervisor`: the gateway link's lifecycle, and the stable address the rest
+//! of the program talks to.
+//!
+//! **Owns:** the current `GatewayConnection` (if any) and its generation
+//! number, the link state machine (connecting → connected → backoff / parked),
+//! the retry schedule (full-jitter [`Backoff`](crate::backoff::Backoff), reset
+//! only after a stable session), the last error, the last `bootId`.
+//!
+//! **Handles:** [`Send`] from the HTTP API / CLI (forwarded to the live
+//! connection, or refused at once with `NotConnected` carrying the state and
+//! next attempt time: nothing is queued or replayed), [`GetStatus`] (for
+//! `/readyz`), [`WaitReady`] (CLI), [`RetryNow`] (SIGHUP), [`Shutdown`];
+//! and from its connection [`ConnectionUp`], [`ConnectionDown`], [`SeqGap`].
+//!
+//! **Sends:** [`LinkChanged`] to the registry and broker; after each hello-ok
+//! and each seq gap it fetches `agents.list` and hands it to the registry.
+//!
+//! **Restarts:** it never reuses a connection: every attempt is a fresh
+//! `GatewayConnection` (fresh socket, handshake, empty pending map). This is
+//! why it is our own actor and not `actix::Supervisor`, which restarts the same
+//! value.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::{
+    Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
+    ResponseFuture, SpawnHandle,
+};
+use serde::Serialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::gateway::{Close, ConnectionConfig, GatewayConnection, Wiring};
+use super::messages::{
+    ConnectionDown, ConnectionUp, DisconnectCause, EventMsg, LinkChanged, LinkState, RequestError,
+    RetryClass, Send, SeqGap,
+};
+use super::registry::AgentsSnapshot;
+use crate::backoff::Backoff;
+use crate::telemetry::events as ev;
+
+/// How long after a `1012` (restart) the supervisor polls quickly instead of
+/// backing off: a restart takes 6–9 s (PROTOCOL.md §4).
+const RESTART_WINDOW: Duration = Duration::from_secs(30);
+/// Poll interval inside the restart window (plus up to the same in jitter).
+const RESTART_POLL: Duration = Duration::from_millis(100);
+
+/// Daemon: retry forever. FailFast (`call`): only retry what the gateway said
+/// is transient (startup window, restart); report anything else at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Daemon,
+    FailFast,
+}
+
+/// Fixed settings of a supervisor.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub connection: Arc<ConnectionConfig>,
+    pub backoff: Backoff,
+    pub stable_after: Duration,
+    pub park_retry: Duration,
+    pub mode: Mode,
+}
+
+/// The last thing that went wrong, for `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+    /// What the operator must do, when a retry cannot fix it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The gateway's error object, when it sent one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_error: Option<serde_json::Value>,
+    pub at_ms: u64,
+}
+
+/// The live session, for `/readyz`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayInfo {
+    pub url: String,
+    pub server_version: Option<String>,
+    pub protocol: Option<u32>,
+    pub conn_id: Option<String>,
+    pub boot_id: Option<String>,
+    /// Epoch ms of hello-ok.
+    pub connected_since: Option<u64>,
+    pub scopes: Vec<String>,
+}
+
+/// The link as `/readyz` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub state: LinkState,
+    pub gateway: GatewayInfo,
+    pub last_error: Option<LastError>,
+    pub next_attempt_in_ms: Option<u64>,
+    /// Consecutive failed attempts since the last stable session.
+    pub attempt: u32,
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Status")]
+pub struct GetStatus;
+
+/// Resolve when connected; in FailFast mode fail with the first final cause.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), ReadyError>")]
+pub struct WaitReady {
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadyError {
+    #[error("{}", .0.message())]
+    Failed(DisconnectCause),
+    #[error("not connected after {0:?}")]
+    Timeout(Duration),
+    #[error("the bridge is shutting down")]
+    ShuttingDown,
+}
+
+/// Retry now (SIGHUP, config reload): skips a parked or backoff wait.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RetryNow;
+
+/// Close the link with 1000, fail pending requests with `ShuttingDown`, stop.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Where link changes and snapshots go.
+#[derive(Clone, Default)]
+pub struct Outputs {
+    pub link: Vec<Recipient<LinkChanged>>,
+    pub events: Option<Recipient<EventMsg>>,
+    pub agent_events: Option<Recipient<EventMsg>>,
+    pub snapshots: Option<Recipient<AgentsSnapshot>>,
+}
+
+pub struct Supervisor {
+    cfg: SupervisorConfig,
+    out: Outputs,
+    conn: Option<Addr<GatewayConnection>>,
+    /// Incremented per attempt; reports from older connections are ignored.
+    generation: u64,
+    state: LinkState,
+    /// Consecutive failures since the last stable session (backoff exponent).
+    attempt: u32,
+    retry_timer: Option<SpawnHandle>,
+    next_attempt_at: Option<Instant>,
+    stable_timer: Option<SpawnHandle>,
+    last_error: Option<LastError>,
+    /// The park reason last logged, so a parked link does not spam the log.
+    parked_code: Option<String>,
+    info: GatewayInfo,
+    last_boot_id: Option<String>,
+    restart_window_until: Option<Instant>,
+    waiters: Vec<oneshot::Sender<Result<(), ReadyError>>>,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Supervisor {
+    pub fn new(cfg: SupervisorConfig, out: Outputs) -> Self {
+        let url = cfg.connection.url.clone();
+        Supervisor {
+            cfg,
+            out,
+            conn: None,
+            generation: 0,
+            state: LinkState::Connecting,
+            attempt: 0,
+            retry_timer: None,
+            next_attempt_at: None,
+            stable_timer: None,
+            last_error: None,
+            parked_code: None,
+            info: GatewayInfo {
+                url,
+                server_version: None,
+                protocol: None,
+                conn_id: None,
+                boot_id: None,
+                connected_since: None,
+                scopes: Vec::new(),
+            },
+            last_boot_id: None,
+            restart_window_until: None,
+            waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+        }
+    }
+
+    fn connect_now(&mut self, ctx: &mut Context<Self>) {
+        if self.state == LinkState::Stopping {
+            return;
+        }
+        if let Some(h) = self.retry_timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.next_attempt_at = None;
+        self.generation += 1;
+        self.state = LinkState::Connecting;
+        tracing::info!(event = ev::GATEWAY_CONNECTING, attempt = self.attempt + 1, url = %self.cfg.connection.url, "connecting to the gateway");
+        let me = ctx.address();
+        let wiring = Wiring {
+            up: me.clone().recipient(),
+            down: me.clone().recipient(),
+            gap: me.recipient(),
+            events: self.out.events.clone(),
+            agent_events: self.out.agent_events.clone(),
+        };
+        let conn = GatewayConnection::new(self.generation, self.cfg.connection.clone(), wiring);
+        self.conn = Some(conn.start());
+    }
+
+    fn schedule(&mut self, delay: Duration, cause: &str, ctx: &mut Context<Self>) {
+        if self.state != LinkState::Parked {
+            self.state = LinkState::Backoff;
+        }
+        self.next_attempt_at = Some(Instant::now() + delay);
+        tracing::info!(
+            event = ev::GATEWAY_BACKOFF,
+            delay_ms = delay.as_millis() as u64,
+            attempt = self.attempt + 1,
+            cause,
+            state = self.state.as_str(),
+            "next attempt scheduled"
+        );
+        self.retry_timer = Some(ctx.run_later(delay, |act, ctx| {
+            act.retry_timer = None;
+            act.connect_now(ctx);
+        }));
+    }
+
+    fn resync(&mut self, ctx: &mut Context<Self>) {
+        let (Some(conn), Some(snap)) = (self.conn.clone(), self.out.snapshots.clone()) else {
+            return;
+        };
+        let generation = self.generation;
+        let req = conn.send(Send::new("agents.list", Some(json!({}))));
+        ctx.spawn(actix::fut::wrap_future(async move {
+            match req.await {
+                Ok(Ok(payload)) => {
+                    let _ = snap.try_send(AgentsSnapshot {
+                        generation,
+                        payload,
+                    });
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        event = ev::RPC_FAILED,
+                        method = "agents.list",
+                        code = e.code(),
+                        "could not refresh the agent list: {e}"
+                    );
+                }
+                Err(_) => {}
+            }
+        }));
+    }
+
+    fn notify_link(&self, connected: bool, detail: serde_json::Value) {
+        for r in &self.out.link {
+            let _ = r.try_send(LinkChanged {
+                connected,
+                detail: detail.clone(),
+            });
+        }
+    }
+
+    fn wake_waiters(&mut self, result: Result<(), ReadyError>) {
+        for w in self.waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            state: self.state,
+            gateway: self.info.clone(),
+            last_error: self.last_error.clone(),
+            next_attempt_in_ms: self
+                .next_attempt_at
+                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            attempt: self.attempt,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(4096);
+        self.connect_now(ctx);
+    }
+}
+
+impl Handler<ConnectionUp> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionUp, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return;
+        }
+        let h = msg.hello;
+        self.state = LinkState::Connected;
+        self.restart_window_until = None;
+        self.parked_code = None;
+        self.info = GatewayInfo {
+            url: self.cfg.connection.url.clone(),
+            server_version: Some(h.server.version.clone()),
+            protocol: Some(h.protocol),
+            conn_id: h.server.conn_id.clone(),
+            boot_id: h.server.boot_id.clone(),
+            connected_since: Some(now_ms()),
+            scopes: h.scopes.clone(),
+        };
+        tracing::info!(
+            event = ev::GATEWAY_CONNECTED,
+            server_version = %h.server.version,
+            protocol = h.protocol,
+            conn_id = h.server.conn_id.as_deref().unwrap_or(""),
+            scopes = %h.scopes.join(","),
+            tick_interval_ms = h.policy.tick_interval_ms,
+            auth_method = h.auth_method.as_deref().unwrap_or(""),
+            "gateway session up"
+        );
+        let restarted = matches!(
+            (&self.last_boot_id, &h.server.boot_id),
+            (Some(old), Some(new)) if old != new
+        );
+        if restarted {
+            tracing::info!(
+                event = ev::GATEWAY_RESTARTED,
+                boot_id = h.server.boot_id.as_deref().unwrap_or(""),
+                "the gateway restarted since the last session (new bootId)"
+            );
+        }
+        if h.server.boot_id.is_some() {
+            self.last_boot_id = h.server.boot_id.clone();
+        }
+        let stable_after = self.cfg.stable_after;
+        self.stable_timer = Some(ctx.run_later(stable_after, |act, _| {
+            act.attempt = 0;
+            act.stable_timer = None;
+        }));
+        self.notify_link(
+            true,
+            json!({"server_version": h.server.version, "conn_id": h.server.conn_id, "boot_id": h.server.boot_id, "gateway_restarted": restarted}),
+        );
+        self.wake_waiters(Ok(()));
+        self.resync(ctx);
+    }
+}
+
+impl Handler<ConnectionDown> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ConnectionDown, ctx: &mut Context<Self>) {
+        if msg.generation != self.generation {
+            return;
+        }
+        self.conn = None;
+        if let Some(h) = self.stable_timer.take() {
+            ctx.cancel_future(h);
+        }
+        let cause = msg.cause;
+        let was_connected = msg.connected_for.is_some();
+        if was_connected {
+            tracing::warn!(
+                event = ev::GATEWAY_DISCONNECTED,
+                close_code = cause.close_code(),
+                reason = %cause.message(),
+                cause = %cause.code(),
+                connected_for_ms = msg.connected_for.map(|d| d.as_millis() as u64),
+                pending_failed = msg.pending_failed,
+                "gateway session lost"
+            );
+            self.info.connected_since = None;
+            self.notify_link(
+                false,
+                json!({"reason": cause.message(), "close_code": cause.close_code()}),
+            );
+        }
+        if self.state == LinkState::Stopping {
+            for w in self.stop_waiters.drain(..) {
+                let _ = w.send(());
+            }
+            ctx.stop();
+            return;
+        }
+        if msg
+            .connected_for
+            .is_some_and(|d| d >= self.cfg.stable_after)
+        {
+            self.attempt = 0;
+        }
+        let class = cause.retry_class();
+        let gateway_error = match &cause {
+            DisconnectCause::Rejected { error } => {
+                tracing::warn!(
+                    event = ev::GATEWAY_REJECTED,
+                    code = %error.code,
+                    details_code = error.details_code().unwrap_or(""),
+                    message = %error.message,
+                    next_step = error.next_step().unwrap_or(""),
+                    "the gateway refused the handshake"
+                );
+                Some(error.to_value())
+            }
+            _ => None,
+        };
+        let action = match &class {
+            RetryClass::Park { action, .. } => Some(action.clone()),
+            _ => None,
+        };
+        self.last_error = Some(LastError {
+            code: cause.code(),
+            message: cause.message(),
+            close_code: cause.close_code(),
+            action: action.clone(),
+            gateway_error,
+            at_ms: now_ms(),
+        });
+
+        if self.cfg.mode == Mode::FailFast
+            && !matches!(class, RetryClass::After(_) | RetryClass::Restarting)
+        {
+            self.state = LinkState::Parked;
+            self.wake_waiters(Err(ReadyError::Failed(cause)));
+            return;
+        }
+
+        let code = cause.code();
+        let delay = match class {
+            RetryClass::Park { action, at_least } => {
+                self.state = LinkState::Parked;
+                let delay = at_least.map_or(self.cfg.park_retry, |d| d.max(self.cfg.park_retry));
+                if self.parked_code.as_deref() != Some(code.as_str()) {
+                    if let DisconnectCause::Rejected { error } = &cause {
+                        if error.details_code() == Some("PAIRING_REQUIRED") {
+                            let id = error.detail_str("requestId").unwrap_or("");
+                            tracing::warn!(event = ev::GATEWAY_PAIRING_REQUIRED, request_id = id, approve_command = %format!("openclaw devices approve {id}"), "this device must be approved on the gateway");
+                        }
+                    }
+                    tracing::error!(event = ev::GATEWAY_PARKED, code = %code, action = %action, retry_in_ms = delay.as_millis() as u64, "a retry cannot fix this; retrying slowly until the operator acts (SIGHUP retries at once)");
+                    self.parked_code = Some(code.clone());
+                }
+                delay
+            }
+            RetryClass::After(d) => d,
+            RetryClass::Restarting => {
+                self.restart_window_until = Some(Instant::now() + RESTART_WINDOW);
+                // First try around when the gateway said it would be back.
+                msg.restart_expected_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(RESTART_POLL)
+                    .min(RESTART_WINDOW)
+            }
+            RetryClass::Backoff => {
+                if self
+                    .restart_window_until
+                    .is_some_and(|t| Instant::now() < t)
+                {
+                    RESTART_POLL + RESTART_POLL.mul_f64(fastrand::f64())
+                } else {
+                    let d = self.cfg.backoff.delay(self.attempt);
+                    self.attempt = self.attempt.saturating_add(1);
+                    d
+                }
+            }
+        };
+        self.schedule(delay, &code, ctx);
+    }
+}
+
+impl Handler<SeqGap> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SeqGap, ctx: &mut Context<Self>) {
+        if msg.generation == self.generation {
+            self.resync(ctx);
+        }
+    }
+}
+
+impl Handler<Send> for Supervisor {
+    type Result = ResponseFuture<Result<Box<RawValue>, RequestError>>;
+
+    fn handle(&mut self, msg: Send, _ctx: &mut Context<Self>) -> Self::Result {
+        let method = msg.method.clone();
+        let started = Instant::now();
+        let fut: Result<_, RequestError> = match (&self.conn, self.state) {
+            (_, LinkState::Stopping) => Err(RequestError::ShuttingDown),
+            (Some(conn), LinkState::Connected) => Ok(conn.send(msg)),
+            _ => Err(RequestError::NotConnected {
+                state: self.state.as_str().into(),
+                next_attempt_in_ms: self
+                    .next_attempt_at
+                    .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            }),
+        };
+        Box::pin(async move {
+            let result = match fut {
+                Ok(f) => f.await.unwrap_or_else(|_| {
+                    Err(RequestError::Disconnected {
+                        reason: "the connection stopped".into(),
+                    })
+                }),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &result {
+                tracing::info!(event = ev::RPC_FAILED, method = %method, code = e.code(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed: {e}");
+            }
+            result
+        })
+    }
+}
+
+impl Handler<GetStatus> for Supervisor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+impl Handler<WaitReady> for Supervisor {
+    type Result = ResponseFuture<Result<(), ReadyError>>;
+
+    fn handle(&mut self, msg: WaitReady, _: &mut Context<Self>) -> Self::Result {
+        if self.state == LinkState::Connected {
+            return Box::pin(async { Ok(()) });
+        }
+        if self.state == LinkState::Stopping {
+            return Box::pin(async { Err(ReadyError::ShuttingDown) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push(tx);
+        let timeout = msg.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(ReadyError::ShuttingDown),
+                Err(_) => Err(ReadyError::Timeout(timeout)),
+            }
+        })
+    }
+}
+
+impl Handler<RetryNow> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: RetryNow, ctx: &mut Context<Self>) {
+        if self.conn.is_none() && self.state != LinkState::Stopping {
+            tracing::info!("retrying the gateway now (SIGHUP)");
+            self.parked_code = None;
+            self.connect_now(ctx);
+        }
+    }
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
+        self.state = LinkState::Stopping;
+        if let Some(h) = self.retry_timer.take() {
+            ctx.cancel_future(h);
+        }
+        self.next_attempt_at = None;
+        self.wake_waiters(Err(ReadyError::ShuttingDown));
+        match self.conn.clone() {
+            Some(conn) => {
+                let (tx, rx) = oneshot::channel();
+                self.stop_waiters.push(tx);
+                conn.do_send(Close {
+                    shutting_down: true,
+                });
+                Box::pin(async move {
+                    // The connection answers within its close grace (500 ms).
+                    let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+                })
+            }
+            None => {
+                ctx.stop();
+                Box::pin(async {})
+            }
+        }
+    }
+}
+
+impl Handler<super::registry::RequestResync> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: super::registry::RequestResync, ctx: &mut Context<Self>) {
+        if self.state == LinkState::Connected {
+            self.resync(ctx);
+        }
+    }
+}

@@ -1,0 +1,992 @@
+//! Settings: layered with the `config` crate into one typed [`Settings`], one
+//! struct per section, every bad key reported at once.
+//!
+//! Layers, later wins: `config/default.toml` (compiled in, so the documented
+//! defaults are the real ones) → `/etc/openclaw-bridge/config.toml` if present →
+//! `--config FILE` → `OPENCLAW_BRIDGE__SECTION__KEY` → `OPENCLAW_GATEWAY_URL` /
+//! `OPENCLAW_GATEWAY_TOKEN`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+
+use crate::backoff::Backoff;
+
+/// The built-in defaults: the documented file itself.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+/// The system-wide file, read when present.
+pub const SYSTEM_CONFIG: &str = "/etc/openclaw-bridge/config.toml";
+
+/// Client ids the gateway accepts (PROTOCOL.md §2.2).
+pub const CLIENT_IDS: &[&str] = &[
+    "webchat-ui",
+    "openclaw-control-ui",
+    "openclaw-browser-copilot",
+    "openclaw-tui",
+    "webchat",
+    "cli",
+    "gateway-client",
+    "openclaw-macos",
+    "openclaw-linux",
+    "openclaw-ios",
+    "openclaw-watchos",
+    "openclaw-android",
+    "node-host",
+    "openclaw-worker",
+    "test",
+    "fingerprint",
+    "openclaw-probe",
+];
+/// Client modes the gateway accepts.
+pub const CLIENT_MODES: &[&str] = &[
+    "webchat", "cli", "ui", "backend", "node", "worker", "probe", "test",
+];
+/// Operator scopes (PROTOCOL.md §3.1).
+pub const SCOPES: &[&str] = &[
+    "operator.read",
+    "operator.write",
+    "operator.admin",
+    "operator.approvals",
+    "operator.questions",
+    "operator.pairing",
+    "operator.talk",
+    "operator.talk.secrets",
+];
+
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "gateway",
+        &[
+            "url",
+            "token",
+            "token_file",
+            "client_id",
+            "client_mode",
+            "display_name",
+            "scopes",
+            "device_identity",
+            "request_timeout_ms",
+            "handshake_timeout_ms",
+        ],
+    ),
+    (
+        "reconnect",
+        &["initial_ms", "max_ms", "stable_after_ms", "park_retry_ms"],
+    ),
+    ("http", &["listen", "token", "token_file"]),
+    ("state", &["dir"]),
+    ("events", &["buffer", "subscriber_queue"]),
+    ("log", &["format", "level"]),
+];
+
+/// A secret string: `Debug` and `Display` print `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceIdentityMode {
+    Auto,
+    Always,
+    Never,
+}
+
+impl DeviceIdentityMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeviceIdentityMode::Auto => "auto",
+            DeviceIdentityMode::Always => "always",
+            DeviceIdentityMode::Never => "never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub url: String,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub client_id: String,
+    pub client_mode: String,
+    pub display_name: String,
+    pub scopes: Vec<String>,
+    pub device_identity: DeviceIdentityMode,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReconnectSettings {
+    pub backoff: Backoff,
+    pub stable_after: Duration,
+    pub park_retry: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsSettings {
+    pub buffer: usize,
+    pub subscriber_queue: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: Option<LogFormat>,
+    pub level: String,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub gateway: GatewaySettings,
+    pub reconnect: ReconnectSettings,
+    pub http: HttpSettings,
+    pub state: StateSettings,
+    pub events: EventsSettings,
+    pub log: LogSettings,
+}
+
+/// One bad key: which, and what is wrong or allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Every problem found, not only the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where the layers come from; tests build one by hand.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// `/etc/openclaw-bridge/config.toml` (used only if it exists).
+    pub system_file: Option<PathBuf>,
+    /// `--config FILE` (must exist).
+    pub file: Option<PathBuf>,
+    /// The process environment.
+    pub env: HashMap<String, String>,
+}
+
+impl Sources {
+    /// The real process: system file, the given file, the real environment.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        Sources {
+            system_file: Some(PathBuf::from(SYSTEM_CONFIG)),
+            file,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+struct Reader {
+    cfg: Config,
+    errors: Vec<ConfigError>,
+}
+
+impl Reader {
+    fn err(&mut self, key: &str, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            key: key.to_owned(),
+            problem: problem.into(),
+        });
+    }
+
+    fn opt_string(&mut self, key: &str) -> Option<String> {
+        match self.cfg.get_string(key) {
+            Ok(s) => Some(s),
+            Err(config::ConfigError::NotFound(_)) => None,
+            Err(e) => {
+                self.err(key, format!("must be a string ({e})"));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, key: &str) -> String {
+        self.opt_string(key).unwrap_or_default()
+    }
+
+    fn one_of(&mut self, key: &str, allowed: &[&str]) -> String {
+        let v = self.string(key);
+        if !allowed.contains(&v.as_str()) {
+            self.err(
+                key,
+                format!("{v:?} is not allowed; use one of: {}", allowed.join(", ")),
+            );
+        }
+        v
+    }
+
+    fn number(&mut self, key: &str, min: u64, max: u64) -> u64 {
+        let raw = self.string(key);
+        match raw.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.err(
+                    key,
+                    format!("{raw:?} is not allowed; use a whole number from {min} to {max}"),
+                );
+                min
+            }
+        }
+    }
+
+    fn list(&mut self, key: &str) -> Vec<String> {
+        match self.cfg.get_array(key) {
+            Ok(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    match item.into_string() {
+                        Ok(s) => out.push(s.trim().to_owned()),
+                        Err(e) => self.err(key, format!("every entry must be a string ({e})")),
+                    }
+                }
+                out
+            }
+            Err(config::ConfigError::NotFound(_)) => Vec::new(),
+            Err(_) => {
+                // A single string from the environment: comma-separated.
+                let s = self.string(key);
+                s.split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect()
+            }
+        }
+    }
+
+    /// `token` or `token_file` (first line), never both; empty is an error.
+    fn secret(
+        &mut self,
+        section: &str,
+        env_override: Option<&str>,
+    ) -> (Option<Secret>, Option<PathBuf>) {
+        let tkey = format!("{section}.token");
+        let fkey = format!("{section}.token_file");
+        let file = self.opt_string(&fkey).map(PathBuf::from);
+        if let Some(t) = env_override {
+            if t.trim().is_empty() {
+                self.err(
+                    "OPENCLAW_GATEWAY_TOKEN",
+                    "is set but empty; unset it or give the token",
+                );
+                return (None, file);
+            }
+            return (Some(Secret::new(t.trim())), file);
+        }
+        let inline = self.opt_string(&tkey);
+        match (inline, &file) {
+            (Some(_), Some(_)) => {
+                self.err(&tkey, format!("set {tkey} or {fkey}, not both"));
+                (None, file)
+            }
+            (Some(t), None) => {
+                if t.trim().is_empty() {
+                    self.err(&tkey, "is empty; remove the key or give the token");
+                    (None, None)
+                } else {
+                    (Some(Secret::new(t.trim())), None)
+                }
+            }
+            (None, Some(path)) => match read_token_file(path) {
+                Ok(t) => (Some(t), file),
+                Err(problem) => {
+                    self.err(&fkey, problem);
+                    (None, file)
+                }
+            },
+            (None, None) => (None, None),
+        }
+    }
+}
+
+/// Read a token file: its first line, trimmed.
+pub fn read_token_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() {
+        return Err(format!(
+            "{} is empty; its first line must be the token",
+            path.display()
+        ));
+    }
+    Ok(Secret::new(first))
+}
+
+fn check_gateway_url(r: &mut Reader, url: &str) {
+    let key = "gateway.url";
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        r.err(
+            key,
+            format!("{url:?} is an HTTP URL; use ws://HOST:PORT/ or wss://HOST:PORT/"),
+        );
+        return;
+    }
+    if !(lower.starts_with("ws://") || lower.starts_with("wss://")) {
+        r.err(
+            key,
+            format!("{url:?} is not allowed; use ws://HOST:PORT/ or wss://HOST:PORT/"),
+        );
+        return;
+    }
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, port) = split_host_port(authority);
+    if host.is_empty() {
+        r.err(key, format!("{url:?} has no host; use ws://HOST:PORT/"));
+        return;
+    }
+    if let Some(p) = port {
+        match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => {}
+            _ => r.err(
+                key,
+                format!("{url:?} has port {p:?}; use a port from 1 to 65535"),
+            ),
+        }
+    }
+    if url.parse::<awc::http::Uri>().is_err() {
+        r.err(key, format!("{url:?} is not a valid URL"));
+    }
+}
+
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
+        return (host, after.strip_prefix(':'));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    }
+}
+
+/// Whether the gateway URL's host is loopback (decides `device_identity = auto`).
+pub fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let (host, _) = split_host_port(authority);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+fn default_state_dir(env: &HashMap<String, String>) -> PathBuf {
+    if let Some(d) = env.get("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        // systemd may pass several, colon-separated: the first is ours.
+        return PathBuf::from(d.split(':').next().unwrap_or(d));
+    }
+    if let Some(x) = env.get("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(x).join("openclaw-bridge");
+    }
+    PathBuf::from("./state")
+}
+
+fn unknown_keys(cfg: &Config, errors: &mut Vec<ConfigError>) {
+    let Ok(table) = cfg
+        .clone()
+        .try_deserialize::<HashMap<String, config::Value>>()
+    else {
+        return;
+    };
+    for (section, value) in table {
+        let Some((_, keys)) = KNOWN_KEYS.iter().find(|(s, _)| *s == section) else {
+            let sections: Vec<&str> = KNOWN_KEYS.iter().map(|(s, _)| *s).collect();
+            errors.push(ConfigError {
+                key: section.clone(),
+                problem: format!("unknown section; known sections: {}", sections.join(", ")),
+            });
+            continue;
+        };
+        match value.into_table() {
+            Ok(t) => {
+                let mut names: Vec<_> = t.keys().cloned().collect();
+                names.sort();
+                for k in names.into_iter().filter(|k| !keys.contains(&k.as_str())) {
+                    errors.push(ConfigError {
+                        key: format!("{section}.{k}"),
+                        problem: format!("unknown key; keys of [{section}]: {}", keys.join(", ")),
+                    });
+                }
+            }
+            Err(_) => errors.push(ConfigError {
+                key: section,
+                problem: "must be a table".into(),
+            }),
+        }
+    }
+}
+
+impl Settings {
+    /// Load and validate from the real process environment.
+    pub fn load(file: Option<PathBuf>) -> Result<Settings, ConfigErrors> {
+        Settings::load_from(&Sources::from_process(file))
+    }
+
+    /// Load and validate from explicit sources.
+    pub fn load_from(src: &Sources) -> Result<Settings, ConfigErrors> {
+        let mut b = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(sys) = &src.system_file {
+            if sys.exists() {
+                b = b.add_source(
+                    File::from(sys.clone())
+                        .format(FileFormat::Toml)
+                        .required(true),
+                );
+            }
+        }
+        if let Some(f) = &src.file {
+            if !f.exists() {
+                return Err(ConfigErrors(vec![ConfigError {
+                    key: "--config".into(),
+                    problem: format!("{} does not exist", f.display()),
+                }]));
+            }
+            b = b.add_source(
+                File::from(f.clone())
+                    .format(FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        let bridge_env: HashMap<String, String> = src
+            .env
+            .iter()
+            .filter(|(k, _)| k.starts_with("OPENCLAW_BRIDGE__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        b = b.add_source(
+            Environment::with_prefix("OPENCLAW_BRIDGE")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(bridge_env)),
+        );
+        if let Some(url) = src
+            .env
+            .get("OPENCLAW_GATEWAY_URL")
+            .filter(|u| !u.is_empty())
+        {
+            b = b
+                .set_override("gateway.url", url.clone())
+                .map_err(|e| one("OPENCLAW_GATEWAY_URL", e.to_string()))?;
+        }
+        let cfg = b.build().map_err(|e| one("configuration", e.to_string()))?;
+
+        let mut r = Reader {
+            cfg,
+            errors: Vec::new(),
+        };
+        unknown_keys(&r.cfg, &mut r.errors);
+
+        // [gateway]
+        let url = r.string("gateway.url");
+        check_gateway_url(&mut r, &url);
+        let env_token = src.env.get("OPENCLAW_GATEWAY_TOKEN").map(String::as_str);
+        let (token, token_file) = r.secret("gateway", env_token);
+        let client_id = r.one_of("gateway.client_id", CLIENT_IDS);
+        let client_mode = r.one_of("gateway.client_mode", CLIENT_MODES);
+        let display_name = r.string("gateway.display_name");
+        if display_name.trim().is_empty() {
+            r.err("gateway.display_name", "must not be empty");
+        }
+        let scopes = r.list("gateway.scopes");
+        if scopes.is_empty() {
+            r.err(
+                "gateway.scopes",
+                format!("must name at least one of: {}", SCOPES.join(", ")),
+            );
+        }
+        for s in &scopes {
+            if !SCOPES.contains(&s.as_str()) {
+                r.err(
+                    "gateway.scopes",
+                    format!("{s:?} is not a scope; use: {}", SCOPES.join(", ")),
+                );
+            }
+        }
+        let device_identity = match r
+            .one_of("gateway.device_identity", &["auto", "always", "never"])
+            .as_str()
+        {
+            "always" => DeviceIdentityMode::Always,
+            "never" => DeviceIdentityMode::Never,
+            _ => DeviceIdentityMode::Auto,
+        };
+        let request_timeout =
+            Duration::from_millis(r.number("gateway.request_timeout_ms", 1, 3_600_000));
+        let handshake_timeout =
+            Duration::from_millis(r.number("gateway.handshake_timeout_ms", 1, 600_000));
+
+        // [reconnect]
+        let initial = r.number("reconnect.initial_ms", 1, 3_600_000);
+        let max = r.number("reconnect.max_ms", 1, 86_400_000);
+        let backoff = match Backoff::new(Duration::from_millis(initial), Duration::from_millis(max))
+        {
+            Ok(b) => Some(b),
+            Err(e) => {
+                r.err("reconnect.max_ms", e.to_string());
+                None
+            }
+        };
+        let stable_after =
+            Duration::from_millis(r.number("reconnect.stable_after_ms", 0, 86_400_000));
+        let park_retry = Duration::from_millis(r.number("reconnect.park_retry_ms", 1, 86_400_000));
+
+        // [http]
+        let listen_raw = r.string("http.listen");
+        let listen = match listen_raw.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                r.err(
+                    "http.listen",
+                    format!("{listen_raw:?} is not allowed; use IP:PORT, e.g. 127.0.0.1:18800 (port 0 picks a free one)"),
+                );
+                None
+            }
+        };
+        let (http_token, http_token_file) = r.secret("http", None);
+        if let Some(addr) = listen {
+            if !addr.ip().is_loopback()
+                && http_token.is_none()
+                && !r.errors.iter().any(|e| e.key.starts_with("http.token"))
+            {
+                r.err(
+                    "http.token",
+                    format!("required when http.listen ({addr}) is not a loopback address; set http.token_file or OPENCLAW_BRIDGE__HTTP__TOKEN"),
+                );
+            }
+        }
+
+        // [state]
+        let dir = r
+            .opt_string("state.dir")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| default_state_dir(&src.env));
+
+        // [events]
+        let buffer = r.number("events.buffer", 1, 10_000_000) as usize;
+        let subscriber_queue = r.number("events.subscriber_queue", 1, 1_000_000) as usize;
+
+        // [log]
+        let format = match r.opt_string("log.format").as_deref() {
+            None | Some("") => None,
+            Some("json") => Some(LogFormat::Json),
+            Some("pretty") => Some(LogFormat::Pretty),
+            Some(other) => {
+                r.err(
+                    "log.format",
+                    format!("{other:?} is not allowed; use json or pretty"),
+                );
+                None
+            }
+        };
+        let level = r.string("log.level");
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            r.err(
+                "log.level",
+                format!("{level:?} is not allowed; use trace, debug, info, warn, error or a tracing filter"),
+            );
+        }
+
+        match (backoff, listen) {
+            (Some(backoff), Some(listen)) if r.errors.is_empty() => Ok(Settings {
+                gateway: GatewaySettings {
+                    url,
+                    token,
+                    token_file,
+                    client_id,
+                    client_mode,
+                    display_name,
+                    scopes,
+                    device_identity,
+                    request_timeout,
+                    handshake_timeout,
+                },
+                reconnect: ReconnectSettings {
+                    backoff,
+                    stable_after,
+                    park_retry,
+                },
+                http: HttpSettings {
+                    listen,
+                    token: http_token,
+                    token_file: http_token_file,
+                },
+                state: StateSettings { dir },
+                events: EventsSettings {
+                    buffer,
+                    subscriber_queue,
+                },
+                log: LogSettings { format, level },
+            }),
+            _ => Err(ConfigErrors(r.errors)),
+        }
+    }
+
+    /// Whether a device identity is used for this gateway.
+    pub fn uses_device_identity(&self) -> bool {
+        match self.gateway.device_identity {
+            DeviceIdentityMode::Always => true,
+            DeviceIdentityMode::Never => false,
+            DeviceIdentityMode::Auto => !url_is_loopback(&self.gateway.url),
+        }
+    }
+
+    /// The effective configuration as TOML, every secret as `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        use toml::{Table, Value};
+        fn secret(t: &mut Table, key: &str, s: &Option<Secret>) {
+            if s.is_some() {
+                t.insert(key.into(), Value::String("<redacted>".into()));
+            }
+        }
+        fn path(t: &mut Table, key: &str, p: &Option<PathBuf>) {
+            if let Some(p) = p {
+                t.insert(key.into(), Value::String(p.display().to_string()));
+            }
+        }
+        let ms = |d: Duration| Value::Integer(d.as_millis() as i64);
+        let g = &self.gateway;
+        let mut gw = Table::new();
+        gw.insert("url".into(), Value::String(g.url.clone()));
+        secret(&mut gw, "token", &g.token);
+        path(&mut gw, "token_file", &g.token_file);
+        gw.insert("client_id".into(), Value::String(g.client_id.clone()));
+        gw.insert("client_mode".into(), Value::String(g.client_mode.clone()));
+        gw.insert("display_name".into(), Value::String(g.display_name.clone()));
+        gw.insert(
+            "scopes".into(),
+            Value::Array(g.scopes.iter().cloned().map(Value::String).collect()),
+        );
+        gw.insert(
+            "device_identity".into(),
+            Value::String(g.device_identity.as_str().into()),
+        );
+        gw.insert("request_timeout_ms".into(), ms(g.request_timeout));
+        gw.insert("handshake_timeout_ms".into(), ms(g.handshake_timeout));
+        let rc = &self.reconnect;
+        let mut re = Table::new();
+        re.insert("initial_ms".into(), ms(rc.backoff.initial()));
+        re.insert("max_ms".into(), ms(rc.backoff.max()));
+        re.insert("stable_after_ms".into(), ms(rc.stable_after));
+        re.insert("park_retry_ms".into(), ms(rc.park_retry));
+        let mut http = Table::new();
+        http.insert("listen".into(), Value::String(self.http.listen.to_string()));
+        secret(&mut http, "token", &self.http.token);
+        path(&mut http, "token_file", &self.http.token_file);
+        let mut state = Table::new();
+        state.insert(
+            "dir".into(),
+            Value::String(self.state.dir.display().to_string()),
+        );
+        let mut events = Table::new();
+        events.insert("buffer".into(), Value::Integer(self.events.buffer as i64));
+        events.insert(
+            "subscriber_queue".into(),
+            Value::Integer(self.events.subscriber_queue as i64),
+        );
+        let mut log = Table::new();
+        if let Some(f) = self.log.format {
+            let f = if f == LogFormat::Json {
+                "json"
+            } else {
+                "pretty"
+            };
+            log.insert("format".into(), Value::String(f.into()));
+        }
+        log.insert("level".into(), Value::String(self.log.level.clone()));
+        let mut root = Table::new();
+        root.insert("gateway".into(), Value::Table(gw));
+        root.insert("reconnect".into(), Value::Table(re));
+        root.insert("http".into(), Value::Table(http));
+        root.insert("state".into(), Value::Table(state));
+        root.insert("events".into(), Value::Table(events));
+        root.insert("log".into(), Value::Table(log));
+        toml::to_string(&root).unwrap_or_else(|e| format!("# could not render: {e}\n"))
+    }
+}
+
+fn one(key: &str, problem: String) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        key: key.into(),
+        problem,
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, toml).unwrap();
+        Settings::load_from(&Sources {
+            system_file: None,
+            file: Some(file),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    fn problems(toml: &str, env: &[(&str, &str)]) -> String {
+        load(toml, env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(s.gateway.url, "ws://127.0.0.1:18789/");
+        assert_eq!(s.gateway.client_id, "gateway-client");
+        assert_eq!(s.gateway.client_mode, "backend");
+        assert_eq!(s.gateway.scopes, vec!["operator.read", "operator.write"]);
+        assert_eq!(s.gateway.request_timeout, Duration::from_millis(30_000));
+        assert_eq!(s.reconnect.backoff.initial(), Duration::from_millis(250));
+        assert_eq!(s.reconnect.backoff.max(), Duration::from_millis(30_000));
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:18800");
+        assert_eq!(s.events.buffer, 10_000);
+        assert_eq!(s.events.subscriber_queue, 1024);
+        assert_eq!(s.state.dir, PathBuf::from("./state"));
+        assert!(!s.uses_device_identity());
+    }
+
+    #[test]
+    fn layering_file_then_env_then_well_known_env() {
+        let toml = "[gateway]\nurl = \"ws://127.0.0.1:1000/\"\nrequest_timeout_ms = 5\n[http]\nlisten = \"127.0.0.1:1\"\n";
+        let s = load(toml, &[]).unwrap();
+        assert_eq!(s.gateway.url, "ws://127.0.0.1:1000/");
+        let s = load(
+            toml,
+            &[
+                ("OPENCLAW_BRIDGE__GATEWAY__URL", "ws://127.0.0.1:2000/"),
+                ("OPENCLAW_BRIDGE__HTTP__LISTEN", "127.0.0.1:2"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.gateway.url, "ws://127.0.0.1:2000/");
+        assert_eq!(s.http.listen.port(), 2);
+        assert_eq!(s.gateway.request_timeout, Duration::from_millis(5));
+        let s = load(
+            toml,
+            &[
+                ("OPENCLAW_BRIDGE__GATEWAY__URL", "ws://127.0.0.1:2000/"),
+                ("OPENCLAW_GATEWAY_URL", "ws://127.0.0.1:3000/"),
+                ("OPENCLAW_GATEWAY_TOKEN", "from-env"),
+                ("OPENCLAW_BRIDGE__GATEWAY__SCOPES", "operator.read"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.gateway.url, "ws://127.0.0.1:3000/");
+        assert_eq!(s.gateway.token.unwrap().expose(), "from-env");
+        assert_eq!(s.gateway.scopes, vec!["operator.read"]);
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_at_once() {
+        let p = problems(
+            "[gateway]\nurl = \"http://x:1/\"\nclient_id = \"nope\"\n[http]\nlisten = \"nowhere\"\n[events]\nbuffer = 0\n",
+            &[],
+        );
+        assert!(
+            p.contains("gateway.url: \"http://x:1/\" is an HTTP URL; use ws://"),
+            "{p}"
+        );
+        assert!(
+            p.contains("gateway.client_id: \"nope\" is not allowed; use one of: webchat-ui"),
+            "{p}"
+        );
+        assert!(p.contains("http.listen: \"nowhere\" is not allowed"), "{p}");
+        assert!(
+            p.contains("events.buffer: \"0\" is not allowed; use a whole number from 1"),
+            "{p}"
+        );
+    }
+
+    #[test]
+    fn url_rules() {
+        assert!(
+            problems("[gateway]\nurl = \"ws://127.0.0.1:70000/\"\n", &[])
+                .contains("use a port from 1 to 65535")
+        );
+        assert!(problems("[gateway]\nurl = \"tcp://h/\"\n", &[])
+            .contains("use ws://HOST:PORT/ or wss://"));
+        assert!(problems("[gateway]\nurl = \"ws:///x\"\n", &[]).contains("has no host"));
+        assert!(load("[gateway]\nurl = \"wss://gw.example.com/\"\n", &[])
+            .unwrap()
+            .uses_device_identity());
+        assert!(!load("[gateway]\nurl = \"ws://[::1]:18789/\"\n", &[])
+            .unwrap()
+            .uses_device_identity());
+        assert!(url_is_loopback("ws://localhost:1/"));
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_are_named() {
+        let p = problems("[gateway]\nurll = \"x\"\n[gatway]\nx = 1\n", &[]);
+        assert!(
+            p.contains("gateway.urll: unknown key; keys of [gateway]: url, token"),
+            "{p}"
+        );
+        assert!(p.contains("gatway: unknown section"), "{p}");
+    }
+
+    #[test]
+    fn token_files_and_empty_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let tf = dir.path().join("tok");
+        std::fs::write(&tf, "s3cret-token\nsecond line\n").unwrap();
+        let s = load(
+            &format!("[gateway]\ntoken_file = {:?}\n", tf.display().to_string()),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.gateway.token.as_ref().unwrap().expose(), "s3cret-token");
+        let p = problems("[gateway]\ntoken_file = \"/nonexistent/tok\"\n", &[]);
+        assert!(
+            p.contains("gateway.token_file: cannot read /nonexistent/tok"),
+            "{p}"
+        );
+        std::fs::write(&tf, "\n").unwrap();
+        let p = problems(
+            &format!("[gateway]\ntoken_file = {:?}\n", tf.display().to_string()),
+            &[],
+        );
+        assert!(p.contains("is empty"), "{p}");
+        let p = problems("[gateway]\ntoken = \"  \"\n", &[]);
+        assert!(p.contains("gateway.token: is empty"), "{p}");
+        let p = problems("[gateway]\ntoken = \"abc\"\ntoken_file = \"/x\"\n", &[]);
+        assert!(p.contains("not both"), "{p}");
+        assert!(!p.contains("abc"));
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_a_token() {
+        let p = problems("[http]\nlisten = \"0.0.0.0:18800\"\n", &[]);
+        assert!(
+            p.contains(
+                "http.token: required when http.listen (0.0.0.0:18800) is not a loopback address"
+            ),
+            "{p}"
+        );
+        assert!(load("[http]\nlisten = \"0.0.0.0:18800\"\ntoken = \"t\"\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn backoff_bounds_and_log_values() {
+        let p = problems("[reconnect]\ninitial_ms = 500\nmax_ms = 100\n", &[]);
+        assert!(
+            p.contains("reconnect.max_ms: maximum delay (100 ms) must not be below"),
+            "{p}"
+        );
+        let p = problems("[log]\nformat = \"xml\"\n", &[]);
+        assert!(
+            p.contains("log.format: \"xml\" is not allowed; use json or pretty"),
+            "{p}"
+        );
+        let p = problems("[gateway]\nscopes = [\"operator.read\", \"root\"]\n", &[]);
+        assert!(p.contains("\"root\" is not a scope"), "{p}");
+    }
+
+    #[test]
+    fn state_dir_fallbacks() {
+        let s = load(
+            "",
+            &[("STATE_DIRECTORY", "/var/lib/openclaw-bridge:/other")],
+        )
+        .unwrap();
+        assert_eq!(s.state.dir, PathBuf::from("/var/lib/openclaw-bridge"));
+        let s = load("", &[("XDG_STATE_HOME", "/home/u/.local/state")]).unwrap();
+        assert_eq!(
+            s.state.dir,
+            PathBuf::from("/home/u/.local/state/openclaw-bridge")
+        );
+    }
+
+    #[test]
+    fn redacted_toml_hides_every_secret() {
+        let s = load(
+            "[gateway]\ntoken = \"gw-secret-1\"\n[http]\ntoken = \"http-secret-2\"\n",
+            &[],
+        )
+        .unwrap();
+        let out = s.to_redacted_toml();
+        assert!(
+            !out.contains("gw-secret-1") && !out.contains("http-secret-2"),
+            "{out}"
+        );
+        assert_eq!(out.matches("\"<redacted>\"").count(), 2, "{out}");
+        assert!(out.contains("url = \"ws://127.0.0.1:18789/\""), "{out}");
+        // The output is itself a valid config.
+        assert!(toml::from_str::<toml::Table>(&out).is_ok());
+        assert!(!format!("{s:?}").contains("gw-secret-1"));
+    }
+}

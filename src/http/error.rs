@@ -1,0 +1,151 @@
+//! The API's error type: one enum, mapped to HTTP status in one place.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::{json, Value};
+
+use crate::actors::RequestError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Request(Box<RequestError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body over {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The error object (`{"code","message",…}`).
+    fn object(&self) -> Value {
+        match self {
+            ApiError::Request(e) => e.to_value(),
+            ApiError::BadRequest(m) => json!({"code": "BRIDGE_BAD_REQUEST", "message": m}),
+            ApiError::Unauthorized => {
+                json!({"code": "BRIDGE_UNAUTHORIZED", "message": self.to_string()})
+            }
+            ApiError::NotFound(m) => json!({"code": "BRIDGE_NOT_FOUND", "message": m}),
+            ApiError::TooLarge { .. } => {
+                json!({"code": "BRIDGE_PAYLOAD_TOO_LARGE", "message": self.to_string()})
+            }
+            ApiError::Internal(m) => json!({"code": "BRIDGE_INTERNAL", "message": m}),
+        }
+    }
+
+    /// Seconds for `Retry-After`, when the error says when to retry.
+    fn retry_after_secs(&self) -> Option<u64> {
+        let ms = match self {
+            ApiError::Request(r) => match r.as_ref() {
+                RequestError::Rejected(e) => e.retry_after_ms,
+                RequestError::NotConnected {
+                    next_attempt_in_ms, ..
+                } => *next_attempt_in_ms,
+                _ => None,
+            },
+            _ => None,
+        }?;
+        Some(ms.div_ceil(1000).max(1))
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Request(e) => match e.as_ref() {
+                RequestError::Rejected(g) => match g.code.as_str() {
+                    "INVALID_REQUEST" => StatusCode::BAD_REQUEST,
+                    "FORBIDDEN" => StatusCode::FORBIDDEN,
+                    "NOT_PAIRED" | "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::BAD_GATEWAY,
+                },
+                RequestError::NotConnected { .. }
+                | RequestError::Disconnected { .. }
+                | RequestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            },
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut b = HttpResponse::build(self.status_code());
+        if let Some(s) = self.retry_after_secs() {
+            b.insert_header((header::RETRY_AFTER, s.to_string()));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            b.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        b.json(json!({"ok": false, "error": self.object()}))
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        ApiError::Request(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::GatewayError;
+
+    fn status(e: ApiError) -> u16 {
+        e.status_code().as_u16()
+    }
+
+    fn rejected(code: &str) -> ApiError {
+        ApiError::from(RequestError::Rejected(Box::new(GatewayError::local(
+            code, "x",
+        ))))
+    }
+
+    #[test]
+    fn mapping_follows_the_contract() {
+        assert_eq!(status(rejected("INVALID_REQUEST")), 400);
+        assert_eq!(status(rejected("FORBIDDEN")), 403);
+        assert_eq!(status(rejected("NOT_PAIRED")), 503);
+        assert_eq!(status(rejected("UNAVAILABLE")), 503);
+        assert_eq!(status(rejected("APPROVAL_NOT_FOUND")), 502);
+        assert_eq!(
+            status(ApiError::from(RequestError::NotConnected {
+                state: "backoff".into(),
+                next_attempt_in_ms: None
+            })),
+            503
+        );
+        assert_eq!(
+            status(ApiError::from(RequestError::Timeout { after_ms: 1 })),
+            504
+        );
+        assert_eq!(
+            status(ApiError::from(RequestError::BadRequest("x".into()))),
+            400
+        );
+        assert_eq!(status(ApiError::from(RequestError::ShuttingDown)), 503);
+        assert_eq!(status(ApiError::Unauthorized), 401);
+        assert_eq!(status(ApiError::TooLarge { limit: 1 }), 413);
+    }
+
+    #[test]
+    fn retry_after_is_rounded_up_seconds() {
+        let mut g = GatewayError::local("UNAVAILABLE", "starting");
+        g.retry_after_ms = Some(500);
+        let e = ApiError::from(RequestError::Rejected(Box::new(g)));
+        assert_eq!(e.retry_after_secs(), Some(1));
+        let r = e.error_response();
+        assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+    }
+}

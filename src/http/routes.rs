@@ -1,0 +1,201 @@
+//! Route handlers.
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::{ApiError, ApiState, MAX_BODY_BYTES};
+use crate::actors::messages::{LinkState, Send};
+use crate::actors::registry::{GetAgent, ListAgents};
+use crate::actors::supervisor::GetStatus;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/v1/agents", web::get().to(agents))
+        .route("/v1/agents/{id}", web::get().to(agent))
+        .route("/v1/events", web::get().to(super::sse::events))
+        .route("/v1/rpc", web::post().to(rpc))
+        .default_service(web::to(not_found));
+}
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    pub access_token: Option<String>,
+}
+
+/// Access log without the query string (it may hold `access_token`).
+pub async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let path = req.path().to_owned();
+    let res = next.call(req).await?;
+    tracing::debug!(event = "http.request", %method, %path, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "http request");
+    Ok(res)
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let status = state
+        .supervisor
+        .send(GetStatus)
+        .await
+        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))?;
+    let mut res = if status.state == LinkState::Connected {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::ServiceUnavailable()
+    };
+    Ok(res.json(status))
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, false)?;
+    let body = match &state.metrics {
+        Some(h) => h.render(),
+        None => String::new(),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(body))
+}
+
+async fn agents(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, false)?;
+    let list = state
+        .registry
+        .send(ListAgents)
+        .await
+        .map_err(|_| ApiError::Internal("the registry is not running".into()))?;
+    Ok(HttpResponse::Ok().json(list.agents))
+}
+
+async fn agent(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, false)?;
+    let id = path.into_inner();
+    let detail = state
+        .registry
+        .send(GetAgent(id.clone()))
+        .await
+        .map_err(|_| ApiError::Internal("the registry is not running".into()))?;
+    match detail {
+        Some(d) => Ok(HttpResponse::Ok().json(d)),
+        None => Err(ApiError::NotFound(format!("no agent {id:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RpcBody {
+    method: String,
+    #[serde(default)]
+    params: Option<Box<RawValue>>,
+    #[serde(default)]
+    expect_final: bool,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// Read the body up to [`MAX_BODY_BYTES`]; over that is 413.
+async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn rpc(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, false)?;
+    if let Some(len) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > MAX_BODY_BYTES {
+            return Err(ApiError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+    }
+    let body = read_body(payload).await?;
+    let rpc: RpcBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be JSON {{\"method\": string, \"params\"?: object, \"expectFinal\"?: bool, \"timeoutMs\"?: number}}: {e}"
+        ))
+    })?;
+    if rpc.method.trim().is_empty() {
+        return Err(ApiError::BadRequest("method must not be empty".into()));
+    }
+    let params = match rpc.params {
+        Some(p) if p.get().trim() == "null" => None,
+        Some(p) if !p.get().trim_start().starts_with('{') => {
+            return Err(ApiError::BadRequest("params must be a JSON object".into()))
+        }
+        other => other,
+    };
+    let timeout = match rpc.timeout_ms {
+        Some(0) | Some(600_001..) => {
+            return Err(ApiError::BadRequest(
+                "timeoutMs must be from 1 to 600000".into(),
+            ))
+        }
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
+    let msg = Send {
+        method: rpc.method,
+        params,
+        timeout,
+        expect_final: rpc.expect_final,
+    };
+    let result = state
+        .supervisor
+        .send(msg)
+        .await
+        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))?;
+    let payload = result?;
+    // Splice the raw payload in without re-parsing it.
+    let body = format!("{{\"ok\":true,\"payload\":{}}}", payload.get());
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}

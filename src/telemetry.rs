@@ -1,0 +1,86 @@
+//! Logging setup and the operator-facing event names.
+//!
+//! Every log line an operator may alert on carries a stable `event` field from
+//! [`events`]; the names are defined once here and used by both the log lines
+//! and the metrics so they never drift apart.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Stable event names (`../shared/CONTRACT.md`, "Logs").
+pub mod events {
+    pub const BRIDGE_STARTED: &str = "bridge.started";
+    pub const BRIDGE_STOPPING: &str = "bridge.stopping";
+    pub const GATEWAY_CONNECTING: &str = "gateway.connecting";
+    pub const GATEWAY_CONNECTED: &str = "gateway.connected";
+    pub const GATEWAY_DISCONNECTED: &str = "gateway.disconnected";
+    pub const GATEWAY_BACKOFF: &str = "gateway.backoff";
+    pub const GATEWAY_REJECTED: &str = "gateway.rejected";
+    pub const GATEWAY_PARKED: &str = "gateway.parked";
+    pub const GATEWAY_PAIRING_REQUIRED: &str = "gateway.pairing_required";
+    pub const GATEWAY_WATCHDOG_EXPIRED: &str = "gateway.watchdog_expired";
+    pub const GATEWAY_SEQ_GAP: &str = "gateway.seq_gap";
+    pub const RPC_FAILED: &str = "rpc.failed";
+    pub const SSE_SUBSCRIBER_LAGGED: &str = "sse.subscriber_lagged";
+    pub const CONFIG_INVALID: &str = "config.invalid";
+    // Additional names (not in the contract table, stable all the same).
+    /// A frame that could not be decoded or was over the size limit.
+    pub const GATEWAY_BAD_FRAME: &str = "gateway.bad_frame";
+    /// A response whose id matches no pending request.
+    pub const GATEWAY_UNKNOWN_RESPONSE: &str = "gateway.unknown_response";
+    /// The gateway restarted (a new `server.bootId`).
+    pub const GATEWAY_RESTARTED: &str = "gateway.restarted";
+    /// The registry was refreshed from `agents.list`.
+    pub const REGISTRY_RESYNCED: &str = "registry.resynced";
+    pub const HTTP_LISTENING: &str = "http.listening";
+    pub const BRIDGE_STOPPED: &str = "bridge.stopped";
+}
+
+/// Install the global subscriber. `RUST_LOG` overrides `log.level`.
+/// Logs go to stdout (systemd's journal and Docker read it there); the `call`
+/// command logs to stderr so stdout is only its JSON answer.
+pub fn init(settings: &LogSettings, to_stderr: bool) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&settings.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let format = settings
+        .format
+        .unwrap_or(if std::io::stdout().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        });
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match (format, to_stderr) {
+        (LogFormat::Json, false) => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
+            .try_init(),
+        (LogFormat::Json, true) => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+        (LogFormat::Pretty, false) => registry.with(fmt::layer()).try_init(),
+        (LogFormat::Pretty, true) => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+    };
+    // A second init (tests) keeps the first subscriber: nothing to do.
+    let _ = result;
+}

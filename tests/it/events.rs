@@ -1,0 +1,167 @@
+//! Events: decoded once, delivered whole (large, fragmented), garbage survived.
+
+use std::time::Duration;
+
+use openclaw_bridge::actors::broker::{BrokerItem, Filter, Subscribe, Subscription};
+use serde_json::{json, Value};
+
+use crate::support::app::{spawn_app, TestApp};
+use crate::support::fake_gateway::{FakeGateway, FakeOptions};
+
+const T: Duration = Duration::from_secs(10);
+
+async fn subscribe(app: &TestApp) -> Subscription {
+    app.broker
+        .send(Subscribe {
+            filter: Filter::default(),
+            since: None,
+            label: "test".into(),
+        })
+        .await
+        .unwrap()
+}
+
+/// Next item that is a gateway event (skips bridge.* lifecycle messages).
+async fn next_event(sub: &mut Subscription) -> std::sync::Arc<BrokerItem> {
+    loop {
+        let item = tokio::time::timeout(T, sub.rx.recv())
+            .await
+            .expect("an event within the timeout")
+            .expect("stream open");
+        if !item.name.starts_with("bridge.") {
+            return item;
+        }
+    }
+}
+
+fn data(item: &BrokerItem) -> Value {
+    serde_json::from_str(&item.data).expect("data is JSON")
+}
+
+#[actix_rt::test]
+async fn large_events_arrive_intact() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await);
+    let mut sub = subscribe(&app).await;
+    for size in [1 << 20, 20_000_000] {
+        let text: String = "é\"x\\ ".chars().cycle().take(size / 2).collect();
+        gw.send_event("agent", json!({"runId": "big", "stream": "assistant", "agentId": "main", "data": {"text": text}}));
+        let item = next_event(&mut sub).await;
+        let v = data(&item);
+        assert_eq!(
+            v["payload"]["data"]["text"].as_str().unwrap(),
+            text,
+            "{size}-byte event altered"
+        );
+    }
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn fragmented_messages_with_pings_between_are_reassembled() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await);
+    let mut sub = subscribe(&app).await;
+    let payload =
+        json!({"runId": "r", "stream": "assistant", "data": {"text": "ünïcödé ".repeat(5000)}});
+    let frame =
+        json!({"type": "event", "event": "agent", "seq": 1, "payload": payload}).to_string();
+    gw.send_fragmented_with_pings(frame, 37);
+    let item = next_event(&mut sub).await;
+    assert_eq!(data(&item)["payload"], payload);
+    assert!(
+        gw.wait_for(T, |g| g.pongs_received() >= 36).await,
+        "every ping is answered"
+    );
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn pings_are_answered_with_pongs() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await);
+    for _ in 0..3 {
+        gw.send_ping();
+    }
+    assert!(gw.wait_for(T, |g| g.pongs_received() >= 3).await);
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn garbage_and_unknown_events_do_not_break_the_session() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await);
+    let mut sub = subscribe(&app).await;
+    for junk in [
+        "not json",
+        "{",
+        "[]",
+        r#"{"type":"event"}"#,
+        r#"{"type":"event","event":"agent","payload":{"no":"runId"}}"#,
+        r#"{"type":"mystery","x":1}"#,
+        r#"{"type":"res","ok":true}"#,
+    ] {
+        gw.send_text(junk);
+    }
+    gw.send_binary(vec![0, 159, 146, 150]);
+    gw.send_event("some.future.event", json!({"novel": [1, 2, {"x": null}]}));
+    // The malformed `agent` event is passed on untyped; then the unknown one.
+    let first = next_event(&mut sub).await;
+    assert_eq!(first.name, "agent");
+    assert_eq!(data(&first)["payload"], json!({"no": "runId"}));
+    let item = next_event(&mut sub).await;
+    assert_eq!(item.name, "some.future.event");
+    assert_eq!(
+        data(&item)["payload"],
+        json!({"novel": [1, 2, {"x": null}]})
+    );
+    assert_eq!(app.status().await.state.as_str(), "connected");
+    let (status, _) = app.rpc(json!({"method": "health"})).await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn seq_gap_triggers_an_agents_list_resync() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await);
+    assert!(
+        gw.next_request_for("agents.list", T).await.is_some(),
+        "listed after hello-ok"
+    );
+    let (_, agents) = app.get("/v1/agents").await;
+    assert_eq!(agents[0]["id"], "main");
+    gw.set_agents(vec![
+        json!({"id": "main"}),
+        json!({"id": "ops", "name": "Ops"}),
+    ]);
+    gw.send_event("tick", json!({"ts": 1}));
+    gw.send_event_with_seq("tick", json!({"ts": 2}), Some(10));
+    assert!(
+        gw.next_request_for("agents.list", T).await.is_some(),
+        "resync after the gap"
+    );
+    let ok = gw.wait_for(T, |_| true).await;
+    assert!(ok);
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let (_, agents) = app.get("/v1/agents").await;
+        ids = agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.len() == 2 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids, vec!["main", "ops"]);
+    app.stop().await;
+}

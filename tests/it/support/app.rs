@@ -1,0 +1,135 @@
+//! Spawn the bridge the way the binary does (`Application::build`), pointed at
+//! a gateway, with an HTTP API on a free loopback port.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use openclaw_bridge::actors::supervisor::{GetStatus, Status};
+use openclaw_bridge::actors::Supervisor;
+use openclaw_bridge::config::{Settings, Sources};
+use openclaw_bridge::{Application, Stopper};
+use serde_json::Value;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub supervisor: Addr<Supervisor>,
+    pub broker: Addr<openclaw_bridge::actors::EventBroker>,
+    pub stopper: Stopper,
+    pub client: awc::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings for tests: fast handshake/retry timings, HTTP on port 0.
+pub fn test_settings(url: &str, token: Option<&str>, extra_toml: &str) -> Settings {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bridge.toml");
+    let token_line = token
+        .map(|t| format!("token = {t:?}\n"))
+        .unwrap_or_default();
+    let toml = format!(
+        "[gateway]\nurl = {url:?}\n{token_line}handshake_timeout_ms = 2000\nrequest_timeout_ms = 5000\n\
+         [reconnect]\ninitial_ms = 20\nmax_ms = 300\nstable_after_ms = 1000\npark_retry_ms = 60000\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = {:?}\n{extra_toml}",
+        dir.path().display().to_string()
+    );
+    std::fs::write(&path, toml).expect("write config");
+    let s = Settings::load_from(&Sources {
+        system_file: None,
+        file: Some(path),
+        env: Default::default(),
+    });
+    match s {
+        Ok(s) => s,
+        Err(e) => panic!("test settings invalid: {e}"),
+    }
+}
+
+pub async fn spawn_app(url: &str, token: Option<&str>, extra_toml: &str) -> TestApp {
+    spawn_with(test_settings(url, token, extra_toml)).await
+}
+
+pub async fn spawn_with(settings: Settings) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = Application::build(settings)
+        .await
+        .expect("application starts");
+    let addr = app.http_addr();
+    let supervisor = app.supervisor.clone();
+    let broker = app.broker.clone();
+    let stopper = app.stopper();
+    actix_rt::spawn(async move {
+        let _ = app.run_until_stopped().await;
+    });
+    TestApp {
+        addr,
+        supervisor,
+        broker,
+        stopper,
+        client: awc::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .finish(),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn status(&self) -> Status {
+        self.supervisor
+            .send(GetStatus)
+            .await
+            .expect("supervisor alive")
+    }
+
+    /// Wait until the link is connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.wait_state("connected", timeout).await
+    }
+
+    pub async fn wait_state(&self, state: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.status().await.state.as_str() == state {
+                return true;
+            }
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let mut res = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET reaches the bridge");
+        let body = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn rpc(&self, body: Value) -> (u16, Value) {
+        let mut res = self
+            .client
+            .post(self.url("/v1/rpc"))
+            .send_json(&body)
+            .await
+            .expect("POST reaches the bridge");
+        let bytes = res.body().limit(64 << 20).await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn stop(&self) {
+        self.stopper.stop().await;
+    }
+}

@@ -1,0 +1,6 @@
+//! Test support: fake gateway (faults on demand), real gateway harness, fake model.
+#![allow(dead_code)]
+pub mod app;
+pub mod fake_gateway;
+pub mod fake_model;
+pub mod real_gateway;
