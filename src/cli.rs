@@ -54,12 +54,23 @@ pub enum Command {
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
     },
+    /// Device identity (for gateways that are not on loopback).
+    Identity {
+        #[command(subcommand)]
+        action: IdentityAction,
+    },
     /// Ask a running daemon whether it is ready (GET /readyz); exit 0 if so.
     Healthcheck {
         /// Default: http://<http.listen>/readyz.
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityAction {
+    /// Device id, public key, key file, whether a device token is stored.
+    Show,
 }
 
 /// Parse the command line and run it.
@@ -89,8 +100,8 @@ fn report_config_errors(errors: &ConfigErrors) {
 
 pub fn run(cli: Cli) -> u8 {
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => match load(cli.config) {
-            Ok(s) => run_daemon(s),
+        Command::Run => match load(cli.config.clone()) {
+            Ok(s) => run_daemon(s, cli.config),
             Err(code) => code,
         },
         Command::CheckConfig => match load(cli.config) {
@@ -133,6 +144,12 @@ pub fn run(cli: Cli) -> u8 {
             };
             call(settings, method, params, wait_final, timeout)
         }
+        Command::Identity {
+            action: IdentityAction::Show,
+        } => match load(cli.config) {
+            Ok(s) => identity_show(&s),
+            Err(code) => code,
+        },
         Command::Healthcheck { url } => {
             let settings = match load(cli.config) {
                 Ok(s) => s,
@@ -143,21 +160,30 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
-fn run_daemon(settings: Settings) -> u8 {
+fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
     telemetry::init(&settings.log, false);
+    let settings_now = settings.clone();
     let system = actix_rt::System::new();
     let code = system.block_on(async move {
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => {
-                tracing::error!(event = ev::CONFIG_INVALID, key = "http.listen", problem = %e, "cannot start: {e}");
+                let key = e.key();
+                tracing::error!(event = ev::CONFIG_INVALID, key, problem = %e, "cannot start: {e}");
                 return EXIT_CONFIG;
             }
         };
         let stopper = app.stopper();
         let supervisor = app.supervisor.clone();
+        // The HTTP server is bound: tell systemd (no-op without NOTIFY_SOCKET).
+        crate::notify::ready();
+        let watchdog = crate::notify::spawn_watchdog(app.supervisor.clone());
         actix_rt::spawn(async move {
-            wait_for_signals(supervisor).await;
+            wait_for_signals(supervisor, config_path, settings_now).await;
+            crate::notify::stopping();
+            if let Some(w) = watchdog {
+                w.abort();
+            }
             stopper.stop().await;
         });
         match app.run_until_stopped().await {
@@ -174,8 +200,13 @@ fn run_daemon(settings: Settings) -> u8 {
     code
 }
 
-/// Return on SIGTERM or SIGINT; SIGHUP retries a parked or waiting link now.
-async fn wait_for_signals(supervisor: actix::Addr<Supervisor>) {
+/// Return on SIGTERM or SIGINT. SIGHUP reloads the configuration (see
+/// [`reload`]) and retries a parked or waiting link at once.
+async fn wait_for_signals(
+    supervisor: actix::Addr<Supervisor>,
+    config_path: Option<PathBuf>,
+    mut current: Settings,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -190,9 +221,86 @@ async fn wait_for_signals(supervisor: actix::Addr<Supervisor>) {
         tokio::select! {
             _ = term.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGTERM", "stopping"); return; }
             _ = int.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGINT", "stopping"); return; }
-            _ = hup.recv() => supervisor.do_send(crate::actors::supervisor::RetryNow),
+            _ = hup.recv() => {
+                if let Some(next) = reload(&current, config_path.clone(), &supervisor) {
+                    current = next;
+                }
+                supervisor.do_send(crate::actors::supervisor::RetryNow);
+            }
         }
     }
+}
+
+/// Re-read every configuration layer (token files included). Applied at run
+/// time: gateway tokens and connection settings (from the next connection
+/// attempt on), reconnect bounds, log level. `http.*`, `state.*` and
+/// `events.*` need a restart; a change there is logged. An invalid new
+/// configuration is reported and the running one kept.
+fn reload(
+    current: &Settings,
+    config_path: Option<PathBuf>,
+    supervisor: &actix::Addr<Supervisor>,
+) -> Option<Settings> {
+    let next = match Settings::load(config_path) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(event = ev::CONFIG_INVALID, key = %e.key, problem = %e.problem, "SIGHUP: the new configuration is invalid; keeping the running one");
+            }
+            return None;
+        }
+    };
+    let mut changed: Vec<&str> = Vec::new();
+    let (g, n) = (&current.gateway, &next.gateway);
+    if g.token != n.token {
+        changed.push("gateway.token");
+    }
+    if g.url != n.url {
+        changed.push("gateway.url");
+    }
+    if g.scopes != n.scopes
+        || g.client_id != n.client_id
+        || g.client_mode != n.client_mode
+        || g.display_name != n.display_name
+    {
+        changed.push("gateway client/scopes");
+    }
+    if g.request_timeout != n.request_timeout || g.handshake_timeout != n.handshake_timeout {
+        changed.push("gateway timeouts");
+    }
+    let (r, m) = (&current.reconnect, &next.reconnect);
+    if r.backoff != m.backoff || r.stable_after != m.stable_after || r.park_retry != m.park_retry {
+        changed.push("reconnect");
+    }
+    if current.log.level != next.log.level {
+        match telemetry::set_level(&next.log.level) {
+            Ok(()) => changed.push("log.level"),
+            Err(e) => tracing::warn!("SIGHUP: log.level not changed: {e}"),
+        }
+    }
+    let restart_needed: Vec<&str> = [
+        ("http.listen", current.http.listen != next.http.listen),
+        ("http.token", current.http.token != next.http.token),
+        ("state.dir", current.state.dir != next.state.dir),
+        (
+            "events",
+            current.events.buffer != next.events.buffer
+                || current.events.subscriber_queue != next.events.subscriber_queue,
+        ),
+        ("log.format", current.log.format != next.log.format),
+    ]
+    .into_iter()
+    .filter_map(|(k, c)| c.then_some(k))
+    .collect();
+    match supervisor_config(&next, Mode::Daemon) {
+        Ok(cfg) => supervisor.do_send(crate::actors::supervisor::Reconfigure(cfg)),
+        Err(e) => {
+            tracing::error!(event = ev::CONFIG_INVALID, key = e.key(), problem = %e, "SIGHUP: keeping the running configuration");
+            return None;
+        }
+    }
+    tracing::info!(event = ev::CONFIG_RELOADED, changed = %changed.join(", "), restart_needed = %restart_needed.join(", "), "SIGHUP: configuration reloaded");
+    Some(next)
 }
 
 fn call(
@@ -211,11 +319,14 @@ fn call(
     let connect_timeout = timeout.unwrap_or(settings.gateway.request_timeout);
     let system = actix_rt::System::new();
     system.block_on(async move {
-        let sup = Supervisor::new(
-            supervisor_config(&settings, Mode::FailFast),
-            Outputs::default(),
-        )
-        .start();
+        let cfg = match supervisor_config(&settings, Mode::FailFast) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                eprintln!("openclaw-bridge: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+        let sup = Supervisor::new(cfg, Outputs::default()).start();
         let ready = sup
             .send(WaitReady {
                 timeout: connect_timeout,
@@ -280,6 +391,54 @@ fn call(
         let _ = tokio::time::timeout(Duration::from_secs(3), sup.send(Shutdown)).await;
         code
     })
+}
+
+fn identity_show(settings: &Settings) -> u8 {
+    use crate::identity::{DeviceIdentity, DeviceTokenStore, KEY_FILE};
+    let dir = &settings.state.dir;
+    let used = if settings.uses_device_identity() {
+        "yes"
+    } else {
+        "no"
+    };
+    let mode = match settings.gateway.device_identity {
+        crate::config::DeviceIdentityMode::Auto => "auto",
+        crate::config::DeviceIdentityMode::Always => "always",
+        crate::config::DeviceIdentityMode::Never => "never",
+    };
+    match DeviceIdentity::load(dir) {
+        Ok(Some(id)) => {
+            let store = DeviceTokenStore::new(dir, id.device_id());
+            let token = match store.load(&settings.gateway.url, crate::ROLE) {
+                Ok(Some(t)) => format!(
+                    "yes (scopes {}, issued at {} ms)",
+                    t.scopes.join(","),
+                    t.issued_at_ms
+                ),
+                Ok(None) => "no".to_owned(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            println!("device_id:       {}", id.device_id());
+            println!("public_key:      {}", id.public_key_b64url());
+            println!("key_file:        {}", id.key_path().display());
+            println!("device_token:    {token} (for {})", settings.gateway.url);
+            println!("used_for_gateway: {used} (gateway.device_identity = {mode})");
+            EXIT_OK
+        }
+        Ok(None) => {
+            println!("device_id:       none yet");
+            println!(
+                "key_file:        {} (created on the first run that uses a device identity)",
+                dir.join(KEY_FILE).display()
+            );
+            println!("used_for_gateway: {used} (gateway.device_identity = {mode})");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("openclaw-bridge: {e}");
+            EXIT_RUNTIME
+        }
+    }
 }
 
 fn print_error(obj: &serde_json::Value) {

@@ -71,6 +71,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "device_identity",
             "request_timeout_ms",
             "handshake_timeout_ms",
+            "tls_ca_file",
         ],
     ),
     (
@@ -143,6 +144,8 @@ pub struct GatewaySettings {
     pub device_identity: DeviceIdentityMode,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// Extra trusted CA (PEM) for `wss://`, besides the system roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -582,6 +585,18 @@ impl Settings {
             Duration::from_millis(r.number("gateway.request_timeout_ms", 1, 3_600_000));
         let handshake_timeout =
             Duration::from_millis(r.number("gateway.handshake_timeout_ms", 1, 600_000));
+        let tls_ca_file = r
+            .opt_string("gateway.tls_ca_file")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        if let Some(path) = &tls_ca_file {
+            if let Err(e) = crate::tls::load_ca_file(path) {
+                r.err(
+                    "gateway.tls_ca_file",
+                    format!("{e}; give a PEM file with the CA certificate(s)"),
+                );
+            }
+        }
 
         // [reconnect]
         let initial = r.number("reconnect.initial_ms", 1, 3_600_000);
@@ -668,6 +683,7 @@ impl Settings {
                     device_identity,
                     request_timeout,
                     handshake_timeout,
+                    tls_ca_file,
                 },
                 reconnect: ReconnectSettings {
                     backoff,
@@ -731,6 +747,7 @@ impl Settings {
         );
         gw.insert("request_timeout_ms".into(), ms(g.request_timeout));
         gw.insert("handshake_timeout_ms".into(), ms(g.handshake_timeout));
+        path(&mut gw, "tls_ca_file", &g.tls_ca_file);
         let rc = &self.reconnect;
         let mut re = Table::new();
         re.insert("initial_ms".into(), ms(rc.backoff.initial()));

@@ -7,12 +7,16 @@
 //!   events; serde and pure functions only.
 //! - [`backoff`]: the full-jitter exponential backoff value type.
 //! - [`config`]: layered, validated settings; secrets redacted.
+//! - [`identity`]: Ed25519 device key, v3 signatures, stored device tokens (0600 files).
+//! - [`store`]: embedded SQLite (agents, runs, last session); batched writer thread.
 //! - [`telemetry`]: logging setup and the stable operator event names.
+//! - [`tls`]: rustls client configuration for `wss://` (system roots + private CA).
 //! - [`metrics`]: Prometheus metric names and recording helpers.
 //! - [`actors`]: `Supervisor` (link lifecycle), `GatewayConnection` (one
 //!   socket), `AgentRegistry` (agents and runs), `EventBroker` (fan-out).
 //! - [`http`]: the HTTP API — health, readiness, metrics, agents, SSE, RPC.
 //! - [`cli`]: the command line (`run`, `check-config`, `call`, `healthcheck`).
+//! - [`notify`]: systemd `sd_notify` (READY, STATUS, WATCHDOG, STOPPING); no-ops elsewhere.
 //!
 //! Data flows one way: socket → `protocol` decode → `GatewayConnection` →
 //! typed messages → `AgentRegistry` / `EventBroker` → HTTP / SSE; requests go
@@ -24,9 +28,13 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod metrics;
+pub mod notify;
 pub mod protocol;
+pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +45,7 @@ use actix_web::dev::ServerHandle;
 
 use actors::broker::CloseAll;
 use actors::gateway::ConnectionConfig;
-use actors::registry::SetResyncTarget;
+use actors::registry::{FlushStore, SetResyncTarget};
 use actors::supervisor::{Mode, Outputs, Shutdown, SupervisorConfig};
 use actors::{AgentRegistry, EventBroker, Supervisor};
 use config::Settings;
@@ -47,32 +55,89 @@ use telemetry::events as ev;
 /// systemd's and Docker's default stop timeouts (90 s / 10 s).
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(8);
 
-/// The connection settings a supervisor uses, from the configuration.
-pub fn connection_config(settings: &Settings) -> ConnectionConfig {
+/// A setting that passed validation but cannot be put to use (trust roots,
+/// the device key). Reported like a configuration error (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityError),
+}
+
+impl SetupError {
+    /// The configuration key to fix.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SetupError::Tls(_) => "gateway.tls_ca_file",
+            SetupError::Identity(_) => "state.dir",
+        }
+    }
+}
+
+/// The role the bridge connects as; device tokens are kept per gateway and role.
+pub const ROLE: &str = "operator";
+
+/// The connection settings a supervisor uses, from the configuration: TLS
+/// roots for `wss://`, the device identity and a stored device token when
+/// `gateway.device_identity` applies.
+pub fn connection_config(
+    settings: &Settings,
+) -> Result<(ConnectionConfig, Option<Arc<identity::DeviceTokenStore>>), SetupError> {
     let g = &settings.gateway;
-    ConnectionConfig {
+    let tls = if g.url.to_ascii_lowercase().starts_with("wss://") {
+        Some(tls::client_config(g.tls_ca_file.as_deref())?)
+    } else {
+        None
+    };
+    let mut device: Option<Arc<dyn actors::gateway::DeviceSigner>> = None;
+    let mut device_token = None;
+    let mut tokens = None;
+    if settings.uses_device_identity() {
+        let id = identity::DeviceIdentity::load_or_create(&settings.state.dir)?;
+        if id.was_created() {
+            tracing::info!(device_id = id.device_id(), key = %id.key_path().display(), "created a device identity; the gateway will ask for it to be approved (pairing)");
+        }
+        let store = identity::DeviceTokenStore::new(&settings.state.dir, id.device_id());
+        // A stored token is used only if it was granted every configured
+        // scope; otherwise the shared token asks for a scope upgrade.
+        if let Some(t) = store.load(&g.url, ROLE)? {
+            if g.scopes.iter().all(|s| t.scopes.contains(s)) {
+                device_token = Some(t.token);
+            } else {
+                tracing::info!("the stored device token lacks some of gateway.scopes; asking for a scope upgrade");
+            }
+        }
+        device = Some(Arc::new(id));
+        tokens = Some(Arc::new(store));
+    }
+    let config = ConnectionConfig {
         url: g.url.clone(),
         token: g.token.as_ref().map(|t| t.expose().to_owned()),
-        device_token: None,
+        device_token,
         client_id: g.client_id.clone(),
         client_mode: g.client_mode.clone(),
         display_name: g.display_name.clone(),
         scopes: g.scopes.clone(),
         request_timeout: g.request_timeout,
         handshake_timeout: g.handshake_timeout,
-        device: None,
-    }
+        device,
+        tls,
+    };
+    Ok((config, tokens))
 }
 
 /// The supervisor settings from the configuration.
-pub fn supervisor_config(settings: &Settings, mode: Mode) -> SupervisorConfig {
-    SupervisorConfig {
-        connection: Arc::new(connection_config(settings)),
+pub fn supervisor_config(settings: &Settings, mode: Mode) -> Result<SupervisorConfig, SetupError> {
+    let (connection, device_tokens) = connection_config(settings)?;
+    Ok(SupervisorConfig {
+        connection: Arc::new(connection),
         backoff: settings.reconnect.backoff,
         stable_after: settings.reconnect.stable_after,
         park_retry: settings.reconnect.park_retry,
         mode,
-    }
+        device_tokens,
+    })
 }
 
 /// Why the application could not start.
@@ -85,6 +150,46 @@ pub enum AppError {
     },
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
+    #[error("{0}")]
+    Setup(#[from] SetupError),
+    #[error("cannot open the store in {dir}: {source}")]
+    Store {
+        dir: String,
+        source: store::StoreError,
+    },
+}
+
+impl AppError {
+    /// The configuration key to fix, for the `config.invalid` log line.
+    pub fn key(&self) -> &'static str {
+        match self {
+            AppError::Bind { .. } => "http.listen",
+            AppError::Server(_) => "http.listen",
+            AppError::Setup(e) => e.key(),
+            AppError::Store { .. } => "state.dir",
+        }
+    }
+}
+
+/// Open the store and load what it holds for the registry.
+fn open_store(settings: &Settings) -> Result<actors::registry::Persisted, AppError> {
+    let dir = &settings.state.dir;
+    let err = |source| AppError::Store {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let store = store::Store::open(dir).map_err(err)?;
+    let agents = store.load_agents().map_err(err)?;
+    let mut runs = Vec::new();
+    for a in &agents {
+        runs.extend(store.load_runs(&a.id, 20).map_err(err)?);
+    }
+    let writer = store::StoreWriter::spawn(store).map_err(err)?;
+    Ok(actors::registry::Persisted {
+        agents,
+        runs,
+        writer,
+    })
 }
 
 /// The running daemon: actors plus the HTTP server. Built inside an actix
@@ -101,7 +206,9 @@ pub struct Application {
 impl Application {
     /// Start the actors and bind the HTTP server (port 0 picks a free one).
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
-        let registry = AgentRegistry::new().start();
+        let persisted = open_store(&settings)?;
+        tracing::info!(agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %settings.state.dir.display(), "loaded the store");
+        let registry = AgentRegistry::with_store(persisted).start();
         let broker =
             EventBroker::new(settings.events.buffer, settings.events.subscriber_queue).start();
         let out = Outputs {
@@ -109,8 +216,9 @@ impl Application {
             events: Some(broker.clone().recipient()),
             agent_events: Some(registry.clone().recipient()),
             snapshots: Some(registry.clone().recipient()),
+            sessions: Some(registry.clone().recipient()),
         };
-        let supervisor = Supervisor::new(supervisor_config(&settings, Mode::Daemon), out).start();
+        let supervisor = Supervisor::new(supervisor_config(&settings, Mode::Daemon)?, out).start();
         registry.do_send(SetResyncTarget(supervisor.clone().recipient()));
         let state = http::ApiState {
             supervisor: supervisor.clone(),
@@ -146,6 +254,7 @@ impl Application {
         Stopper {
             supervisor: self.supervisor.clone(),
             broker: self.broker.clone(),
+            registry: self.registry.clone(),
             server: self.server_handle.clone(),
         }
     }
@@ -163,6 +272,7 @@ impl Application {
 pub struct Stopper {
     supervisor: Addr<Supervisor>,
     broker: Addr<EventBroker>,
+    registry: Addr<AgentRegistry>,
     server: ServerHandle,
 }
 
@@ -171,5 +281,6 @@ impl Stopper {
         let _ = tokio::time::timeout(SHUTDOWN_BOUND / 2, self.supervisor.send(Shutdown)).await;
         let _ = self.broker.send(CloseAll).await;
         let _ = tokio::time::timeout(SHUTDOWN_BOUND / 2, self.server.stop(true)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.registry.send(FlushStore)).await;
     }
 }

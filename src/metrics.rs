@@ -102,9 +102,25 @@ pub fn seq_gap() {
     counter!(SEQ_GAPS).increment(1);
 }
 
+/// An outcome label: `ok`, a bridge code, or a gateway error code. Codes are
+/// short upper-case identifiers; anything else counts as `other` so a peer
+/// cannot grow the label set with arbitrary strings.
+fn outcome_label(outcome: &str) -> String {
+    let plain = outcome.len() <= 40
+        && outcome
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if outcome == "ok" || plain {
+        outcome.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
 pub fn request_done(method: &str, outcome: &str, seconds: f64) {
     let m = method_label(method);
-    counter!(REQUESTS, "method" => m, "outcome" => outcome.to_owned()).increment(1);
+    let outcome = outcome_label(outcome);
+    counter!(REQUESTS, "method" => m, "outcome" => outcome).increment(1);
     histogram!(REQUEST_DURATION, "method" => m).record(seconds);
 }
 

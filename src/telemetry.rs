@@ -6,7 +6,9 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+use std::sync::OnceLock;
+
+use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -35,8 +37,38 @@ pub mod events {
     pub const GATEWAY_RESTARTED: &str = "gateway.restarted";
     /// The registry was refreshed from `agents.list`.
     pub const REGISTRY_RESYNCED: &str = "registry.resynced";
-    pub const HTTP_LISTENING: &str = "http.listening";
+    /// A device token from hello-ok was stored (never its value).
+    pub const DEVICE_TOKEN_STORED: &str = "gateway.device_token_stored";
+    /// The gateway refused the stored device token; it was dropped.
+    pub const DEVICE_TOKEN_DROPPED: &str = "gateway.device_token_dropped";
+    /// SIGHUP applied a new configuration (which parts changed; no values).
+    pub const CONFIG_RELOADED: &str = "config.reloaded";
     pub const BRIDGE_STOPPED: &str = "bridge.stopped";
+}
+
+/// A plain level (`info`) also keeps the HTTP server library's own start-up
+/// chatter at warn: operators read our events, not actix's worker counts.
+/// A full filter expression is taken as given.
+fn quiet_libraries(level: &str) -> String {
+    if level.contains('=') || level.contains(',') {
+        level.to_owned()
+    } else {
+        format!("{level},actix_server=warn,actix_web=warn")
+    }
+}
+
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Change the log level at run time (SIGHUP). `RUST_LOG`, when set, wins.
+pub fn set_level(level: &str) -> Result<(), String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Err("RUST_LOG is set and overrides log.level".into());
+    }
+    let filter = EnvFilter::try_new(quiet_libraries(level)).map_err(|e| e.to_string())?;
+    match FILTER.get() {
+        Some(h) => h.reload(filter).map_err(|e| e.to_string()),
+        None => Err("logging is not initialised".into()),
+    }
 }
 
 /// Install the global subscriber. `RUST_LOG` overrides `log.level`.
@@ -46,7 +78,7 @@ pub fn init(settings: &LogSettings, to_stderr: bool) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&settings.level).ok())
+        .or_else(|| EnvFilter::try_new(quiet_libraries(&settings.level)).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let format = settings
         .format
@@ -55,6 +87,8 @@ pub fn init(settings: &LogSettings, to_stderr: bool) {
         } else {
             LogFormat::Json
         });
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = FILTER.set(handle);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match (format, to_stderr) {
         (LogFormat::Json, false) => registry

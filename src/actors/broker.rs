@@ -116,6 +116,8 @@ pub struct EventBroker {
     subscribers: HashMap<u64, Subscriber>,
     next_sub: u64,
     dropped_total: u64,
+    /// After [`CloseAll`] (shutdown) new subscriptions end at once.
+    closed: bool,
 }
 
 impl EventBroker {
@@ -128,6 +130,7 @@ impl EventBroker {
             subscribers: HashMap::new(),
             next_sub: 1,
             dropped_total: 0,
+            closed: false,
         }
     }
 
@@ -165,6 +168,7 @@ impl EventBroker {
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.dropped += 1;
                         self.dropped_total += 1;
+                        crate::metrics::sse_dropped(1);
                         continue;
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -179,13 +183,17 @@ impl EventBroker {
                     sub.lagged_from = Some(item.id);
                     sub.dropped = 1;
                     self.dropped_total += 1;
+                    crate::metrics::sse_dropped(1);
                     tracing::warn!(event = ev::SSE_SUBSCRIBER_LAGGED, subscriber = %sub.label, subscriber_id = *sid, dropped = 1u64, queue = self.queue, "subscriber is not keeping up; skipping events for it (it gets a bridge.gap message)");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*sid),
             }
         }
-        for sid in closed {
-            self.subscribers.remove(&sid);
+        if !closed.is_empty() {
+            for sid in closed {
+                self.subscribers.remove(&sid);
+            }
+            crate::metrics::sse_subscribers(self.subscribers.len());
         }
     }
 }
@@ -257,9 +265,19 @@ impl Handler<Subscribe> for EventBroker {
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         let mut replay: Vec<Arc<BrokerItem>> = Vec::new();
-        if let Some(since) = msg.since {
+        if let Some(asked) = msg.since {
+            // An id this bridge never issued (the client saw a previous
+            // process): everything buffered is new to it, and what came
+            // before is unknown, so say so and replay it all.
+            let unknown = asked >= self.next_id;
+            let since = if unknown { 0 } else { asked };
             let oldest = self.ring.front().map_or(self.next_id, |i| i.id);
-            if since + 1 < oldest && since + 1 < self.next_id {
+            if unknown {
+                replay.push(Arc::new(BrokerItem {
+                    data: json!({"seq": null, "payload": {"from": 1, "to": oldest - 1, "reason": "unknown_id", "last_event_id": asked}}).to_string(),
+                    ..gap_item(1, oldest - 1, 0)
+                }));
+            } else if since.saturating_add(1) < oldest {
                 replay.push(Arc::new(gap_item(
                     since + 1,
                     oldest - 1,
@@ -280,6 +298,10 @@ impl Handler<Subscribe> for EventBroker {
         }
         let id = self.next_sub;
         self.next_sub += 1;
+        if self.closed {
+            // Dropping `tx` ends the stream once the replay is read.
+            return MessageResult(Subscription { id, rx });
+        }
         self.subscribers.insert(
             id,
             Subscriber {
@@ -290,6 +312,7 @@ impl Handler<Subscribe> for EventBroker {
                 dropped: 0,
             },
         );
+        crate::metrics::sse_subscribers(self.subscribers.len());
         MessageResult(Subscription { id, rx })
     }
 }
@@ -437,6 +460,32 @@ mod tests {
         assert_eq!(s.rx.try_recv().unwrap().id, 3);
     }
 
+    #[actix_rt::test]
+    async fn resume_from_an_id_never_issued_replays_all_with_a_marker() {
+        let b = EventBroker::new(10, 10).start();
+        for i in 0..3 {
+            b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
+        }
+        for asked in [99, u64::MAX] {
+            let mut s = b
+                .send(Subscribe {
+                    filter: Filter::default(),
+                    since: Some(asked),
+                    label: "x".into(),
+                })
+                .await
+                .unwrap();
+            let first = s.rx.try_recv().unwrap();
+            assert_eq!(first.name, "bridge.gap");
+            let v: Value = serde_json::from_str(&first.data).unwrap();
+            assert_eq!(v["payload"]["reason"], "unknown_id");
+            let ids: Vec<u64> = std::iter::from_fn(|| s.rx.try_recv().ok())
+                .map(|i| i.id)
+                .collect();
+            assert_eq!(ids, vec![1, 2, 3]);
+        }
+    }
+
     #[test]
     fn data_line_shape() {
         let EventMsg(e) = ev("agent", "a", "r");
@@ -456,5 +505,7 @@ impl Handler<CloseAll> for EventBroker {
 
     fn handle(&mut self, _: CloseAll, _: &mut Context<Self>) {
         self.subscribers.clear();
+        self.closed = true;
+        crate::metrics::sse_subscribers(0);
     }
 }

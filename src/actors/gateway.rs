@@ -74,6 +74,8 @@ pub struct ConnectionConfig {
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
     pub device: Option<Arc<dyn DeviceSigner>>,
+    /// For `wss://` (see `tls`); `None` for `ws://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Where a connection reports and delivers.
@@ -115,6 +117,8 @@ struct Pending {
     /// Only `agent` answers twice; only its payload is inspected.
     is_agent: bool,
     expect_final: bool,
+    /// An `accepted` answer came; the final one is awaited.
+    accepted_seen: bool,
     timer: SpawnHandle,
 }
 
@@ -165,6 +169,8 @@ pub struct GatewayConnection {
     /// Frames the codec refused as too large (each one a lost message).
     oversized_frames: u64,
     close_sent: bool,
+    /// Cached per-event-name counters (no label hashing per event).
+    event_counters: crate::metrics::EventCounters,
 }
 
 impl GatewayConnection {
@@ -186,6 +192,7 @@ impl GatewayConnection {
             handshake_timer: None,
             oversized_frames: 0,
             close_sent: false,
+            event_counters: crate::metrics::EventCounters::default(),
         }
     }
 
@@ -258,6 +265,7 @@ impl GatewayConnection {
         if let Some(seq) = frame.seq {
             if let Some(expected) = self.expected_seq {
                 if seq > expected {
+                    crate::metrics::seq_gap();
                     tracing::warn!(
                         event = ev::GATEWAY_SEQ_GAP,
                         expected,
@@ -273,6 +281,7 @@ impl GatewayConnection {
             }
             self.expected_seq = Some(seq.saturating_add(1));
         }
+        self.event_counters.count(&frame.event);
         let (event, warning) = GatewayEvent::from_frame(&frame);
         if let Some(w) = warning {
             tracing::debug!(event = ev::GATEWAY_BAD_FRAME, "{w}");
@@ -293,6 +302,7 @@ impl GatewayConnection {
         if for_registry {
             if let Some(r) = &self.wiring.agent_events {
                 if r.try_send(EventMsg(event.clone())).is_err() {
+                    crate::metrics::undelivered("registry");
                     tracing::warn!(
                         event = ev::GATEWAY_BAD_FRAME,
                         "registry mailbox full: event not applied"
@@ -302,6 +312,7 @@ impl GatewayConnection {
         }
         if let Some(b) = &self.wiring.events {
             if b.try_send(EventMsg(event)).is_err() {
+                crate::metrics::undelivered("broker");
                 tracing::warn!(
                     event = ev::GATEWAY_BAD_FRAME,
                     "broker mailbox full: event dropped"
@@ -325,9 +336,20 @@ impl GatewayConnection {
             },
             role: "operator".into(),
             scopes: cfg.scopes.clone(),
-            auth: ConnectAuth {
-                token: cfg.token.clone(),
-                device_token: cfg.device_token.clone(),
+            // A device token, once issued, is sent alone: it becomes the signed
+            // token and authenticates as `device-token` (PROTOCOL.md §3.4), which
+            // survives a shared-token change and a shared-token lockout. If the
+            // gateway refuses it, the supervisor drops it and the shared token
+            // is used again.
+            auth: match &cfg.device_token {
+                Some(dt) => ConnectAuth {
+                    token: None,
+                    device_token: Some(dt.clone()),
+                },
+                None => ConnectAuth {
+                    token: cfg.token.clone(),
+                    device_token: None,
+                },
             },
             device: None,
         };
@@ -363,7 +385,7 @@ impl GatewayConnection {
                 return;
             }
         }
-        let Some(p) = self.pending.get(res.id.as_ref()) else {
+        let Some(p) = self.pending.get_mut(res.id.as_ref()) else {
             if self.finished.remove(&res.id) {
                 tracing::trace!(id = %res.id, "late answer to a finished request dropped");
             } else {
@@ -374,9 +396,12 @@ impl GatewayConnection {
         let accepted = res.ok && p.is_agent && res.payload.is_some_and(is_accepted);
         if accepted && p.expect_final {
             // Keep the id open for the final answer.
+            p.accepted_seen = true;
             return;
         }
-        let Some(p) = self.pending.remove(res.id.as_ref()) else {
+        let removed = self.pending.remove(res.id.as_ref());
+        crate::metrics::pending(self.pending.len());
+        let Some(p) = removed else {
             return;
         };
         ctx.cancel_future(p.timer);
@@ -386,6 +411,15 @@ impl GatewayConnection {
         }
         let result = if res.ok {
             Ok(res.payload.map(ToOwned::to_owned).unwrap_or_else(null_raw))
+        } else if let (true, Some(outcome)) = (
+            p.accepted_seen,
+            res.payload
+                .and_then(|raw| run_outcome(raw, res.error.as_ref())),
+        ) {
+            // A run that was accepted and then failed ends with `ok:false`
+            // plus a payload `{runId, status:"error", …}`: that is the run's
+            // outcome, not a failed request (retrying it would run it again).
+            Ok(outcome)
         } else {
             Err(RequestError::Rejected(Box::new(res.error.unwrap_or_else(
                 || {
@@ -533,6 +567,7 @@ impl GatewayConnection {
 }
 
 fn bad_frame(problem: &str, size: usize) {
+    crate::metrics::bad_frame("undecodable");
     tracing::warn!(
         event = ev::GATEWAY_BAD_FRAME,
         size,
@@ -550,6 +585,17 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The final answer of a failed run: its payload object, with the gateway's
+/// error object added as `error` when the payload has none.
+fn run_outcome(payload: &RawValue, error: Option<&GatewayError>) -> Option<Box<RawValue>> {
+    let mut obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(payload.get()).ok()?;
+    if let Some(e) = error {
+        obj.entry("error").or_insert_with(|| e.to_value());
+    }
+    serde_json::value::to_raw_value(&obj).ok()
 }
 
 /// Is this `agent` answer the first, `accepted` one?
@@ -571,10 +617,19 @@ impl Actor for GatewayConnection {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(4096);
         let cfg = self.cfg.clone();
-        let client = awc::Client::builder()
-            .timeout(cfg.handshake_timeout)
-            .max_http_version(awc::http::Version::HTTP_11)
-            .finish();
+        // No `max_http_version` here: in awc it replaces a custom TLS config
+        // with the default one. Our TLS config pins ALPN to http/1.1.
+        // The client timeout is a backstop; the "upgrade" handshake timer
+        // below fires first, so a peer that accepts TCP and then says nothing
+        // (a frozen gateway) is reported as `upgrade_timeout`.
+        let builder =
+            awc::Client::builder().timeout(cfg.handshake_timeout + Duration::from_secs(1));
+        let client = match &cfg.tls {
+            Some(tls) => builder
+                .connector(awc::Connector::new().rustls_0_23(tls.clone()))
+                .finish(),
+            None => builder.finish(),
+        };
         let fut = async move {
             client
                 .ws(cfg.url.as_str())
@@ -658,6 +713,7 @@ impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for GatewayConnec
                 // The codec skips the whole oversized frame and goes on: the
                 // event is lost, so say so loudly, but keep the session.
                 self.oversized_frames += 1;
+                crate::metrics::bad_frame("oversized");
                 tracing::error!(
                     event = ev::GATEWAY_BAD_FRAME,
                     problem = "frame over the size limit",
@@ -740,18 +796,21 @@ impl Handler<Send> for GatewayConnection {
         let timer_id = id.clone();
         let timer = ctx.run_later(timeout, move |act, _| {
             if let Some(p) = act.pending.remove(&timer_id) {
+                crate::metrics::pending(act.pending.len());
                 act.finished.insert(timer_id);
                 let _ = p.tx.send(Err(RequestError::Timeout {
                     after_ms: timeout.as_millis() as u64,
                 }));
             }
         });
+        crate::metrics::pending(self.pending.len() + 1);
         self.pending.insert(
             id,
             Pending {
                 tx,
                 is_agent: msg.method == "agent",
                 expect_final: msg.expect_final,
+                accepted_seen: false,
                 timer,
             },
         );
@@ -806,6 +865,23 @@ mod tests {
         assert!(!is_accepted(&raw(r#"{"runId":"r","status":"in_flight"}"#)));
         assert!(!is_accepted(&raw("[1]")));
         assert!(!is_accepted(&raw("null")));
+    }
+
+    #[test]
+    fn failed_run_outcome_keeps_payload_and_error() {
+        let raw = RawValue::from_string(
+            r#"{"runId":"r","status":"error","summary":"LLM request failed"}"#.to_owned(),
+        )
+        .unwrap();
+        let err: GatewayError = serde_json::from_str(
+            r#"{"code":"UNAVAILABLE","message":"LLM request failed","retryable":true}"#,
+        )
+        .unwrap();
+        let out: serde_json::Value =
+            serde_json::from_str(run_outcome(&raw, Some(&err)).unwrap().get()).unwrap();
+        assert_eq!(out["status"], "error");
+        assert_eq!(out["error"]["code"], "UNAVAILABLE");
+        assert!(run_outcome(&RawValue::from_string("[1]".into()).unwrap(), None).is_none());
     }
 
     #[test]

@@ -12,23 +12,32 @@
 //! of agent ids different from the last `agents.list` (no event announces added
 //! or removed agents, PROTOCOL.md §5).
 //!
-//! **On stop:** state is in memory only; it is rebuilt from `agents.list` on the
-//! next session.
+//! **Persistence:** with a store (`state.dir`/bridge.db), it starts from what
+//! was persisted (served as stale until the gateway answers), and writes
+//! through in batches: changed agents and runs are marked dirty and handed to
+//! the store's writer thread every [`FLUSH_EVERY`], so the event path never
+//! waits on disk. [`FlushStore`] (shutdown) writes what is pending and waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix::prelude::{Actor, Context, Handler, Message, MessageResult, Recipient};
+use std::collections::HashSet;
+use std::time::Duration;
+
+use actix::prelude::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recipient};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::messages::{EventMsg, LinkChanged};
 use crate::protocol::{EventKind, RunPhase};
+use crate::store::{Change, SessionInfo, StoreWriter, StoredAgent, StoredRun};
 use crate::telemetry::events as ev;
 
 /// Recent runs kept per agent.
 const RUNS_KEPT: usize = 20;
+/// How often dirty agents and runs are handed to the store's writer.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// run id → agent id entries kept (chat events may not name the agent).
 const RUN_INDEX_KEPT: usize = 10_000;
 
@@ -91,6 +100,50 @@ pub enum RunStatus {
     Ok,
     Error,
     Aborted,
+    /// Was running when the bridge lost sight of it (restart, outage) and is
+    /// no longer active on the gateway: how it ended is not known.
+    Unknown,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Ok => "ok",
+            RunStatus::Error => "error",
+            RunStatus::Aborted => "aborted",
+            RunStatus::Unknown => "unknown",
+        }
+    }
+
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "running" => RunStatus::Running,
+            "ok" => RunStatus::Ok,
+            "error" => RunStatus::Error,
+            "aborted" => RunStatus::Aborted,
+            _ => RunStatus::Unknown,
+        }
+    }
+}
+
+/// Write what is pending to the store and wait (bounded); shutdown.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FlushStore;
+
+/// The result of `sessions.list`, from `Supervisor`: which runs are active.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct SessionsSnapshot {
+    pub payload: Box<RawValue>,
+}
+
+/// What a registry starts from (loaded from the store) and where it writes.
+pub struct Persisted {
+    pub agents: Vec<StoredAgent>,
+    pub runs: Vec<StoredRun>,
+    pub writer: StoreWriter,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,6 +180,13 @@ struct AgentsListWire {
 #[derive(Default)]
 pub struct AgentRegistry {
     agents: BTreeMap<String, AgentState>,
+    /// The store's writer thread, when persistence is on.
+    writer: Option<StoreWriter>,
+    dirty_agents: HashSet<String>,
+    dirty_runs: HashSet<(String, String)>,
+    /// Agents removed by a snapshot since the last flush.
+    listed_ids: Option<Vec<String>>,
+    session: Option<SessionInfo>,
     /// Newest last.
     runs: HashMap<String, VecDeque<RunRecord>>,
     run_agent: HashMap<String, String>,
@@ -145,6 +205,179 @@ fn now_ms() -> u64 {
 impl AgentRegistry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry that starts from persisted state and writes through.
+    pub fn with_store(p: Persisted) -> Self {
+        let mut reg = AgentRegistry {
+            writer: Some(p.writer),
+            ..Self::default()
+        };
+        for a in p.agents {
+            let status = if a.status == "running" {
+                AgentStatus::Running
+            } else {
+                AgentStatus::Idle
+            };
+            reg.agents.insert(
+                a.id.clone(),
+                AgentState {
+                    id: a.id,
+                    name: a.name,
+                    status,
+                    current_run_id: a.current_run_id,
+                    last_event_at: a.last_event_at,
+                    is_default: a.is_default,
+                    listed: true,
+                    stale: true,
+                    gateway: a.gateway,
+                },
+            );
+        }
+        // Oldest first, as `apply_run` keeps them.
+        for r in p.runs.into_iter().rev() {
+            reg.remember_run(&r.run_id, &r.agent_id);
+            let runs = reg.runs.entry(r.agent_id.clone()).or_default();
+            runs.push_front(RunRecord {
+                run_id: r.run_id,
+                status: RunStatus::parse(&r.status),
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                last_event_at: r.last_event_at,
+            });
+            if runs.len() > RUNS_KEPT {
+                runs.pop_back();
+            }
+        }
+        reg
+    }
+
+    fn mark_agent(&mut self, id: &str) {
+        if self.writer.is_some() {
+            self.dirty_agents.insert(id.to_owned());
+        }
+    }
+
+    fn mark_run(&mut self, agent: &str, run: &str) {
+        if self.writer.is_some() {
+            self.dirty_runs.insert((agent.to_owned(), run.to_owned()));
+        }
+    }
+
+    /// Hand the dirty rows to the writer thread (never waits on disk).
+    fn flush(&mut self) {
+        let Some(writer) = &self.writer else { return };
+        let mut batch = Vec::new();
+        if let Some(ids) = self.listed_ids.take() {
+            batch.push(Change::RemoveAgentsExcept { ids });
+        }
+        let now = now_ms();
+        for id in self.dirty_agents.drain() {
+            if let Some(a) = self.agents.get(&id) {
+                batch.push(Change::UpsertAgent(StoredAgent {
+                    id: a.id.clone(),
+                    name: a.name.clone(),
+                    is_default: a.is_default,
+                    gateway: a.gateway.clone(),
+                    status: match a.status {
+                        AgentStatus::Running => "running".into(),
+                        AgentStatus::Idle => "idle".into(),
+                    },
+                    current_run_id: a.current_run_id.clone(),
+                    last_event_at: a.last_event_at,
+                    updated_at: now,
+                }));
+            }
+        }
+        for (agent, run) in self.dirty_runs.drain() {
+            let Some(r) = self
+                .runs
+                .get(&agent)
+                .and_then(|runs| runs.iter().find(|r| r.run_id == run))
+            else {
+                continue;
+            };
+            batch.push(Change::UpsertRun(StoredRun {
+                run_id: r.run_id.clone(),
+                agent_id: agent,
+                status: r.status.as_str().into(),
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                last_event_at: r.last_event_at,
+                summary: None,
+            }));
+        }
+        if let Some(s) = self.session.take() {
+            batch.push(Change::SetSession(s));
+        }
+        if !batch.is_empty() && !writer.submit(batch) {
+            tracing::warn!(
+                event = "store.write_failed",
+                "store writer is full: a batch of changes was dropped"
+            );
+        }
+    }
+
+    /// Runs that are active on the gateway, from `sessions.list`; every run
+    /// we hold as running that is not among them ended while we could not
+    /// see it.
+    fn apply_sessions(&mut self, payload: &RawValue) {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Row {
+            #[serde(default)]
+            agent_id: Option<String>,
+            #[serde(default)]
+            active_run_ids: Vec<String>,
+        }
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            sessions: Vec<Row>,
+        }
+        let Ok(wire) = serde_json::from_str::<Wire>(payload.get()) else {
+            tracing::warn!("sessions.list answer not understood");
+            return;
+        };
+        let active: HashMap<String, Vec<String>> = wire
+            .sessions
+            .into_iter()
+            .filter_map(|r| Some((r.agent_id?, r.active_run_ids)))
+            .fold(HashMap::new(), |mut m, (a, ids)| {
+                m.entry(a).or_insert_with(Vec::new).extend(ids);
+                m
+            });
+        let mut touched = Vec::new();
+        for (agent, runs) in self.runs.iter_mut() {
+            let live = active.get(agent);
+            for r in runs.iter_mut() {
+                if r.status == RunStatus::Running
+                    && !live.is_some_and(|ids| ids.contains(&r.run_id))
+                {
+                    r.status = RunStatus::Unknown;
+                    touched.push((agent.clone(), r.run_id.clone()));
+                }
+            }
+        }
+        for (agent, run) in touched {
+            self.mark_run(&agent, &run);
+        }
+        let ids: Vec<String> = self.agents.keys().cloned().collect();
+        for id in ids {
+            let live = active.get(&id).and_then(|ids| ids.first().cloned());
+            let Some(a) = self.agents.get_mut(&id) else {
+                continue;
+            };
+            let (status, current) = match live {
+                Some(run) => (AgentStatus::Running, Some(run)),
+                None => (AgentStatus::Idle, None),
+            };
+            if a.status != status || a.current_run_id != current {
+                a.status = status;
+                a.current_run_id = current;
+                self.mark_agent(&id);
+            }
+        }
     }
 
     fn agent_mut(&mut self, id: &str) -> &mut AgentState {
@@ -221,6 +454,8 @@ impl AgentRegistry {
             }
         }
         let still_running = run.status == RunStatus::Running;
+        self.mark_run(agent_id, run_id);
+        self.mark_agent(agent_id);
         let agent = self.agent_mut(agent_id);
         agent.last_event_at = Some(ts);
         if still_running {
@@ -259,11 +494,15 @@ impl AgentRegistry {
             a.is_default = is_default;
             a.listed = true;
             a.gateway = row;
+            self.mark_agent(&id);
             seen.push(id);
         }
         // Agents gone from the gateway and not running anything are removed.
         self.agents
             .retain(|id, a| seen.contains(id) || a.status == AgentStatus::Running);
+        if self.writer.is_some() {
+            self.listed_ids = Some(self.agents.keys().cloned().collect());
+        }
         tracing::info!(
             event = ev::REGISTRY_RESYNCED,
             agents = seen.len(),
@@ -277,6 +516,43 @@ impl Actor for AgentRegistry {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
+        if self.writer.is_some() {
+            ctx.run_interval(FLUSH_EVERY, |act, _| act.flush());
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.flush();
+        if let Some(w) = self.writer.take() {
+            if let Err(e) = w.close(Duration::from_secs(2)) {
+                tracing::warn!(
+                    event = "store.write_failed",
+                    "store not flushed on stop: {e}"
+                );
+            }
+        }
+    }
+}
+
+impl Handler<FlushStore> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushStore, _: &mut Context<Self>) {
+        self.flush();
+        if let Some(w) = &self.writer {
+            // Shutdown only: bounded, and the HTTP server runs elsewhere.
+            if let Err(e) = w.flush(Duration::from_secs(2)) {
+                tracing::warn!(event = "store.write_failed", "store not flushed: {e}");
+            }
+        }
+    }
+}
+
+impl Handler<SessionsSnapshot> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionsSnapshot, _: &mut Context<Self>) {
+        self.apply_sessions(&msg.payload);
     }
 }
 
@@ -310,6 +586,7 @@ impl Handler<EventMsg> for AgentRegistry {
                     .or_else(|| session_agent(c.session_key.as_deref()));
                 if let Some(id) = agent_id {
                     self.agent_mut(&id).last_event_at = Some(now);
+                    self.mark_agent(&id);
                 }
             }
             EventKind::Health(h) => {
@@ -355,6 +632,17 @@ impl Handler<LinkChanged> for AgentRegistry {
 
     fn handle(&mut self, msg: LinkChanged, _: &mut Context<Self>) {
         self.connected = msg.connected;
+        if msg.connected && self.writer.is_some() {
+            let d = &msg.detail;
+            let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
+            self.session = Some(SessionInfo {
+                url: text("url").unwrap_or_default(),
+                server_version: text("server_version").unwrap_or_default(),
+                conn_id: text("conn_id"),
+                boot_id: text("boot_id"),
+                connected_since: Some(now_ms()),
+            });
+        }
         for a in self.agents.values_mut() {
             a.stale = !msg.connected;
         }

@@ -37,15 +37,25 @@ use super::messages::{
     ConnectionDown, ConnectionUp, DisconnectCause, EventMsg, LinkChanged, LinkState, RequestError,
     RetryClass, Send, SeqGap,
 };
-use super::registry::AgentsSnapshot;
+use super::registry::{AgentsSnapshot, SessionsSnapshot};
 use crate::backoff::Backoff;
 use crate::telemetry::events as ev;
 
-/// How long after a `1012` (restart) the supervisor polls quickly instead of
-/// backing off: a restart takes 6–9 s (PROTOCOL.md §4).
-const RESTART_WINDOW: Duration = Duration::from_secs(30);
+/// After an *announced* restart (a `shutdown` event with `restartExpectedMs`,
+/// then close 1012) the supervisor polls quickly instead of backing off, until
+/// `restartExpectedMs` plus this grace: restarts were seen to take 2.5–13 s.
+/// A plain stop (no `restartExpectedMs`) backs off as usual.
+const RESTART_GRACE: Duration = Duration::from_secs(15);
 /// Poll interval inside the restart window (plus up to the same in jitter).
+/// Polls are logged at debug level: one restart must not flood the log.
 const RESTART_POLL: Duration = Duration::from_millis(100);
+
+/// `info`, or `debug` when `quiet` (fast restart polls after the first).
+macro_rules! info_or_debug {
+    ($quiet:expr, $($arg:tt)+) => {
+        if $quiet { tracing::debug!($($arg)+) } else { tracing::info!($($arg)+) }
+    };
+}
 
 /// Daemon: retry forever. FailFast (`call`): only retry what the gateway said
 /// is transient (startup window, restart); report anything else at once.
@@ -63,6 +73,8 @@ pub struct SupervisorConfig {
     pub stable_after: Duration,
     pub park_retry: Duration,
     pub mode: Mode,
+    /// Where device tokens issued at hello-ok are kept (device identity on).
+    pub device_tokens: Option<Arc<crate::identity::DeviceTokenStore>>,
 }
 
 /// The last thing that went wrong, for `/readyz`.
@@ -131,6 +143,12 @@ pub enum ReadyError {
 #[rtype(result = "()")]
 pub struct RetryNow;
 
+/// New settings (SIGHUP reload). Used from the next connection attempt on; a
+/// live session is kept.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub SupervisorConfig);
+
 /// Close the link with 1000, fail pending requests with `ShuttingDown`, stop.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -143,6 +161,7 @@ pub struct Outputs {
     pub events: Option<Recipient<EventMsg>>,
     pub agent_events: Option<Recipient<EventMsg>>,
     pub snapshots: Option<Recipient<AgentsSnapshot>>,
+    pub sessions: Option<Recipient<SessionsSnapshot>>,
 }
 
 pub struct Supervisor {
@@ -163,6 +182,9 @@ pub struct Supervisor {
     info: GatewayInfo,
     last_boot_id: Option<String>,
     restart_window_until: Option<Instant>,
+    /// Polls scheduled in the current restart window (only the first is
+    /// logged at info).
+    restart_polls: u32,
     waiters: Vec<oneshot::Sender<Result<(), ReadyError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -193,6 +215,7 @@ impl Supervisor {
             },
             last_boot_id: None,
             restart_window_until: None,
+            restart_polls: 0,
             waiters: Vec::new(),
             stop_waiters: Vec::new(),
         }
@@ -207,8 +230,8 @@ impl Supervisor {
         }
         self.next_attempt_at = None;
         self.generation += 1;
-        self.state = LinkState::Connecting;
-        tracing::info!(event = ev::GATEWAY_CONNECTING, attempt = self.attempt + 1, url = %self.cfg.connection.url, "connecting to the gateway");
+        self.set_state(LinkState::Connecting);
+        info_or_debug!(self.in_restart_window() && self.restart_polls > 1, event = ev::GATEWAY_CONNECTING, attempt = self.attempt + 1, url = %self.cfg.connection.url, "connecting to the gateway");
         let me = ctx.address();
         let wiring = Wiring {
             up: me.clone().recipient(),
@@ -221,16 +244,32 @@ impl Supervisor {
         self.conn = Some(conn.start());
     }
 
-    fn schedule(&mut self, delay: Duration, cause: &str, ctx: &mut Context<Self>) {
+    fn in_restart_window(&self) -> bool {
+        self.restart_window_until
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    fn set_state(&mut self, state: LinkState) {
+        self.state = state;
+        crate::metrics::set_state(state.as_str());
+    }
+
+    fn schedule(&mut self, delay: Duration, cause: &str, reason: &str, ctx: &mut Context<Self>) {
         if self.state != LinkState::Parked {
-            self.state = LinkState::Backoff;
+            self.set_state(LinkState::Backoff);
         }
         self.next_attempt_at = Some(Instant::now() + delay);
-        tracing::info!(
+        let quiet = self.in_restart_window() && self.restart_polls > 0;
+        if self.in_restart_window() {
+            self.restart_polls += 1;
+        }
+        info_or_debug!(
+            quiet,
             event = ev::GATEWAY_BACKOFF,
             delay_ms = delay.as_millis() as u64,
             attempt = self.attempt + 1,
             cause,
+            reason,
             state = self.state.as_str(),
             "next attempt scheduled"
         );
@@ -240,31 +279,89 @@ impl Supervisor {
         }));
     }
 
+    /// Refetch `agents.list` (which agents exist) and `sessions.list` (which
+    /// runs are active) for the registry.
     fn resync(&mut self, ctx: &mut Context<Self>) {
-        let (Some(conn), Some(snap)) = (self.conn.clone(), self.out.snapshots.clone()) else {
+        let Some(conn) = self.conn.clone() else {
             return;
         };
         let generation = self.generation;
-        let req = conn.send(Send::new("agents.list", Some(json!({}))));
-        ctx.spawn(actix::fut::wrap_future(async move {
-            match req.await {
-                Ok(Ok(payload)) => {
-                    let _ = snap.try_send(AgentsSnapshot {
-                        generation,
-                        payload,
-                    });
+        if let Some(snap) = self.out.snapshots.clone() {
+            let req = conn.send(Send::new("agents.list", Some(json!({}))));
+            ctx.spawn(actix::fut::wrap_future(async move {
+                match req.await {
+                    Ok(Ok(payload)) => {
+                        let _ = snap.try_send(AgentsSnapshot {
+                            generation,
+                            payload,
+                        });
+                    }
+                    Ok(Err(e)) => resync_failed("agents.list", &e),
+                    Err(_) => {}
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(
-                        event = ev::RPC_FAILED,
-                        method = "agents.list",
-                        code = e.code(),
-                        "could not refresh the agent list: {e}"
-                    );
+            }));
+        }
+        if let Some(sessions) = self.out.sessions.clone() {
+            let req = conn.send(Send::new("sessions.list", Some(json!({}))));
+            ctx.spawn(actix::fut::wrap_future(async move {
+                match req.await {
+                    Ok(Ok(payload)) => {
+                        let _ = sessions.try_send(SessionsSnapshot { payload });
+                    }
+                    Ok(Err(e)) => resync_failed("sessions.list", &e),
+                    Err(_) => {}
                 }
-                Err(_) => {}
+            }));
+        }
+    }
+
+    /// Persist a device token from hello-ok and use it from now on.
+    fn keep_device_token(&mut self, token: String, scopes: &[String]) {
+        if self.cfg.connection.device_token.as_deref() == Some(token.as_str()) {
+            return;
+        }
+        if let Some(store) = &self.cfg.device_tokens {
+            match store.save(
+                &self.cfg.connection.url,
+                crate::ROLE,
+                &token,
+                scopes,
+                now_ms(),
+            ) {
+                Ok(()) => {
+                    tracing::info!(event = ev::DEVICE_TOKEN_STORED, path = %store.path().display(), scopes = %scopes.join(","), "device token issued by the gateway stored; later connections use it")
+                }
+                Err(e) => tracing::warn!(
+                    event = ev::DEVICE_TOKEN_STORED,
+                    "could not store the device token ({e}); it is used until the bridge restarts"
+                ),
             }
-        }));
+        }
+        let mut conn = (*self.cfg.connection).clone();
+        conn.device_token = Some(token);
+        self.cfg.connection = Arc::new(conn);
+    }
+
+    /// The gateway no longer takes our device token: forget it, so the next
+    /// attempt uses the shared token (and, if needed, asks for pairing again).
+    fn drop_device_token(&mut self, why: &str) -> bool {
+        if self.cfg.connection.device_token.is_none() {
+            return false;
+        }
+        if let Some(store) = &self.cfg.device_tokens {
+            if let Err(e) = store.clear(&self.cfg.connection.url, crate::ROLE) {
+                tracing::warn!("could not remove the stored device token: {e}");
+            }
+        }
+        let mut conn = (*self.cfg.connection).clone();
+        conn.device_token = None;
+        self.cfg.connection = Arc::new(conn);
+        tracing::warn!(
+            event = ev::DEVICE_TOKEN_DROPPED,
+            reason = why,
+            "the gateway refused the device token; dropped it, retrying with the shared token"
+        );
+        true
     }
 
     fn notify_link(&self, connected: bool, detail: serde_json::Value) {
@@ -295,6 +392,15 @@ impl Supervisor {
     }
 }
 
+fn resync_failed(method: &str, e: &RequestError) {
+    tracing::warn!(
+        event = ev::RPC_FAILED,
+        method,
+        code = e.code(),
+        "could not refresh the registry: {e}"
+    );
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -319,7 +425,8 @@ impl Handler<ConnectionUp> for Supervisor {
             return;
         }
         let h = msg.hello;
-        self.state = LinkState::Connected;
+        self.set_state(LinkState::Connected);
+        crate::metrics::connected();
         self.restart_window_until = None;
         self.parked_code = None;
         self.info = GatewayInfo {
@@ -355,6 +462,9 @@ impl Handler<ConnectionUp> for Supervisor {
         if h.server.boot_id.is_some() {
             self.last_boot_id = h.server.boot_id.clone();
         }
+        if let Some(token) = h.device_token.clone() {
+            self.keep_device_token(token, &h.scopes);
+        }
         let stable_after = self.cfg.stable_after;
         self.stable_timer = Some(ctx.run_later(stable_after, |act, _| {
             act.attempt = 0;
@@ -362,7 +472,7 @@ impl Handler<ConnectionUp> for Supervisor {
         }));
         self.notify_link(
             true,
-            json!({"server_version": h.server.version, "conn_id": h.server.conn_id, "boot_id": h.server.boot_id, "gateway_restarted": restarted}),
+            json!({"url": self.cfg.connection.url, "server_version": h.server.version, "conn_id": h.server.conn_id, "boot_id": h.server.boot_id, "gateway_restarted": restarted}),
         );
         self.wake_waiters(Ok(()));
         self.resync(ctx);
@@ -381,6 +491,8 @@ impl Handler<ConnectionDown> for Supervisor {
             ctx.cancel_future(h);
         }
         let cause = msg.cause;
+        crate::metrics::pending(0);
+        crate::metrics::disconnected(&cause.code());
         let was_connected = msg.connected_for.is_some();
         if was_connected {
             tracing::warn!(
@@ -410,6 +522,27 @@ impl Handler<ConnectionDown> for Supervisor {
             .is_some_and(|d| d >= self.cfg.stable_after)
         {
             self.attempt = 0;
+        }
+        let token_refused = match &cause {
+            DisconnectCause::Rejected { error } => matches!(
+                error.details_code(),
+                Some("AUTH_DEVICE_TOKEN_MISMATCH" | "AUTH_SCOPE_MISMATCH")
+            ),
+            DisconnectCause::Closed { code: 4001, .. } => true,
+            _ => false,
+        };
+        if token_refused && self.drop_device_token(&cause.code()) {
+            self.last_error = Some(LastError {
+                code: cause.code(),
+                message: cause.message(),
+                close_code: cause.close_code(),
+                action: None,
+                gateway_error: None,
+                at_ms: now_ms(),
+            });
+            let delay = self.cfg.backoff.initial();
+            self.schedule(delay, &cause.code(), &cause.message(), ctx);
+            return;
         }
         let class = cause.retry_class();
         let gateway_error = match &cause {
@@ -442,7 +575,7 @@ impl Handler<ConnectionDown> for Supervisor {
         if self.cfg.mode == Mode::FailFast
             && !matches!(class, RetryClass::After(_) | RetryClass::Restarting)
         {
-            self.state = LinkState::Parked;
+            self.set_state(LinkState::Parked);
             self.wake_waiters(Err(ReadyError::Failed(cause)));
             return;
         }
@@ -450,7 +583,7 @@ impl Handler<ConnectionDown> for Supervisor {
         let code = cause.code();
         let delay = match class {
             RetryClass::Park { action, at_least } => {
-                self.state = LinkState::Parked;
+                self.set_state(LinkState::Parked);
                 let delay = at_least.map_or(self.cfg.park_retry, |d| d.max(self.cfg.park_retry));
                 if self.parked_code.as_deref() != Some(code.as_str()) {
                     if let DisconnectCause::Rejected { error } = &cause {
@@ -465,19 +598,16 @@ impl Handler<ConnectionDown> for Supervisor {
                 delay
             }
             RetryClass::After(d) => d,
-            RetryClass::Restarting => {
-                self.restart_window_until = Some(Instant::now() + RESTART_WINDOW);
+            RetryClass::Restarting if msg.restart_expected_ms.is_some() => {
                 // First try around when the gateway said it would be back.
-                msg.restart_expected_ms
-                    .map(Duration::from_millis)
-                    .unwrap_or(RESTART_POLL)
-                    .min(RESTART_WINDOW)
+                let expected = Duration::from_millis(msg.restart_expected_ms.unwrap_or_default())
+                    .min(RESTART_GRACE);
+                self.restart_window_until = Some(Instant::now() + expected + RESTART_GRACE);
+                self.restart_polls = 0;
+                expected
             }
-            RetryClass::Backoff => {
-                if self
-                    .restart_window_until
-                    .is_some_and(|t| Instant::now() < t)
-                {
+            RetryClass::Restarting | RetryClass::Backoff => {
+                if self.in_restart_window() {
                     RESTART_POLL + RESTART_POLL.mul_f64(fastrand::f64())
                 } else {
                     let d = self.cfg.backoff.delay(self.attempt);
@@ -486,7 +616,7 @@ impl Handler<ConnectionDown> for Supervisor {
                 }
             }
         };
-        self.schedule(delay, &code, ctx);
+        self.schedule(delay, &code, &cause.message(), ctx);
     }
 }
 
@@ -525,6 +655,11 @@ impl Handler<Send> for Supervisor {
                 }),
                 Err(e) => Err(e),
             };
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(e) => e.code(),
+            };
+            crate::metrics::request_done(&method, outcome, started.elapsed().as_secs_f64());
             if let Err(e) = &result {
                 tracing::info!(event = ev::RPC_FAILED, method = %method, code = e.code(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed: {e}");
             }
@@ -580,7 +715,7 @@ impl Handler<Shutdown> for Supervisor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) -> Self::Result {
-        self.state = LinkState::Stopping;
+        self.set_state(LinkState::Stopping);
         if let Some(h) = self.retry_timer.take() {
             ctx.cancel_future(h);
         }
@@ -613,5 +748,18 @@ impl Handler<super::registry::RequestResync> for Supervisor {
         if self.state == LinkState::Connected {
             self.resync(ctx);
         }
+    }
+}
+
+impl Handler<Reconfigure> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Reconfigure(cfg): Reconfigure, _: &mut Context<Self>) {
+        self.info.url = cfg.connection.url.clone();
+        self.cfg = SupervisorConfig {
+            // The mode is how this supervisor was started; it does not change.
+            mode: self.cfg.mode,
+            ..cfg
+        };
     }
 }

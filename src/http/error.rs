@@ -18,6 +18,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("request body over {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("method not allowed here; use {allow}")]
+    MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
     Internal(String),
 }
@@ -35,6 +37,9 @@ impl ApiError {
             ApiError::TooLarge { .. } => {
                 json!({"code": "BRIDGE_PAYLOAD_TOO_LARGE", "message": self.to_string()})
             }
+            ApiError::MethodNotAllowed { .. } => {
+                json!({"code": "BRIDGE_METHOD_NOT_ALLOWED", "message": self.to_string()})
+            }
             ApiError::Internal(m) => json!({"code": "BRIDGE_INTERNAL", "message": m}),
         }
     }
@@ -44,9 +49,11 @@ impl ApiError {
         let ms = match self {
             ApiError::Request(r) => match r.as_ref() {
                 RequestError::Rejected(e) => e.retry_after_ms,
+                // Always a hint while not connected: with no attempt
+                // scheduled (a handshake under way) try again in a second.
                 RequestError::NotConnected {
                     next_attempt_in_ms, ..
-                } => *next_attempt_in_ms,
+                } => Some(next_attempt_in_ms.unwrap_or(1000)),
                 _ => None,
             },
             _ => None,
@@ -75,6 +82,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +94,9 @@ impl ResponseError for ApiError {
         }
         if matches!(self, ApiError::Unauthorized) {
             b.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ApiError::MethodNotAllowed { allow } = self {
+            b.insert_header((header::ALLOW, *allow));
         }
         b.json(json!({"ok": false, "error": self.object()}))
     }
@@ -147,5 +158,25 @@ mod tests {
         assert_eq!(e.retry_after_secs(), Some(1));
         let r = e.error_response();
         assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+        let not_connected = |ms| {
+            ApiError::from(RequestError::NotConnected {
+                state: "connecting".into(),
+                next_attempt_in_ms: ms,
+            })
+        };
+        assert_eq!(not_connected(None).retry_after_secs(), Some(1));
+        assert_eq!(not_connected(Some(0)).retry_after_secs(), Some(1));
+        assert_eq!(not_connected(Some(60_000)).retry_after_secs(), Some(60));
+        let mut g = GatewayError::local("UNAVAILABLE", "busy");
+        g.retry_after_ms = None;
+        let e = ApiError::from(RequestError::Rejected(Box::new(g)));
+        assert_eq!(e.retry_after_secs(), None);
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_method() {
+        let r = ApiError::MethodNotAllowed { allow: "POST" }.error_response();
+        assert_eq!(r.status().as_u16(), 405);
+        assert_eq!(r.headers().get("allow").unwrap(), "POST");
     }
 }

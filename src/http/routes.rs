@@ -17,14 +17,29 @@ use crate::actors::registry::{GetAgent, ListAgents};
 use crate::actors::supervisor::GetStatus;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/v1/agents", web::get().to(agents))
-        .route("/v1/agents/{id}", web::get().to(agent))
-        .route("/v1/events", web::get().to(super::sse::events))
-        .route("/v1/rpc", web::post().to(rpc))
+    // Each path is one resource: a known path with another method is a JSON
+    // 405 naming the allowed method, not a 404.
+    cfg.service(get("/healthz").route(web::get().to(healthz)))
+        .service(get("/readyz").route(web::get().to(readyz)))
+        .service(get("/metrics").route(web::get().to(metrics)))
+        .service(get("/v1/agents").route(web::get().to(agents)))
+        .service(get("/v1/agents/{id}").route(web::get().to(agent)))
+        .service(get("/v1/events").route(web::get().to(super::sse::events)))
+        .service(
+            web::resource("/v1/rpc")
+                .route(web::post().to(rpc))
+                .default_service(web::to(|| async {
+                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" })
+                })),
+        )
         .default_service(web::to(not_found));
+}
+
+/// A resource answering GET only.
+fn get(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(|| async {
+        Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "GET" })
+    }))
 }
 
 #[derive(Deserialize)]

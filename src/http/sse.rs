@@ -36,10 +36,25 @@ fn push_frame(s: &mut String, item: &BrokerItem) {
     s.push_str("id: ");
     s.push_str(&item.id.to_string());
     s.push_str("\nevent: ");
-    s.push_str(&item.name);
+    // The name comes from the gateway: a line break in it would end the
+    // field and let the rest pose as other fields.
+    if item.name.contains(['\r', '\n']) {
+        s.push_str(&item.name.replace(['\r', '\n'], " "));
+    } else {
+        s.push_str(&item.name);
+    }
+    // The payload is the gateway's JSON text as sent, which may be
+    // pretty-printed. Raw line breaks in JSON are only whitespace between
+    // tokens (never inside strings), so one `data:` line per line (SSE ends
+    // a line at CR, LF or CRLF; empty ones dropped) is the same JSON once the
+    // client joins them with "\n", as SSE clients do.
+    let mut lines = item.data.split(['\r', '\n']).filter(|l| !l.is_empty());
     s.push_str("\ndata: ");
-    // `data` is compact JSON: it has no raw newlines.
-    s.push_str(&item.data);
+    s.push_str(lines.next().unwrap_or_default());
+    for line in lines {
+        s.push_str("\ndata: ");
+        s.push_str(line);
+    }
     s.push_str("\n\n");
 }
 
@@ -59,11 +74,17 @@ pub async fn events(
         .or(q.since);
     let since = match since_raw.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!(
+        // u64::MAX is refused too: the broker replays from `since + 1`.
+        Some(s) => Some(
+            s.parse::<u64>()
+                .ok()
+                .filter(|n| *n < u64::MAX)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
                 "Last-Event-ID / since must be a bridge event id (a whole number), got {s:?}"
             ))
-        })?),
+                })?,
+        ),
     };
     let list = |s: Option<String>| -> Vec<String> {
         s.map(|s| {
@@ -125,4 +146,50 @@ pub async fn events(
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str, data: &str) -> String {
+        let mut s = String::new();
+        push_frame(
+            &mut s,
+            &BrokerItem {
+                id: 7,
+                name: name.into(),
+                agent_id: None,
+                run_id: None,
+                data: data.into(),
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn compact_data_is_one_line() {
+        assert_eq!(
+            frame("agent", r#"{"seq":1,"payload":{}}"#),
+            "id: 7\nevent: agent\ndata: {\"seq\":1,\"payload\":{}}\n\n"
+        );
+    }
+
+    #[test]
+    fn line_breaks_in_data_and_name_keep_the_framing() {
+        let s = frame(
+            "a\nid: 9\r",
+            "{\"seq\":null,\"payload\":{\r\n \"x\": \"y\\n\"\r}}",
+        );
+        assert_eq!(
+            s,
+            "id: 7\nevent: a id: 9 \ndata: {\"seq\":null,\"payload\":{\ndata:  \"x\": \"y\\n\"\ndata: }}\n\n"
+        );
+        // One message: the only blank line is the terminator.
+        assert_eq!(s.matches("\n\n").count(), 1);
+        assert!(s.ends_with("\n\n"));
+        let joined: Vec<&str> = s.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+        let v: serde_json::Value = serde_json::from_str(&joined.join("\n")).unwrap();
+        assert_eq!(v["payload"]["x"], "y\n");
+    }
 }

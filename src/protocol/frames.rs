@@ -297,3 +297,107 @@ mod tests {
         assert_eq!(text, r#"{"type":"req","id":"id-2","method":"health"}"#);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: arbitrary bytes and mutated valid frames never panic,
+    //! through every decoding step the connection applies.
+    use super::*;
+    use crate::protocol::{GatewayEvent, HelloOk};
+    use proptest::prelude::*;
+
+    const SEEDS: &[&str] = &[
+        r#"{"type":"event","event":"agent","seq":3,"payload":{"runId":"r","stream":"lifecycle","agentId":"main","data":{"phase":"end"}}}"#,
+        r#"{"type":"res","id":"a","ok":false,"error":{"code":"FORBIDDEN","message":"m","details":{"code":"MISSING_SCOPE"},"retryAfterMs":5}}"#,
+        r#"{"type":"res","id":"b","ok":true,"payload":{"type":"hello-ok","protocol":4,"server":{"version":"v"},"policy":{"tickIntervalMs":30000},"auth":{"scopes":["operator.read"]}}}"#,
+        r#"{"type":"event","event":"shutdown","payload":{"reason":"x","restartExpectedMs":1500}}"#,
+        r#"{"type":"event","event":"health","payload":{"agents":[{"agentId":"main"}]}}"#,
+        r#"{"type":"event","event":"chat","payload":{"runId":"r","state":"delta"}}"#,
+    ];
+
+    /// Everything the connection does with a text frame.
+    fn exercise(text: &str) {
+        match decode(text) {
+            Ok(Inbound::Event(f)) => {
+                let (e, _) = GatewayEvent::from_frame(&f);
+                let _ = (e.agent_id(), e.run_id(), e.payload_json());
+            }
+            Ok(Inbound::Response(r)) => {
+                if let Some(p) = r.payload {
+                    let _ = HelloOk::parse(p.get());
+                }
+                if let Some(e) = r.error {
+                    let _ = (e.details_code(), e.next_step(), e.to_value(), e.to_string());
+                }
+            }
+            Ok(Inbound::Unknown { .. }) | Err(_) => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                exercise(text);
+            }
+            exercise(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            seed in 0..SEEDS.len(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 1..8),
+        ) {
+            let mut bytes = SEEDS[seed].as_bytes().to_vec();
+            for (pos, byte, op) in edits {
+                let i = if bytes.is_empty() { 0 } else { pos % bytes.len() };
+                match op {
+                    0 if !bytes.is_empty() => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    _ if !bytes.is_empty() => { bytes.remove(i); }
+                    _ => {}
+                }
+            }
+            exercise(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn any_json_shape_never_panics(v in arb_json(3)) {
+            let text = v.to_string();
+            exercise(&text);
+            exercise(&format!(r#"{{"type":"event","event":"agent","payload":{text}}}"#));
+            exercise(&format!(r#"{{"type":"res","id":"x","ok":false,"error":{text}}}"#));
+        }
+    }
+
+    fn arb_json(depth: u32) -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-zA-Z\"\\\\é ]{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(depth, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("type".to_string()),
+                        Just("event".to_string()),
+                        Just("payload".to_string()),
+                        Just("runId".to_string()),
+                        Just("code".to_string()),
+                        Just("seq".to_string()),
+                        "[a-z]{1,4}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}

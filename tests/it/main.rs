@@ -3,6 +3,16 @@ mod support;
 
 mod events;
 mod handshake;
+mod http_api;
+mod identity;
+mod notify;
 mod real_gateway;
+mod real_pairing;
+mod real_resilience;
+mod reconnect;
+mod reload;
 mod rpc;
 mod shutdown;
+mod sse;
+mod store;
+mod tls;

@@ -233,3 +233,33 @@ async fn bad_http_requests_get_clear_json_errors() {
     assert_eq!(v["error"]["code"], "BRIDGE_NOT_FOUND");
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_failed_run_is_its_final_answer_not_a_request_error() {
+    let (gw, app) = connected().await;
+    gw.set_responder(|r| {
+        if r.method == "agent" {
+            Reply::Manual
+        } else {
+            Reply::Default
+        }
+    });
+    let call = app.rpc(json!({"method": "agent", "params": {"message": "x"}, "expectFinal": true}));
+    let answer = async {
+        let req = gw
+            .next_request_for("agent", T)
+            .await
+            .expect("agent request");
+        let id = req.id;
+        gw.send_text(json!({"type": "res", "id": id, "ok": true, "payload": {"runId": "r9", "status": "accepted"}}).to_string());
+        gw.send_text(json!({"type": "res", "id": id, "ok": false,
+            "payload": {"runId": "r9", "status": "error", "summary": "LLM request failed"},
+            "error": {"code": "UNAVAILABLE", "message": "LLM request failed: 400", "retryable": false}}).to_string());
+    };
+    let ((status, body), ()) = tokio::join!(call, answer);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"]["status"], "error");
+    assert_eq!(body["payload"]["runId"], "r9");
+    assert_eq!(body["payload"]["error"]["code"], "UNAVAILABLE");
+    app.stop().await;
+}

@@ -17,13 +17,20 @@ pub struct TestApp {
     pub broker: Addr<openclaw_bridge::actors::EventBroker>,
     pub stopper: Stopper,
     pub client: awc::Client,
-    _dir: tempfile::TempDir,
+    /// The app's `state.dir`, removed on drop.
+    pub dir: std::path::PathBuf,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Settings for tests: fast handshake/retry timings, HTTP on port 0.
 pub fn test_settings(url: &str, token: Option<&str>, extra_toml: &str) -> Settings {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("bridge.toml");
+    let dir = state_dir();
+    let path = dir.join("bridge.toml");
     let token_line = token
         .map(|t| format!("token = {t:?}\n"))
         .unwrap_or_default();
@@ -31,7 +38,7 @@ pub fn test_settings(url: &str, token: Option<&str>, extra_toml: &str) -> Settin
         "[gateway]\nurl = {url:?}\n{token_line}handshake_timeout_ms = 2000\nrequest_timeout_ms = 5000\n\
          [reconnect]\ninitial_ms = 20\nmax_ms = 300\nstable_after_ms = 1000\npark_retry_ms = 60000\n\
          [http]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = {:?}\n{extra_toml}",
-        dir.path().display().to_string()
+        dir.display().to_string()
     );
     std::fs::write(&path, toml).expect("write config");
     let s = Settings::load_from(&Sources {
@@ -49,8 +56,18 @@ pub async fn spawn_app(url: &str, token: Option<&str>, extra_toml: &str) -> Test
     spawn_with(test_settings(url, token, extra_toml)).await
 }
 
+/// A state directory that outlives the settings built on it; the `TestApp`
+/// using it removes it when dropped.
+pub fn state_dir() -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix("bridge-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep()
+}
+
 pub async fn spawn_with(settings: Settings) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = settings.state.dir.clone();
     let app = Application::build(settings)
         .await
         .expect("application starts");
@@ -69,7 +86,7 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         client: awc::Client::builder()
             .timeout(Duration::from_secs(60))
             .finish(),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -131,5 +148,39 @@ impl TestApp {
 
     pub async fn stop(&self) {
         self.stopper.stop().await;
+    }
+}
+
+/// Like [`spawn_app`], with extra `OPENCLAW_BRIDGE__…` settings applied over
+/// the test defaults (environment layer, so any key can be overridden).
+pub async fn spawn_app_env(url: &str, token: Option<&str>, env: &[(&str, &str)]) -> TestApp {
+    spawn_with(settings_env(url, token, env)).await
+}
+
+/// Test settings with `env` (e.g. `("OPENCLAW_BRIDGE__RECONNECT__MAX_MS", "5")`).
+pub fn settings_env(url: &str, token: Option<&str>, env: &[(&str, &str)]) -> Settings {
+    let dir = state_dir();
+    let path = dir.join("bridge.toml");
+    let token_line = token
+        .map(|t| format!("token = {t:?}\n"))
+        .unwrap_or_default();
+    let toml = format!(
+        "[gateway]\nurl = {url:?}\n{token_line}handshake_timeout_ms = 2000\nrequest_timeout_ms = 5000\n\
+         [reconnect]\ninitial_ms = 20\nmax_ms = 300\nstable_after_ms = 1000\npark_retry_ms = 60000\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = {:?}\n",
+        dir.display().to_string()
+    );
+    std::fs::write(&path, toml).expect("write config");
+    let s = Settings::load_from(&Sources {
+        system_file: None,
+        file: Some(path),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    });
+    match s {
+        Ok(s) => s,
+        Err(e) => panic!("test settings invalid: {e}"),
     }
 }

@@ -251,6 +251,8 @@ impl UpgradeRequest {
 
 struct State {
     connections_total: usize,
+    /// When each TCP connection was accepted (for backoff assertions).
+    connect_times: Vec<std::time::Instant>,
     handshakes_total: usize,
     connects_total: usize,
     requests_total: usize,
@@ -268,6 +270,8 @@ struct State {
     send_ticks: bool,
     send_challenge: bool,
     granted_scopes: Option<Vec<String>>,
+    /// Issued in hello-ok to connections that send a `device`.
+    device_token: Option<String>,
     handshake_timeout: Option<Duration>,
     agents: Vec<Value>,
     /// Live connections (accepted, not yet ended).
@@ -348,6 +352,7 @@ impl FakeGateway {
         let shared = Arc::new(Shared {
             st: Mutex::new(State {
                 connections_total: 0,
+                connect_times: Vec::new(),
                 handshakes_total: 0,
                 connects_total: 0,
                 requests_total: 0,
@@ -365,6 +370,7 @@ impl FakeGateway {
                 send_ticks: opts.send_ticks,
                 send_challenge: opts.send_challenge,
                 granted_scopes: opts.granted_scopes,
+                device_token: None,
                 handshake_timeout: opts.handshake_timeout,
                 agents: opts.agents,
                 conns: BTreeMap::new(),
@@ -406,6 +412,11 @@ impl FakeGateway {
     // ---- counters and records -----------------------------------------------------------
 
     /// Accepted TCP connections so far.
+    /// When each TCP connection was accepted, in order.
+    pub fn connect_times(&self) -> Vec<std::time::Instant> {
+        self.shared.lock().connect_times.clone()
+    }
+
     pub fn connections_total(&self) -> usize {
         self.shared.lock().connections_total
     }
@@ -544,6 +555,12 @@ impl FakeGateway {
 
     pub fn set_agents(&self, agents: Vec<Value>) {
         self.shared.lock().agents = agents;
+    }
+
+    /// Issue this device token in hello-ok to connections with a `device`
+    /// (and accept it in place of the shared token).
+    pub fn set_device_token(&self, token: Option<&str>) {
+        self.shared.lock().device_token = token.map(str::to_owned);
     }
 
     pub fn set_granted_scopes(&self, scopes: Option<Vec<String>>) {
@@ -814,6 +831,7 @@ async fn serve(
                     let n = {
                         let mut st = shared.lock();
                         st.connections_total += 1;
+                        st.connect_times.push(std::time::Instant::now());
                         let n = st.connections_total;
                         st.conns.insert(n, tx.clone());
                         n
@@ -1397,6 +1415,7 @@ impl Conn {
             st.last_connect_params = Some(params.clone());
             (st.connect_mode.clone(), st.token.clone())
         };
+        let issued_device_token = self.shared.lock().device_token.clone();
         self.phase = Phase::Connecting;
         match mode {
             ConnectMode::Never => Flow::Continue,
@@ -1425,11 +1444,25 @@ impl Conn {
                     }
                 }
                 if let Some(tok) = token {
-                    let given = params
-                        .get("auth")
-                        .and_then(|a| a.get("token"))
+                    let auth = params.get("auth");
+                    let given = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
+                    let given_device = auth
+                        .and_then(|a| a.get("deviceToken"))
                         .and_then(Value::as_str);
-                    if given != Some(tok.as_str()) {
+                    // A device token this fake issued stands in for the shared token.
+                    let device_ok = given.is_none()
+                        && given_device.is_some()
+                        && given_device == issued_device_token.as_deref();
+                    if given.is_none() && given_device.is_some() && !device_ok {
+                        let msg =
+                            "unauthorized: device token mismatch (rotate/reissue device token)";
+                        let err = json!({"code":"INVALID_REQUEST","message":msg,
+                            "details":{"code":"AUTH_DEVICE_TOKEN_MISMATCH","recommendedNextStep":"update_auth_credentials"}});
+                        let _ = self.send_res(ws, id, false, err).await;
+                        close_graceful(ws, 1008, msg).await;
+                        return Flow::End;
+                    }
+                    if given != Some(tok.as_str()) && !device_ok {
                         // Exact token-mismatch error of PROTOCOL.md §3.2 (also used for a
                         // missing token, which the real gateway reports differently).
                         let with_device = params.get("device").is_some();
@@ -1474,12 +1507,27 @@ impl Conn {
             };
             (st.boot_id.clone(), st.tick_interval_ms, scopes)
         };
+        let auth = {
+            let device_token = self.shared.lock().device_token.clone();
+            let mut a = json!({"method":"token","role":"operator","scopes":scopes});
+            if let Some(t) = device_token {
+                if params.get("device").is_some() {
+                    a["deviceToken"] = json!(t);
+                    a["issuedAtMs"] = json!(1);
+                    let by_device = params.get("auth").and_then(|x| x.get("token")).is_none();
+                    if by_device {
+                        a["method"] = json!("device-token");
+                    }
+                }
+            }
+            a
+        };
         let hello = json!({
             "type":"hello-ok","protocol":4,
             "server":{"version":"fake-1.0","connId":uuid::Uuid::new_v4().to_string(),"bootId":boot_id},
             "features":{"methods":[],"events":[]},
             "snapshot":{},
-            "auth":{"method":"token","role":"operator","scopes":scopes},
+            "auth":auth,
             "policy":{"maxPayload":MAX_PAYLOAD,"maxBufferedBytes":MAX_BUFFERED_BYTES,"tickIntervalMs":tick_ms}
         });
         if let Flow::End = self.send_res(ws, id, true, hello).await {

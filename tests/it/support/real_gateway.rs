@@ -19,6 +19,12 @@
 //! dropped. Leftover instance dirs of dead test processes are removed the next
 //! time the harness is used.
 //!
+//! A gateway that must see a non-loopback peer (device identity, pairing,
+//! empty scopes; PROTOCOL.md §8) runs inside a [`NetnsPair`] (root only):
+//! `GatewayOptions { netns: Some(net.gw.clone()), bind_custom_host:
+//! Some(NETNS_GW_ADDR.into()), .. }`; its readiness probe and `cli` then run
+//! inside that namespace too (`tests/it/real_pairing.rs`).
+//!
 //! Env:
 //! - `OPENCLAW_BRIDGE_SKIP_REAL=1`: [`RealGateway::available`] returns false.
 //! - `OPENCLAW_CACHE_DIR`: install location (default `<repo>/.cache/openclaw`).
@@ -187,10 +193,22 @@ pub struct GatewayOptions {
     /// `gateway.bind:"custom"`, `gateway.customBindHost`), e.g. a netns
     /// address. It is also added to the guard's allow-list.
     pub bind_custom_host: Option<String>,
-    /// Command prefix, e.g. `["nsenter","--net=/run/netns/GW","--"]`.
-    /// (Hook for later: `wait_ready` connects from the test's own network
-    /// namespace, and the fake model runs there too.)
+    /// Command prefix for the gateway and `cli`, e.g.
+    /// `["nsenter","--net=/run/netns/GW","--"]`. Readiness probes still run
+    /// in the test's own network namespace unless [`netns`](Self::netns) is
+    /// set too.
     pub command_prefix: Vec<String>,
+    /// Run the instance inside this network namespace (`/run/netns/<name>`,
+    /// e.g. from [`NetnsPair`]): the gateway, [`RealGateway::cli`],
+    /// [`RealGateway::try_hello`] and [`RealGateway::wait_ready`] all go
+    /// through `nsenter --net=/run/netns/<name> --` (unless `command_prefix`
+    /// is given, which then wins for the gateway and `cli`). The handshake
+    /// probe is then a small Node script (the install's `ws` package) run
+    /// inside the namespace against its own loopback, because the test's
+    /// loopback is another one. The fake model server still runs in the
+    /// test's namespace, so agent runs cannot reach it: such an instance is
+    /// for handshake/pairing tests. Needs root.
+    pub netns: Option<String>,
     /// Extra environment for the gateway process (and `cli`).
     pub extra_env: Vec<(String, String)>,
     /// Pass `--verbose` to `gateway run`.
@@ -385,8 +403,21 @@ impl RealGateway {
         env
     }
 
+    /// The effective command prefix: `command_prefix`, else `nsenter` into
+    /// `netns`, else none.
+    fn prefix(&self) -> Vec<String> {
+        if !self.opts.command_prefix.is_empty() {
+            return self.opts.command_prefix.clone();
+        }
+        match &self.opts.netns {
+            Some(ns) => nsenter_prefix(ns),
+            None => Vec::new(),
+        }
+    }
+
     fn command(&self, program: &Path, args: &[String]) -> Command {
-        let mut cmd = match self.opts.command_prefix.split_first() {
+        let prefix = self.prefix();
+        let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
                 c.args(rest).arg(program);
@@ -610,7 +641,9 @@ impl RealGateway {
     /// Runs the openclaw CLI with this instance's environment (HOME, PATH,
     /// guard, offline switches), e.g.
     /// `gw.cli(&["devices","approve",id,"--url",&gw.url(),"--token",gw.token(),"--json"])`.
-    /// Times out (and kills the CLI) after 120 s.
+    /// With [`GatewayOptions::netns`] (or a `command_prefix`) it runs inside
+    /// the gateway's namespace, where [`url`](Self::url) is that namespace's
+    /// loopback. Times out (and kills the CLI) after 120 s.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_timeout(args, Duration::from_secs(120))
     }
@@ -702,8 +735,56 @@ impl RealGateway {
 
     /// One handshake attempt (challenge → connect as `gateway-client`/
     /// `backend`, scopes read+write) with this instance's token.
+    /// With [`GatewayOptions::netns`] the attempt is made from inside that
+    /// namespace (see [`netns_hello`](Self::netns_hello)).
     pub fn try_hello(&self, timeout: Duration) -> Result<Value, String> {
+        if self.opts.netns.is_some() {
+            return self.netns_hello(timeout);
+        }
         try_hello(&self.url(), &self.token, timeout)
+    }
+
+    /// One handshake attempt from inside the instance's network namespace
+    /// (or the test's, without one): `node` with the install's `ws` package
+    /// sends the same [`connect_frame`] as [`try_hello`] to
+    /// `ws://127.0.0.1:PORT/` (that namespace's loopback) and prints the
+    /// hello-ok payload. Killed after `timeout` + 5 s.
+    pub fn netns_hello(&self, timeout: Duration) -> Result<Value, String> {
+        let ws = self.install.root.join("node_modules/ws");
+        let ms = timeout.as_millis().max(1).to_string();
+        let args: Vec<String> = vec![
+            "-e".into(),
+            NODE_HELLO_SCRIPT.into(),
+            ws.display().to_string(),
+            self.url(),
+            connect_frame("harness-connect", &self.token).to_string(),
+            ms,
+        ];
+        let mut cmd = self.command(&self.install.node_bin_dir.join("node"), &args);
+        cmd.env_remove("OPENCLAW_GUARD_LOG");
+        let out = run_bounded(cmd, timeout + Duration::from_secs(5))
+            .map_err(|e| format!("handshake probe: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+        let v: Value = match line.map(serde_json::from_str::<Value>) {
+            Some(Ok(v)) => v,
+            _ => {
+                return Err(format!(
+                    "handshake probe gave no answer ({}): stdout {:?} stderr {:?}",
+                    out.status,
+                    stdout.trim(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        if v["ok"] == true {
+            Ok(v["hello"].clone())
+        } else {
+            Err(v["error"]
+                .as_str()
+                .unwrap_or("handshake probe failed")
+                .to_owned())
+        }
     }
 
     /// Waits until a real handshake reaches hello-ok and returns its payload
@@ -727,7 +808,7 @@ impl RealGateway {
                     self.log_tail()
                 );
             }
-            match try_hello(&self.url(), &self.token, left.min(Duration::from_secs(20))) {
+            match self.try_hello(left.min(Duration::from_secs(20))) {
                 Ok(hello) => {
                     if let Ok(mut h) = self.last_hello.lock() {
                         *h = Some(hello.clone());
@@ -774,7 +855,314 @@ impl Drop for RealGateway {
     }
 }
 
+// ------------------------------------------------------------------ netns
+
+/// The gateway's address in a [`NetnsPair`].
+pub const NETNS_GW_ADDR: &str = "10.213.7.1";
+/// The client's address in a [`NetnsPair`].
+pub const NETNS_CL_ADDR: &str = "10.213.7.2";
+/// Name prefix of the namespaces the harness creates (`ocbit-<pid>-<n>-gw`).
+const NETNS_PREFIX: &str = "ocbit-";
+
+static NETNS_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Two network namespaces joined only by a veth pair, exactly the recipe of
+/// PROTOCOL.md §8 "A non-loopback peer on one machine": `gw` has
+/// [`NETNS_GW_ADDR`]/30, `cl` has [`NETNS_CL_ADDR`]/30, `lo` is up in both,
+/// and neither has a route beyond the /30, so nothing inside can reach the
+/// network. The host's namespace gets no address: **never connect to
+/// 10.213.7.x from the test's own namespace** (it would follow the default
+/// route off the machine); run clients with [`cl_prefix`](Self::cl_prefix).
+///
+/// ```ignore
+/// let net = match NetnsPair::create() { Ok(n) => n, Err(why) => { eprintln!("skipping: {why}"); return; } };
+/// let gw = RealGateway::start(GatewayOptions { netns: Some(net.gw.clone()),
+///     bind_custom_host: Some(NETNS_GW_ADDR.into()), ..Default::default() });
+/// gw.wait_ready(READY_TIMEOUT);              // probed from inside `gw`
+/// // a client: Command::new("nsenter").args(net.cl_prefix()[1..]) …
+/// ```
+///
+/// Drop SIGKILLs every process still in either namespace (they can only be
+/// the test's) and deletes both (which deletes the veth pair). Namespaces
+/// left by dead test processes are removed by the next [`create`](Self::create).
+/// Declare it before the gateway and the clients, so it drops after them.
+pub struct NetnsPair {
+    /// The gateway's namespace (`/run/netns/<gw>`).
+    pub gw: String,
+    /// The client's namespace (`/run/netns/<cl>`).
+    pub cl: String,
+}
+
+impl NetnsPair {
+    /// Creates the pair. `Err(reason)` when this machine cannot (not root,
+    /// no `ip netns`, no veth): callers print `skipping: <reason>` and return.
+    pub fn create() -> Result<NetnsPair, String> {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        if uid != "0" {
+            return Err(format!(
+                "network namespaces need root (uid is {uid:?}); run the tests as root"
+            ));
+        }
+        let nsenter = Command::new("nsenter")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !nsenter.is_ok_and(|s| s.success()) {
+            return Err("`nsenter` (util-linux) is not available".into());
+        }
+        cleanup_stale_netns();
+        let pid = std::process::id();
+        let n = NETNS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pair = NetnsPair {
+            gw: format!("{NETNS_PREFIX}{pid}-{n}-gw"),
+            cl: format!("{NETNS_PREFIX}{pid}-{n}-cl"),
+        };
+        // veth names: at most 15 bytes; they only exist inside the namespaces.
+        let (vg, vc) = (format!("ocb{pid}g{n}"), format!("ocb{pid}c{n}"));
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let mut cmd = Command::new("ip");
+            cmd.args(args);
+            match run_bounded(cmd, Duration::from_secs(10)) {
+                Ok(o) if o.status.success() => Ok(()),
+                Ok(o) => Err(format!(
+                    "`ip {}` failed ({}): {}",
+                    args.join(" "),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => Err(format!("`ip {}`: {e}", args.join(" "))),
+            }
+        };
+        ip(&["netns", "add", &pair.gw])?;
+        if let Err(e) = ip(&["netns", "add", &pair.cl]) {
+            let _ = ip(&["netns", "del", &pair.gw]);
+            return Err(e);
+        }
+        // From here on, Drop cleans up.
+        let (gw, cl) = (pair.gw.as_str(), pair.cl.as_str());
+        let gw_cidr = format!("{NETNS_GW_ADDR}/30");
+        let cl_cidr = format!("{NETNS_CL_ADDR}/30");
+        let steps: [&[&str]; 7] = [
+            &[
+                "link", "add", &vg, "netns", gw, "type", "veth", "peer", "name", &vc, "netns", cl,
+            ],
+            &["-n", gw, "addr", "add", &gw_cidr, "dev", &vg],
+            &["-n", cl, "addr", "add", &cl_cidr, "dev", &vc],
+            &["-n", gw, "link", "set", "lo", "up"],
+            &["-n", gw, "link", "set", &vg, "up"],
+            &["-n", cl, "link", "set", "lo", "up"],
+            &["-n", cl, "link", "set", &vc, "up"],
+        ];
+        for step in steps {
+            ip(step)?;
+        }
+        Ok(pair)
+    }
+
+    /// `nsenter` prefix into the gateway's namespace.
+    pub fn gw_prefix(&self) -> Vec<String> {
+        nsenter_prefix(&self.gw)
+    }
+
+    /// `nsenter` prefix into the client's namespace.
+    pub fn cl_prefix(&self) -> Vec<String> {
+        nsenter_prefix(&self.cl)
+    }
+
+    /// A command run inside namespace `ns` (one of `gw`, `cl`).
+    pub fn command_in(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+}
+
+/// Pids of the processes in network namespace `ns` (`ip netns pids`).
+pub fn netns_pids(ns: &str) -> Vec<u32> {
+    Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// SIGKILLs everything in `ns` (bounded wait), then `ip netns del`.
+fn remove_netns(ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let pids = netns_pids(ns);
+        if pids.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Removes harness namespaces (`ocbit-<pid>-…`) of test processes that are gone.
+fn cleanup_stale_netns() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(NETNS_PREFIX)
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_netns(name);
+        }
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        remove_netns(&self.cl);
+        remove_netns(&self.gw);
+    }
+}
+
 // ------------------------------------------------------------------ helpers
+
+/// `["nsenter", "--net=/run/netns/<ns>", "--"]`: run a command in a named
+/// network namespace (same pid namespace, environment and files; `nsenter`
+/// execs the command, so the child's pid is the command's).
+pub fn nsenter_prefix(ns: &str) -> Vec<String> {
+    vec![
+        "nsenter".into(),
+        format!("--net=/run/netns/{ns}"),
+        "--".into(),
+    ]
+}
+
+/// Node script for [`RealGateway::netns_hello`]. Args: path of the `ws`
+/// package, url, connect frame (JSON), timeout in ms. Prints one JSON line:
+/// `{"ok":true,"hello":{…}}` or `{"ok":false,"error":"…"}`.
+const NODE_HELLO_SCRIPT: &str = r#"
+const [wsPath, url, frame, ms] = process.argv.slice(1);
+const WebSocket = require(wsPath);
+let finished = false;
+const done = (r) => {
+  if (finished) return;
+  finished = true;
+  process.stdout.write(JSON.stringify(r) + "\n", () => process.exit(0));
+};
+setTimeout(() => done({ ok: false, error: `handshake timed out after ${ms} ms` }), Number(ms));
+let sent = false;
+let ws;
+try {
+  ws = new WebSocket(url, { maxPayload: 32 * 1024 * 1024, handshakeTimeout: Number(ms) });
+} catch (e) {
+  done({ ok: false, error: `connect ${url}: ${e.message}` });
+}
+if (ws) {
+  ws.on("error", (e) => done({ ok: false, error: `connect ${url}: ${e.message}` }));
+  ws.on("close", (code, reason) =>
+    done({ ok: false, error: `closed ${code} ${JSON.stringify(String(reason))}` }));
+  ws.on("message", (data) => {
+    let v;
+    try {
+      v = JSON.parse(String(data));
+    } catch (e) {
+      return done({ ok: false, error: `non-JSON frame (${e.message}): ${String(data)}` });
+    }
+    if (v.type === "event" && v.event === "connect.challenge" && !sent) {
+      sent = true;
+      ws.send(frame);
+    } else if (v.type === "res" && v.id === "harness-connect") {
+      if (v.ok) done({ ok: true, hello: v.payload ?? null });
+      else done({ ok: false, error: `connect refused: ${JSON.stringify(v.error ?? v)}` });
+    }
+  });
+}
+"#;
+
+/// Runs `cmd` (stdin null, stdout/stderr captured) in its own process group
+/// and waits up to `timeout`; on timeout the group is SIGKILLed and an error
+/// (with what was printed) returned.
+pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let pid = child.id();
+    let mut so = child.stdout.take().expect("run_bounded: stdout");
+    let mut se = child.stderr.take().expect("run_bounded: stderr");
+    let t1 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let deadline = Instant::now() + timeout;
+    let (status, timed_out) = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break (s, false),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = Command::new("kill")
+                    .args(["-s", "KILL", "--", &format!("-{pid}")])
+                    .stderr(Stdio::null())
+                    .status();
+                break (child.wait().map_err(|e| format!("wait: {e}"))?, true);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    };
+    // Leftover children in the group (if any) go with it.
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
+        .stderr(Stdio::null())
+        .status();
+    let out = Output {
+        status,
+        stdout: t1.join().unwrap_or_default(),
+        stderr: t2.join().unwrap_or_default(),
+    };
+    if timed_out {
+        return Err(format!(
+            "timed out after {timeout:?} (stdout {:?}, stderr {:?})",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
+}
 
 /// A free loopback port (not 18789, with room for the gateway's derived
 /// ports above it).

@@ -1,0 +1,582 @@
+//! The measured clients. Each runs in its own child process
+//! (`bridge --child <role> …`) and prints one `RESULT {json}` line, so its
+//! CPU time and peak RSS are its own.
+//!
+//! - `raw`: the limit — one awc WebSocket, a one-pass typed serde decode of
+//!   every frame, ids in a plain `HashMap`; no actors.
+//! - `actor`: the bridge in-process (`Application::build`), events read from
+//!   an `EventBroker` subscription, requests through `Send` to the Supervisor.
+//! - `sse` / `http`: the same bridge, read through `GET /v1/events` and
+//!   `POST /v1/rpc` by an awc client on its own thread (its CPU is subtracted).
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use actix_codec::Framed;
+use awc::ws::{Codec, Frame, Message};
+use awc::BoxedSocket;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use openclaw_bridge::actors::broker::{Filter, Subscribe};
+use openclaw_bridge::actors::messages::LinkState;
+use openclaw_bridge::actors::supervisor::GetStatus;
+use openclaw_bridge::actors::{Send, Supervisor};
+use openclaw_bridge::config::{Settings, Sources};
+use openclaw_bridge::Application;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::gateway::FLOOD_METHOD;
+use super::procfs;
+
+/// Every wait in a child is bounded by this.
+const CHILD_DEADLINE: Duration = Duration::from_secs(120);
+pub const TOKEN: &str = "bench-token";
+pub const ECHO_METHOD: &str = "bench.echo";
+
+pub fn emit(v: Value) {
+    println!("RESULT {v}");
+}
+
+// ------------------------------------------------------------ the raw limit
+
+type Ws = Framed<BoxedSocket, Codec>;
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AgentData<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    item_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    phase: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AgentPayload<'a> {
+    #[serde(borrow, default)]
+    run_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    stream: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ts: Option<u64>,
+    #[serde(borrow, default)]
+    data: Option<AgentData<'a>>,
+    #[serde(borrow, default)]
+    session_key: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    agent_id: Option<Cow<'a, str>>,
+}
+
+/// Every frame of a flood, decoded in one pass.
+#[derive(Deserialize)]
+struct WireFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    payload: Option<AgentPayload<'a>>,
+}
+
+/// A response, decoded in one pass; the payload is kept raw (as the bridge
+/// hands it over) and copied out.
+#[derive(Deserialize)]
+struct WireRes<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+async fn next_text(ws: &mut Ws) -> bytes::Bytes {
+    loop {
+        match ws.next().await {
+            Some(Ok(Frame::Text(b))) => return b,
+            Some(Ok(_)) => {}
+            other => panic!("raw client: socket ended: {other:?}"),
+        }
+    }
+}
+
+/// Connect and complete the handshake.
+async fn raw_connect(url: &str) -> Ws {
+    let client = awc::Client::builder()
+        .max_http_version(awc::http::Version::HTTP_11)
+        .timeout(Duration::from_secs(10))
+        .finish();
+    let (_, mut ws) = client
+        .ws(url)
+        .max_frame_size(64 << 20)
+        .connect()
+        .await
+        .expect("raw client connects");
+    let challenge: Value = serde_json::from_slice(&next_text(&mut ws).await).expect("challenge");
+    assert_eq!(challenge["event"], "connect.challenge");
+    let connect = json!({"type":"req","id":"connect-1","method":"connect","params":{
+        "minProtocol":4,"maxProtocol":4,
+        "client":{"id":"gateway-client","version":"0.1.0","platform":"linux","mode":"backend"},
+        "role":"operator","scopes":["operator.read","operator.write"],"auth":{"token":TOKEN}}});
+    ws.send(Message::Text(connect.to_string().into()))
+        .await
+        .expect("send connect");
+    let hello: Value = serde_json::from_slice(&next_text(&mut ws).await).expect("hello");
+    assert_eq!(hello["ok"], true, "hello-ok: {hello}");
+    assert!(hello["payload"]["policy"]["tickIntervalMs"].is_u64());
+    ws
+}
+
+fn run_system<F: std::future::Future<Output = ()>>(f: F) {
+    actix_rt::System::new().block_on(async move {
+        if actix_rt::time::timeout(CHILD_DEADLINE, f).await.is_err() {
+            eprintln!("bench child: deadline of {CHILD_DEADLINE:?} passed");
+            std::process::exit(2);
+        }
+    });
+}
+
+pub fn ingest_raw(url: &str, n: u64) {
+    run_system(async {
+        let mut ws = raw_connect(url).await;
+        let (mut events, mut gaps, mut expected) = (0u64, 0u64, 1u64);
+        let cpu0 = procfs::process_cpu();
+        let t0 = Instant::now();
+        let req = format!(r#"{{"type":"req","id":"flood-1","method":"{FLOOD_METHOD}"}}"#);
+        ws.send(Message::Text(req.into())).await.expect("send");
+        while events < n {
+            let b = next_text(&mut ws).await;
+            let f: WireFrame<'_> = serde_json::from_slice(&b).expect("frame decodes");
+            if f.kind == "event" && f.event.as_deref() == Some("agent") {
+                let p = f.payload.unwrap_or_default();
+                std::hint::black_box((&p.run_id, &p.data, &p.stream, p.seq, p.ts));
+                std::hint::black_box((&p.session_key, &p.session_id, &p.agent_id));
+                if let Some(d) = &p.data {
+                    std::hint::black_box((&d.text, &d.delta, &d.item_id, &d.phase));
+                }
+                if let Some(s) = f.seq {
+                    gaps += s.saturating_sub(expected);
+                    expected = s + 1;
+                }
+                events += 1;
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = procfs::process_cpu() - cpu0;
+        emit(json!({"events": events, "dropped": gaps, "secs": secs, "cpu": cpu,
+            "peak_kib": procfs::peak_rss_kib()}));
+    });
+}
+
+/// Requests with `k` in flight over one socket; latencies in µs.
+async fn raw_rpc_run(ws: &mut Ws, k: usize, total: usize, next_id: &mut u64) -> Vec<u32> {
+    let mut pending: HashMap<String, Instant> = HashMap::with_capacity(k * 2);
+    let mut lat = Vec::with_capacity(total);
+    let mut sent = 0usize;
+    while lat.len() < total {
+        while pending.len() < k && sent < total {
+            *next_id += 1;
+            let id = next_id.to_string();
+            let req = format!(
+                r#"{{"type":"req","id":"{id}","method":"{ECHO_METHOD}","params":{{"i":{sent}}}}}"#
+            );
+            ws.feed(Message::Text(req.into())).await.expect("feed");
+            pending.insert(id, Instant::now());
+            sent += 1;
+        }
+        ws.flush().await.expect("flush");
+        // Take one answer, then whatever else is already here.
+        let mut first = true;
+        loop {
+            let item = if first {
+                first = false;
+                ws.next().await
+            } else {
+                match ws.next().now_or_never() {
+                    Some(i) => i,
+                    None => break,
+                }
+            };
+            let Some(Ok(Frame::Text(b))) = item else {
+                if matches!(item, Some(Ok(_))) {
+                    continue;
+                }
+                panic!("raw rpc: socket ended");
+            };
+            let r: WireRes<'_> = serde_json::from_slice(&b).expect("res decodes");
+            if r.kind != "res" {
+                continue;
+            }
+            if let Some(t) = r.id.as_deref().and_then(|id| pending.remove(id)) {
+                assert_eq!(r.ok, Some(true));
+                let owned: Option<Box<RawValue>> = r.payload.map(ToOwned::to_owned);
+                std::hint::black_box(owned);
+                lat.push(t.elapsed().as_micros() as u32);
+            }
+            if lat.len() >= total {
+                break;
+            }
+        }
+    }
+    lat
+}
+
+pub fn rpc_raw(url: &str, total1: usize, total256: usize) {
+    run_system(async {
+        let mut ws = raw_connect(url).await;
+        let mut id = 0u64;
+        let mut out = serde_json::Map::new();
+        for (k, total) in [(1usize, total1), (256, total256)] {
+            raw_rpc_run(&mut ws, k, warmup(k, total), &mut id).await;
+            let t0 = Instant::now();
+            let lat = raw_rpc_run(&mut ws, k, total, &mut id).await;
+            out.insert(format!("k{k}"), rpc_stats(lat, t0.elapsed()));
+        }
+        emit(Value::Object(out));
+    });
+}
+
+fn warmup(k: usize, total: usize) -> usize {
+    (k * 4).max(200).min(total)
+}
+
+pub fn rpc_stats(mut lat: Vec<u32>, elapsed: Duration) -> Value {
+    lat.sort_unstable();
+    let pct = |p: usize| lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1)));
+    json!({"requests": lat.len(), "secs": elapsed.as_secs_f64(),
+        "rps": lat.len() as f64 / elapsed.as_secs_f64(),
+        "p50_us": pct(50), "p99_us": pct(99)})
+}
+
+// ------------------------------------------------------------ the bridge
+
+/// Settings for a bridge pointed at `url`, HTTP on a free loopback port.
+pub fn bridge_settings(url: &str, state_dir: &std::path::Path, extra: &[(&str, &str)]) -> Settings {
+    let mut env: HashMap<String, String> = [
+        ("OPENCLAW_GATEWAY_URL", url),
+        ("OPENCLAW_GATEWAY_TOKEN", TOKEN),
+        ("OPENCLAW_BRIDGE__HTTP__LISTEN", "127.0.0.1:0"),
+        ("OPENCLAW_BRIDGE__STATE__DIR", &state_dir.display().to_string()),
+        ("OPENCLAW_BRIDGE__LOG__LEVEL", "warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Settings::load_from(&Sources {
+        system_file: None,
+        file: None,
+        env,
+    })
+    .unwrap_or_else(|e| panic!("bench settings invalid: {e}"))
+}
+
+pub struct Bridge {
+    pub app_addr: std::net::SocketAddr,
+    pub supervisor: Addr<Supervisor>,
+    pub broker: Addr<openclaw_bridge::actors::EventBroker>,
+    _dir: tempfile::TempDir,
+}
+
+/// Start the bridge the way the binary does and wait for the session.
+pub async fn start_bridge(url: &str, extra: &[(&str, &str)]) -> Bridge {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let app = Application::build(bridge_settings(url, dir.path(), extra))
+        .await
+        .expect("bridge starts");
+    let bridge = Bridge {
+        app_addr: app.http_addr(),
+        supervisor: app.supervisor.clone(),
+        broker: app.broker.clone(),
+        _dir: dir,
+    };
+    actix_rt::spawn(async move {
+        let _ = app.run_until_stopped().await;
+    });
+    wait_connected(&bridge.supervisor).await;
+    bridge
+}
+
+pub async fn wait_connected(sup: &Addr<Supervisor>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(s) = sup.send(GetStatus).await {
+            if s.state == LinkState::Connected {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the bridge did not connect");
+        actix_rt::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `dropped` of a `bridge.gap` data line.
+fn gap_dropped(data: &str) -> u64 {
+    serde_json::from_str::<Value>(data)
+        .ok()
+        .and_then(|v| v["payload"]["dropped"].as_u64())
+        .unwrap_or(0)
+}
+
+pub fn ingest_actor(url: &str, n: u64) {
+    run_system(async {
+        let b = start_bridge(url, &[]).await;
+        let mut sub = b
+            .broker
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: None,
+                label: "bench".into(),
+            })
+            .await
+            .expect("subscribe");
+        let (mut events, mut dropped) = (0u64, 0u64);
+        let cpu0 = procfs::process_cpu();
+        let t0 = Instant::now();
+        let trigger = b.supervisor.send(Send::new(FLOOD_METHOD, None));
+        actix_rt::spawn(async move {
+            let _ = trigger.await;
+        });
+        while events + dropped < n {
+            let Some(item) = sub.rx.recv().await else {
+                panic!("subscription ended")
+            };
+            match item.name.as_str() {
+                "agent" => {
+                    std::hint::black_box(&item.data);
+                    events += 1;
+                }
+                "bridge.gap" => dropped += gap_dropped(&item.data),
+                _ => {}
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = procfs::process_cpu() - cpu0;
+        emit(json!({"events": events, "dropped": dropped, "secs": secs, "cpu": cpu,
+            "peak_kib": procfs::peak_rss_kib()}));
+        std::process::exit(0);
+    });
+}
+
+struct SseDone {
+    events: u64,
+    dropped: u64,
+    end: Instant,
+    client_cpu: f64,
+}
+
+/// The `event:` field of one SSE message, when present.
+fn sse_event_name(msg: &[u8]) -> Option<&[u8]> {
+    msg.split(|b| *b == b'\n')
+        .find_map(|line| line.strip_prefix(b"event: "))
+}
+
+/// Count `\n\n`-terminated SSE messages; `event: agent` ones are events.
+fn sse_client(addr: std::net::SocketAddr, n: u64, ready: std::sync::mpsc::Sender<()>) -> SseDone {
+    let mut result = None;
+    actix_rt::System::new().block_on(async {
+        let cpu0 = procfs::thread_cpu();
+        let client = awc::Client::builder().disable_timeout().finish();
+        let mut res = client
+            .get(format!("http://{addr}/v1/events"))
+            .send()
+            .await
+            .expect("GET /v1/events");
+        assert_eq!(res.status().as_u16(), 200);
+        let (mut events, mut dropped) = (0u64, 0u64);
+        // Bytes of an unfinished message carried over from earlier chunks.
+        let mut carry: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut greeted = false;
+        'outer: while let Some(chunk) = res.next().await {
+            let chunk = chunk.expect("SSE body");
+            let scan_from = carry.len().saturating_sub(1);
+            carry.extend_from_slice(&chunk);
+            let (mut start, mut i) = (0usize, scan_from);
+            while let Some(p) = carry[i..].windows(2).position(|w| w == b"\n\n") {
+                let end = i + p + 2;
+                let msg = &carry[start..end];
+                start = end;
+                i = end;
+                if !greeted {
+                    greeted = true;
+                    let _ = ready.send(());
+                }
+                match sse_event_name(msg) {
+                    Some(b"agent") => events += 1,
+                    Some(b"bridge.gap") => {
+                        let text = String::from_utf8_lossy(msg);
+                        if let Some(d) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
+                            dropped += gap_dropped(d);
+                        }
+                    }
+                    _ => {}
+                }
+                if events + dropped >= n {
+                    break 'outer;
+                }
+            }
+            carry.drain(..start);
+        }
+        result = Some(SseDone {
+            events,
+            dropped,
+            end: Instant::now(),
+            client_cpu: procfs::thread_cpu() - cpu0,
+        });
+    });
+    result.expect("SSE client finished")
+}
+
+pub fn ingest_sse(url: &str, n: u64) {
+    run_system(async {
+        let b = start_bridge(url, &[]).await;
+        let addr = b.app_addr;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(sse_client(addr, n, ready_tx));
+        });
+        // The greeting arrives once the stream is subscribed.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ready_rx.try_recv().is_err() {
+            assert!(Instant::now() < deadline, "no SSE greeting");
+            actix_rt::time::sleep(Duration::from_millis(1)).await;
+        }
+        let cpu0 = procfs::process_cpu();
+        let t0 = Instant::now();
+        let trigger = b.supervisor.send(Send::new(FLOOD_METHOD, None));
+        actix_rt::spawn(async move {
+            let _ = trigger.await;
+        });
+        let done = done_rx.await.expect("SSE client result");
+        let cpu = procfs::process_cpu() - cpu0 - done.client_cpu;
+        emit(json!({"events": done.events, "dropped": done.dropped,
+            "secs": done.end.duration_since(t0).as_secs_f64(), "cpu": cpu,
+            "client_cpu": done.client_cpu, "peak_kib": procfs::peak_rss_kib()}));
+        std::process::exit(0);
+    });
+}
+
+async fn actor_rpc_run(sup: &Addr<Supervisor>, k: usize, total: usize) -> Vec<u32> {
+    let next = Rc::new(Cell::new(0usize));
+    let lat = Rc::new(RefCell::new(Vec::with_capacity(total)));
+    let mut tasks = Vec::new();
+    for _ in 0..k {
+        let (sup, next, lat) = (sup.clone(), next.clone(), lat.clone());
+        tasks.push(actix_rt::spawn(async move {
+            loop {
+                let i = next.get();
+                if i >= total {
+                    return;
+                }
+                next.set(i + 1);
+                let t = Instant::now();
+                let r = sup
+                    .send(Send::new(ECHO_METHOD, Some(json!({ "i": i }))))
+                    .await
+                    .expect("supervisor alive");
+                let payload = r.expect("echo answered");
+                std::hint::black_box(payload);
+                lat.borrow_mut().push(t.elapsed().as_micros() as u32);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Rc::try_unwrap(lat).map(RefCell::into_inner).unwrap_or_default()
+}
+
+pub fn rpc_actor(url: &str, total1: usize, total256: usize) {
+    run_system(async {
+        let b = start_bridge(url, &[]).await;
+        let mut out = serde_json::Map::new();
+        for (k, total) in [(1usize, total1), (256, total256)] {
+            actor_rpc_run(&b.supervisor, k, warmup(k, total)).await;
+            let t0 = Instant::now();
+            let lat = actor_rpc_run(&b.supervisor, k, total).await;
+            out.insert(format!("k{k}"), rpc_stats(lat, t0.elapsed()));
+        }
+        emit(Value::Object(out));
+        std::process::exit(0);
+    });
+}
+
+async fn http_rpc_run(client: &awc::Client, url: &str, k: usize, total: usize) -> Vec<u32> {
+    let next = Rc::new(Cell::new(0usize));
+    let lat = Rc::new(RefCell::new(Vec::with_capacity(total)));
+    let mut tasks = Vec::new();
+    for _ in 0..k {
+        let (client, url, next, lat) = (client.clone(), url.to_owned(), next.clone(), lat.clone());
+        tasks.push(actix_rt::spawn(async move {
+            loop {
+                let i = next.get();
+                if i >= total {
+                    return;
+                }
+                next.set(i + 1);
+                let t = Instant::now();
+                let mut res = client
+                    .post(&url)
+                    .insert_header(("content-type", "application/json"))
+                    .send_body(format!(r#"{{"method":"{ECHO_METHOD}","params":{{"i":{i}}}}}"#))
+                    .await
+                    .expect("POST /v1/rpc");
+                let body = res.body().await.expect("rpc body");
+                assert_eq!(res.status().as_u16(), 200, "{body:?}");
+                std::hint::black_box(body);
+                lat.borrow_mut().push(t.elapsed().as_micros() as u32);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Rc::try_unwrap(lat).map(RefCell::into_inner).unwrap_or_default()
+}
+
+pub fn rpc_http(url: &str, total1: usize, total256: usize) {
+    run_system(async {
+        let b = start_bridge(url, &[]).await;
+        let rpc_url = format!("http://{}/v1/rpc", b.app_addr);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let client = awc::Client::builder()
+                    .connector(awc::Connector::new().limit(1024))
+                    .timeout(Duration::from_secs(60))
+                    .finish();
+                let mut out = serde_json::Map::new();
+                for (k, total) in [(1usize, total1), (256, total256)] {
+                    http_rpc_run(&client, &rpc_url, k, warmup(k, total)).await;
+                    let t0 = Instant::now();
+                    let lat = http_rpc_run(&client, &rpc_url, k, total).await;
+                    out.insert(format!("k{k}"), rpc_stats(lat, t0.elapsed()));
+                }
+                let _ = tx.send(out);
+            });
+        });
+        let out = rx.await.expect("HTTP client result");
+        emit(Value::Object(out));
+        std::process::exit(0);
+    });
+}

@@ -1,0 +1,4 @@
+pub mod clients;
+pub mod frames;
+pub mod gateway;
+pub mod procfs;

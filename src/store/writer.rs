@@ -1,0 +1,415 @@
+//! [`StoreWriter`]: the [`Store`] on its own thread, fed batches by an actor.
+//!
+//! **Never waits on disk:** [`submit`](StoreWriter::submit) takes a mutex for
+//! an in-memory push only; the writer thread holds that mutex only to take
+//! everything pending, never while it writes. So a slow or stuck disk delays
+//! the store, not the event path.
+//!
+//! **Bounded by coalescing, then by a cap.** While the thread is busy, new
+//! changes wait in one pending list, where an upsert of a row that is already
+//! pending replaces it (the old one moves to the end: the order of changes to
+//! different rows, and of [`Change::RemoveAgentsExcept`], is kept, so the
+//! result equals applying every batch in turn). The list therefore grows with
+//! the number of *distinct* rows changed, not with the event rate. Only if it
+//! still reaches `max_pending` live changes (a disk stuck for long while new
+//! runs keep starting) are whole new batches dropped and counted
+//! ([`WriterStats::changes_dropped`]). We coalesce rather than drop because a
+//! dropped update can be the last one a row gets (a run's final status): the
+//! store would then show it running forever after a restart.
+//!
+//! Everything pending is written as one transaction, so a backlog also costs
+//! fewer fsyncs. A failed transaction (disk full, I/O error) is counted in
+//! [`WriterStats::write_failures`], logged, and not retried: the in-memory
+//! registry stays right, later upserts repair the rows, and `agents.list`
+//! refreshes the agents on the next session.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{Change, Store, StoreError};
+
+/// Default cap on live pending changes (about 100 bytes to a few KiB each).
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
+/// The log event for a failed store write.
+pub const STORE_WRITE_FAILED: &str = "store.write_failed";
+
+/// What the writer has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Changes written (after coalescing).
+    pub changes_written: u64,
+    /// Changes superseded by a later change to the same row before written.
+    pub changes_coalesced: u64,
+    /// Changes refused because `max_pending` was reached.
+    pub changes_dropped: u64,
+    /// Transactions that failed (their changes are lost).
+    pub write_failures: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RowKey {
+    Agent(String),
+    Run(String),
+    Session,
+}
+
+fn key_of(c: &Change) -> Option<RowKey> {
+    match c {
+        Change::UpsertAgent(a) => Some(RowKey::Agent(a.id.clone())),
+        Change::UpsertRun(r) => Some(RowKey::Run(r.run_id.clone())),
+        Change::SetSession(_) => Some(RowKey::Session),
+        Change::RemoveAgentsExcept { .. } => None,
+    }
+}
+
+/// Pending changes in order, with superseded ones blanked out.
+#[derive(Default)]
+struct Pending {
+    slots: Vec<Option<Change>>,
+    index: HashMap<RowKey, usize>,
+    live: usize,
+}
+
+impl Pending {
+    /// Append; returns how many pending changes this one superseded.
+    fn push(&mut self, change: Change) -> u64 {
+        let mut superseded = 0;
+        if let Some(key) = key_of(&change) {
+            if let Some(old) = self.index.insert(key, self.slots.len()) {
+                if self.slots[old].take().is_some() {
+                    self.live -= 1;
+                    superseded = 1;
+                }
+            }
+        }
+        self.slots.push(Some(change));
+        self.live += 1;
+        superseded
+    }
+
+    fn take(&mut self) -> Vec<Change> {
+        self.index.clear();
+        self.live = 0;
+        std::mem::take(&mut self.slots)
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
+struct State {
+    pending: Pending,
+    /// Batches accepted so far.
+    submitted: u64,
+    /// Every batch up to this number has been written or has failed.
+    done_through: u64,
+    closing: bool,
+    exited: bool,
+    stats: WriterStats,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer thread (work or close).
+    work: Condvar,
+    /// Wakes `flush`/`close` (progress or exit).
+    progress: Condvar,
+    max_pending: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave State half-updated in a way that
+        // matters here; keep going rather than poison the event path.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Owns a [`Store`] on a dedicated thread; cheap, non-blocking
+/// [`submit`](Self::submit) for the event path, [`flush`](Self::flush) and
+/// [`close`](Self::close) with a deadline for shutdown.
+pub struct StoreWriter {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for StoreWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreWriter")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreWriter {
+    /// Start the writer thread with [`DEFAULT_MAX_PENDING`].
+    pub fn spawn(store: Store) -> Result<StoreWriter, StoreError> {
+        Self::spawn_with_limit(store, DEFAULT_MAX_PENDING)
+    }
+
+    /// Start the writer thread; at most `max_pending` live changes wait.
+    pub fn spawn_with_limit(store: Store, max_pending: usize) -> Result<StoreWriter, StoreError> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: Pending::default(),
+                submitted: 0,
+                done_through: 0,
+                closing: false,
+                exited: false,
+                stats: WriterStats::default(),
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            max_pending: max_pending.max(1),
+        });
+        let for_thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run(store, for_thread))
+            .map_err(StoreError::Spawn)?;
+        Ok(StoreWriter {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue a batch; never blocks on disk. False when it was dropped
+    /// (pending list full, or the writer is closing).
+    pub fn submit(&self, batch: Vec<Change>) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let mut st = self.shared.lock();
+        if st.closing || st.exited {
+            st.stats.changes_dropped += batch.len() as u64;
+            return false;
+        }
+        if st.pending.live >= self.shared.max_pending {
+            st.stats.changes_dropped += batch.len() as u64;
+            return false;
+        }
+        let mut superseded = 0;
+        for change in batch {
+            superseded += st.pending.push(change);
+        }
+        st.stats.changes_coalesced += superseded;
+        st.submitted += 1;
+        drop(st);
+        self.shared.work.notify_one();
+        true
+    }
+
+    /// Changes waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.shared.lock().pending.live
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        self.shared.lock().stats.clone()
+    }
+
+    /// Wait until every batch submitted before this call is written (or has
+    /// failed: see [`WriterStats::write_failures`]). Blocks: not for the
+    /// event path.
+    pub fn flush(&self, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        let target = st.submitted;
+        while st.done_through < target {
+            if st.exited {
+                return Err(StoreError::WriterStopped);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Timeout(timeout));
+            }
+            st = self
+                .shared
+                .progress
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Write what is pending, stop the thread and close the database. On
+    /// timeout the thread is left to finish on its own (SQLite commits a
+    /// transaction whole or not at all) and `Timeout` is returned.
+    pub fn close(mut self, timeout: Duration) -> Result<WriterStats, StoreError> {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut st = self.shared.lock();
+            st.closing = true;
+            self.shared.work.notify_one();
+            while !st.exited {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(StoreError::Timeout(timeout));
+                }
+                st = self
+                    .shared
+                    .progress
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        if let Some(t) = self.thread.take() {
+            // It has set `exited`: joining returns at once.
+            let _ = t.join();
+        }
+        Ok(self.stats())
+    }
+}
+
+impl Drop for StoreWriter {
+    /// Without `close`: the thread writes what is pending and exits on its own.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.work.notify_one();
+    }
+}
+
+/// Marks the thread gone however it ends (a panic included), so waiters wake.
+struct ExitGuard(Arc<Shared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.exited = true;
+        drop(st);
+        self.0.progress.notify_all();
+    }
+}
+
+fn run(mut store: Store, shared: Arc<Shared>) {
+    let _guard = ExitGuard(shared.clone());
+    loop {
+        let (batch, upto) = {
+            let mut st = shared.lock();
+            while st.pending.live == 0 && !st.closing {
+                st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.pending.live == 0 {
+                st.done_through = st.submitted;
+                return; // closing, nothing left
+            }
+            (st.pending.take(), st.submitted)
+        };
+        let result = store.apply(&batch);
+        let mut st = shared.lock();
+        match result {
+            Ok(()) => {
+                st.stats.transactions += 1;
+                st.stats.changes_written += batch.len() as u64;
+            }
+            Err(e) => {
+                st.stats.write_failures += 1;
+                st.stats.last_error = Some(e.to_string());
+                tracing::warn!(event = STORE_WRITE_FAILED, error = %e, changes = batch.len(), path = %store.path().display(), "store write failed; these changes are not stored");
+            }
+        }
+        st.done_through = upto;
+        drop(st);
+        shared.progress.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{StoredAgent, StoredRun};
+    use serde_json::Value;
+
+    fn agent(id: &str, t: u64) -> Change {
+        Change::UpsertAgent(StoredAgent {
+            id: id.into(),
+            name: None,
+            is_default: false,
+            gateway: Value::Null,
+            status: "idle".into(),
+            current_run_id: None,
+            last_event_at: Some(t),
+            updated_at: t,
+        })
+    }
+
+    fn run_change(id: &str, agent: &str, status: &str) -> Change {
+        Change::UpsertRun(StoredRun {
+            run_id: id.into(),
+            agent_id: agent.into(),
+            status: status.into(),
+            started_at: Some(1),
+            ended_at: None,
+            last_event_at: None,
+            summary: None,
+        })
+    }
+
+    #[test]
+    fn coalescing_keeps_the_meaning_of_the_sequence() {
+        let mut p = Pending::default();
+        assert_eq!(p.push(agent("a", 1)), 0);
+        assert_eq!(p.push(run_change("r1", "a", "running")), 0);
+        assert_eq!(
+            p.push(Change::RemoveAgentsExcept {
+                ids: vec!["b".into()]
+            }),
+            0
+        );
+        assert_eq!(p.push(agent("a", 2)), 1);
+        assert_eq!(p.push(run_change("r1", "a", "ok")), 1);
+        assert_eq!(p.live, 3);
+        let got = p.take();
+        assert_eq!(
+            got,
+            vec![
+                Change::RemoveAgentsExcept {
+                    ids: vec!["b".into()]
+                },
+                agent("a", 2),
+                run_change("r1", "a", "ok"),
+            ]
+        );
+        assert_eq!(p.live, 0);
+        assert!(p.take().is_empty());
+    }
+
+    #[test]
+    fn coalesced_and_sequential_application_agree() {
+        let seq = vec![
+            agent("a", 1),
+            agent("b", 1),
+            run_change("r1", "a", "running"),
+            Change::RemoveAgentsExcept {
+                ids: vec!["b".into()],
+            },
+            agent("a", 2),
+            run_change("r1", "a", "ok"),
+            agent("b", 3),
+        ];
+        let d1 = tempfile::tempdir().unwrap();
+        let mut one = Store::open(d1.path()).unwrap();
+        for c in &seq {
+            one.apply(std::slice::from_ref(c)).unwrap();
+        }
+        let d2 = tempfile::tempdir().unwrap();
+        let mut two = Store::open(d2.path()).unwrap();
+        let mut p = Pending::default();
+        for c in seq {
+            p.push(c);
+        }
+        two.apply(&p.take()).unwrap();
+        assert_eq!(one.load_agents().unwrap(), two.load_agents().unwrap());
+        assert_eq!(
+            one.load_runs("a", 10).unwrap(),
+            two.load_runs("a", 10).unwrap()
+        );
+    }
+}
