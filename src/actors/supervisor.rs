@@ -57,6 +57,13 @@ macro_rules! info_or_debug {
     };
 }
 
+/// `warn`, or `debug` when `quiet` (the same refusal again while parked).
+macro_rules! warn_or_debug {
+    ($quiet:expr, $($arg:tt)+) => {
+        if $quiet { tracing::debug!($($arg)+) } else { tracing::warn!($($arg)+) }
+    };
+}
+
 /// Daemon: retry forever. FailFast (`call`): only retry what the gateway said
 /// is transient (startup window, restart); report anything else at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,9 +552,22 @@ impl Handler<ConnectionDown> for Supervisor {
             return;
         }
         let class = cause.retry_class();
+        // What "the same parked situation" means: the code, plus the pairing
+        // request id (a new request must be announced again).
+        let park_key = match &cause {
+            DisconnectCause::Rejected { error } => format!(
+                "{}/{}",
+                cause.code(),
+                error.detail_str("requestId").unwrap_or("")
+            ),
+            _ => cause.code(),
+        };
+        let repeat = self.parked_code.as_deref() == Some(park_key.as_str());
         let gateway_error = match &cause {
             DisconnectCause::Rejected { error } => {
-                tracing::warn!(
+                // Logged once per parked situation; repeats go to debug.
+                warn_or_debug!(
+                    repeat,
                     event = ev::GATEWAY_REJECTED,
                     code = %error.code,
                     details_code = error.details_code().unwrap_or(""),
@@ -585,7 +605,7 @@ impl Handler<ConnectionDown> for Supervisor {
             RetryClass::Park { action, at_least } => {
                 self.set_state(LinkState::Parked);
                 let delay = at_least.map_or(self.cfg.park_retry, |d| d.max(self.cfg.park_retry));
-                if self.parked_code.as_deref() != Some(code.as_str()) {
+                if !repeat {
                     if let DisconnectCause::Rejected { error } = &cause {
                         if error.details_code() == Some("PAIRING_REQUIRED") {
                             let id = error.detail_str("requestId").unwrap_or("");
@@ -593,7 +613,7 @@ impl Handler<ConnectionDown> for Supervisor {
                         }
                     }
                     tracing::error!(event = ev::GATEWAY_PARKED, code = %code, action = %action, retry_in_ms = delay.as_millis() as u64, "a retry cannot fix this; retrying slowly until the operator acts (SIGHUP retries at once)");
-                    self.parked_code = Some(code.clone());
+                    self.parked_code = Some(park_key.clone());
                 }
                 delay
             }

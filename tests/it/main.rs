@@ -1,10 +1,12 @@
 //! Integration tests: one binary, files grouped by behaviour.
 mod support;
 
+mod cli;
 mod events;
 mod handshake;
 mod http_api;
 mod identity;
+mod logs;
 mod notify;
 mod real_gateway;
 mod real_pairing;
