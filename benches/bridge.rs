@@ -62,7 +62,7 @@ fn main() {
         Plan {
             quick,
             rounds: num("--rounds", 3) as usize,
-            events: num("--events", 20_000),
+            events: num("--events", 50_000),
             rpc1: 500,
             rpc256: 5_000,
             footprint_rounds: 2,
@@ -303,9 +303,10 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-        (a.min(*x), b.max(*x))
-    })
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(*x), b.max(*x))
+        })
 }
 
 fn fmt_rate(x: f64) -> String {
@@ -404,7 +405,10 @@ fn loadavg() -> String {
 
 fn run(plan: &Plan) {
     let started = Instant::now();
-    println!("# openclaw-bridge benchmark ({})", if plan.quick { "quick" } else { "full" });
+    println!(
+        "# openclaw-bridge benchmark ({})",
+        if plan.quick { "quick" } else { "full" }
+    );
     println!("machine: {}", machine());
     println!("load average at start: {}", loadavg());
     let gw = GatewayProc::spawn(plan.events, 0);
@@ -484,7 +488,7 @@ fn run(plan: &Plan) {
     // Headlines.
     println!("\n## Summary");
     let raw = res.eps("ingest_raw");
-    let mut ratio = |name: &str, v: Vec<f64>| {
+    let ratio = |name: &str, v: Vec<f64>| {
         if !v.is_empty() {
             println!("ratio {name} {:.3}", median(&v));
         }
@@ -530,7 +534,10 @@ fn run(plan: &Plan) {
         );
         let peer_idle = median(&res.series("peer", "idle_rss_kib"));
         if footprint.0 > 0.0 {
-            ratio("idle_rss_reference_vs_bridge", vec![peer_idle / footprint.0]);
+            ratio(
+                "idle_rss_reference_vs_bridge",
+                vec![peer_idle / footprint.0],
+            );
         }
     }
     let metric = |name: &str, v: f64| {
@@ -804,7 +811,9 @@ fn reconnect(plan: &Plan) -> (f64, f64) {
             }
         }
         let label = if announced {
-            format!("announced restart (shutdown restartExpectedMs={RESTART_EXPECTED_MS}, close 1012)")
+            format!(
+                "announced restart (shutdown restartExpectedMs={RESTART_EXPECTED_MS}, close 1012)"
+            )
         } else {
             "abrupt drop (SIGKILL, no close frame)".to_owned()
         };

@@ -178,7 +178,7 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
         // The HTTP server is bound: tell systemd (no-op without NOTIFY_SOCKET).
         crate::notify::ready();
         let watchdog = crate::notify::spawn_watchdog(app.supervisor.clone());
-        actix_rt::spawn(async move {
+        let stopping = actix_rt::spawn(async move {
             wait_for_signals(supervisor, config_path, settings_now).await;
             crate::notify::stopping();
             if let Some(w) = watchdog {
@@ -186,7 +186,11 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
             }
             stopper.stop().await;
         });
-        match app.run_until_stopped().await {
+        let served = app.run_until_stopped().await;
+        // The server future ends as soon as it is told to stop: wait for the
+        // rest of the stop sequence (the store flush) before exiting.
+        let _ = stopping.await;
+        match served {
             Ok(()) => {
                 tracing::info!(event = ev::BRIDGE_STOPPED, "openclaw-bridge stopped");
                 EXIT_OK

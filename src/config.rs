@@ -82,6 +82,21 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("state", &["dir"]),
     ("events", &["buffer", "subscriber_queue"]),
     ("log", &["format", "level"]),
+    (
+        "nats",
+        &[
+            "url",
+            "stream",
+            "subject_prefix",
+            "gateway_id",
+            "max_age_s",
+            "max_bytes",
+            "kv_bucket",
+            "buffer",
+            "credentials_file",
+            "token",
+        ],
+    ),
 ];
 
 /// A secret string: `Debug` and `Display` print `<redacted>`.
@@ -179,6 +194,23 @@ pub struct LogSettings {
     pub level: String,
 }
 
+/// `[nats]`: publish events to NATS JetStream, mirror the registry to a KV
+/// bucket, serve RPC over request–reply. Absent: off.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub gateway_id: String,
+    pub max_age: Duration,
+    pub max_bytes: u64,
+    pub kv_bucket: String,
+    /// Bounded publish queue (events waiting for NATS).
+    pub buffer: usize,
+    pub credentials_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -188,6 +220,8 @@ pub struct Settings {
     pub state: StateSettings,
     pub events: EventsSettings,
     pub log: LogSettings,
+    /// `None`: NATS publishing is off.
+    pub nats: Option<NatsSettings>,
 }
 
 /// One bad key: which, and what is wrong or allowed.
@@ -539,7 +573,7 @@ impl Settings {
                 .set_override("gateway.url", url.clone())
                 .map_err(|e| one("OPENCLAW_GATEWAY_URL", e.to_string()))?;
         }
-        let cfg = b.build().map_err(|e| one("configuration", e.to_string()))?;
+        let cfg = b.build().map_err(|e| build_error(src, &e))?;
 
         let mut r = Reader {
             cfg,
@@ -670,6 +704,9 @@ impl Settings {
             );
         }
 
+        // [nats] (absent: off)
+        let nats = read_nats(&mut r);
+
         match (backoff, listen) {
             (Some(backoff), Some(listen)) if r.errors.is_empty() => Ok(Settings {
                 gateway: GatewaySettings {
@@ -701,6 +738,7 @@ impl Settings {
                     subscriber_queue,
                 },
                 log: LogSettings { format, level },
+                nats,
             }),
             _ => Err(ConfigErrors(r.errors)),
         }
@@ -786,8 +824,189 @@ impl Settings {
         root.insert("state".into(), Value::Table(state));
         root.insert("events".into(), Value::Table(events));
         root.insert("log".into(), Value::Table(log));
+        if let Some(n) = &self.nats {
+            let mut t = Table::new();
+            t.insert("url".into(), Value::String(n.url.clone()));
+            t.insert("stream".into(), Value::String(n.stream.clone()));
+            t.insert(
+                "subject_prefix".into(),
+                Value::String(n.subject_prefix.clone()),
+            );
+            t.insert("gateway_id".into(), Value::String(n.gateway_id.clone()));
+            t.insert(
+                "max_age_s".into(),
+                Value::Integer(n.max_age.as_secs() as i64),
+            );
+            t.insert("max_bytes".into(), Value::Integer(n.max_bytes as i64));
+            t.insert("kv_bucket".into(), Value::String(n.kv_bucket.clone()));
+            t.insert("buffer".into(), Value::Integer(n.buffer as i64));
+            path(&mut t, "credentials_file", &n.credentials_file);
+            secret(&mut t, "token", &n.token);
+            root.insert("nats".into(), Value::Table(t));
+        }
         toml::to_string(&root).unwrap_or_else(|e| format!("# could not render: {e}\n"))
     }
+}
+
+/// A NATS subject token (or a dotted run of tokens when `dots`): ASCII
+/// letters, digits, `_` and `-` only, no empty token.
+fn nats_name_ok(s: &str, dots: bool) -> bool {
+    let ok_token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if dots {
+        s.split('.').all(ok_token)
+    } else {
+        ok_token(s)
+    }
+}
+
+fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
+    // The section is off unless it names a URL (or any key at all: then the
+    // missing URL is reported).
+    let present = matches!(r.cfg.get_table("nats"), Ok(t) if !t.is_empty());
+    if !present {
+        return None;
+    }
+    let url = r.string("nats.url");
+    let lower = url.to_ascii_lowercase();
+    if url.trim().is_empty() {
+        r.err(
+            "nats.url",
+            "is required when [nats] is present; e.g. nats://127.0.0.1:4222",
+        );
+    } else if !["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+        || url.parse::<async_nats::ServerAddr>().is_err()
+    {
+        r.err(
+            "nats.url",
+            format!("{url:?} is not allowed; use nats://HOST:PORT (or tls://HOST:PORT)"),
+        );
+    }
+    let or = |r: &mut Reader, key: &str, default: &str| {
+        r.opt_string(key)
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let stream = or(r, "nats.stream", "OPENCLAW");
+    if !nats_name_ok(&stream, false) {
+        r.err(
+            "nats.stream",
+            format!("{stream:?} is not allowed; use letters, digits, _ and - only"),
+        );
+    }
+    let subject_prefix = or(r, "nats.subject_prefix", "openclaw");
+    if !nats_name_ok(&subject_prefix, true) {
+        r.err(
+            "nats.subject_prefix",
+            format!("{subject_prefix:?} is not allowed; use dot-separated tokens of letters, digits, _ and - (no *, >, spaces or empty tokens)"),
+        );
+    }
+    let gateway_id = or(r, "nats.gateway_id", "default");
+    if !nats_name_ok(&gateway_id, false) || gateway_id == "rpc" {
+        r.err(
+            "nats.gateway_id",
+            format!(
+                "{gateway_id:?} is not allowed; use letters, digits, _ and - only (not \"rpc\")"
+            ),
+        );
+    }
+    let kv_bucket = or(r, "nats.kv_bucket", "openclaw_agents");
+    if !nats_name_ok(&kv_bucket, false) {
+        r.err(
+            "nats.kv_bucket",
+            format!("{kv_bucket:?} is not allowed; use letters, digits, _ and - only"),
+        );
+    }
+    let num = |r: &mut Reader, key: &str, default: u64, min: u64, max: u64| {
+        if r.opt_string(key).is_none() {
+            default
+        } else {
+            r.number(key, min, max)
+        }
+    };
+    let max_age = Duration::from_secs(num(r, "nats.max_age_s", 86_400, 1, 315_360_000));
+    let max_bytes = num(r, "nats.max_bytes", 1 << 30, 1 << 20, 1 << 50);
+    let buffer = num(r, "nats.buffer", 10_000, 1, 10_000_000) as usize;
+    let credentials_file = r
+        .opt_string("nats.credentials_file")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if let Some(p) = &credentials_file {
+        if let Err(e) = std::fs::metadata(p) {
+            r.err(
+                "nats.credentials_file",
+                format!("cannot read {}: {e}; give a NATS .creds file", p.display()),
+            );
+        }
+    }
+    let token = match r.opt_string("nats.token") {
+        Some(t) if t.trim().is_empty() => {
+            r.err("nats.token", "is empty; remove the key or give the token");
+            None
+        }
+        Some(t) => Some(Secret::new(t.trim())),
+        None => None,
+    };
+    if token.is_some() && credentials_file.is_some() {
+        r.err(
+            "nats.token",
+            "set nats.token or nats.credentials_file, not both",
+        );
+    }
+    Some(NatsSettings {
+        url,
+        stream,
+        subject_prefix,
+        gateway_id,
+        max_age,
+        max_bytes,
+        kv_bucket,
+        buffer,
+        credentials_file,
+        token,
+    })
+}
+
+/// A layer that did not load. A TOML syntax error is reported by file, line
+/// and column only: the parser's own message quotes the offending line, which
+/// may hold a token.
+fn build_error(src: &Sources, e: &config::ConfigError) -> ConfigErrors {
+    let files = src
+        .system_file
+        .iter()
+        .filter(|f| f.exists())
+        .chain(src.file.iter());
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        if let Err(te) = toml::from_str::<toml::Table>(&text) {
+            let at = te.span().map(|sp| {
+                let before = &text[..sp.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(" at line {line}, column {col}")
+            });
+            return one(
+                &f.display().to_string(),
+                format!(
+                    "TOML syntax error{}: {}",
+                    at.unwrap_or_default(),
+                    te.message()
+                ),
+            );
+        }
+    }
+    // Not a syntax error: keep the first line only (quoted source lines,
+    // if any, follow it).
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("unreadable configuration");
+    one("configuration", first.to_owned())
 }
 
 fn one(key: &str, problem: String) -> ConfigErrors {
@@ -974,6 +1193,13 @@ mod tests {
     }
 
     #[test]
+    fn a_syntax_error_names_the_place_not_the_secret() {
+        let p = problems("[gateway]\ntoken = \"s3cr3t-TOKEN-value\n[http]\n", &[]);
+        assert!(p.contains("TOML syntax error at line 2"), "{p}");
+        assert!(!p.contains("s3cr3t"), "{p}");
+    }
+
+    #[test]
     fn state_dir_fallbacks() {
         let s = load(
             "",
@@ -1005,5 +1231,43 @@ mod tests {
         // The output is itself a valid config.
         assert!(toml::from_str::<toml::Table>(&out).is_ok());
         assert!(!format!("{s:?}").contains("gw-secret-1"));
+    }
+
+    #[test]
+    fn nats_is_off_by_default_and_validated() {
+        assert!(load("", &[]).unwrap().nats.is_none());
+        let s = load("[nats]\nurl = \"nats://127.0.0.1:4222\"\n", &[]).unwrap();
+        let n = s.nats.as_ref().unwrap();
+        assert_eq!(n.stream, "OPENCLAW");
+        assert_eq!(n.subject_prefix, "openclaw");
+        assert_eq!(n.gateway_id, "default");
+        assert_eq!(n.max_age, Duration::from_secs(86_400));
+        assert_eq!(n.max_bytes, 1 << 30);
+        assert_eq!(n.kv_bucket, "openclaw_agents");
+        assert_eq!(n.buffer, 10_000);
+        let s = load(
+            "[nats]\nurl = \"nats://127.0.0.1:4222\"\ntoken = \"nats-secret-3\"\n",
+            &[],
+        )
+        .unwrap();
+        let out = s.to_redacted_toml();
+        assert!(!out.contains("nats-secret-3"), "{out}");
+        assert!(out.contains("[nats]"), "{out}");
+        let p = problems(
+            "[nats]\nurl = \"http://x\"\nsubject_prefix = \"a.*\"\ngateway_id = \"a.b\"\nstream = \"A B\"\nbuffer = 0\nbogus = 1\n",
+            &[],
+        );
+        for want in [
+            "nats.url: \"http://x\" is not allowed",
+            "nats.subject_prefix: \"a.*\" is not allowed",
+            "nats.gateway_id: \"a.b\" is not allowed",
+            "nats.stream: \"A B\" is not allowed",
+            "nats.buffer: \"0\" is not allowed",
+            "nats.bogus: unknown key",
+        ] {
+            assert!(p.contains(want), "{want} in {p}");
+        }
+        let p = problems("[nats]\nstream = \"X\"\n", &[]);
+        assert!(p.contains("nats.url: is required"), "{p}");
     }
 }

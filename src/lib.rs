@@ -16,6 +16,8 @@
 //!   socket), `AgentRegistry` (agents and runs), `EventBroker` (fan-out).
 //! - [`http`]: the HTTP API — health, readiness, metrics, agents, SSE, RPC.
 //! - [`cli`]: the command line (`run`, `check-config`, `call`, `healthcheck`).
+//! - [`nats`]: optional NATS JetStream fan-out (`[nats]`): events, a registry
+//!   KV mirror and RPC over request–reply, for many Control Center replicas.
 //! - [`notify`]: systemd `sd_notify` (READY, STATUS, WATCHDOG, STOPPING); no-ops elsewhere.
 //!
 //! Data flows one way: socket → `protocol` decode → `GatewayConnection` →
@@ -30,6 +32,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod nats;
 pub mod notify;
 pub mod protocol;
 pub mod store;
@@ -43,7 +46,7 @@ use std::time::Duration;
 use actix::prelude::{Actor, Addr};
 use actix_web::dev::ServerHandle;
 
-use actors::broker::CloseAll;
+use actors::broker::{AddSink, CloseAll};
 use actors::gateway::ConnectionConfig;
 use actors::registry::{FlushStore, SetResyncTarget};
 use actors::supervisor::{Mode, Outputs, Shutdown, SupervisorConfig};
@@ -102,7 +105,7 @@ pub fn connection_config(
         // A stored token is used only if it was granted every configured
         // scope; otherwise the shared token asks for a scope upgrade.
         if let Some(t) = store.load(&g.url, ROLE)? {
-            if g.scopes.iter().all(|s| t.scopes.contains(s)) {
+            if protocol::missing_scopes(&t.scopes, &g.scopes).is_empty() {
                 device_token = Some(t.token);
             } else {
                 tracing::info!("the stored device token lacks some of gateway.scopes; asking for a scope upgrade");
@@ -201,6 +204,7 @@ pub struct Application {
     http_addr: SocketAddr,
     server: actix_web::dev::Server,
     server_handle: ServerHandle,
+    nats: Option<nats::NatsHandle>,
 }
 
 impl Application {
@@ -209,8 +213,9 @@ impl Application {
         let persisted = open_store(&settings)?;
         tracing::info!(agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %settings.state.dir.display(), "loaded the store");
         let registry = AgentRegistry::with_store(persisted).start();
-        let broker =
-            EventBroker::new(settings.events.buffer, settings.events.subscriber_queue).start();
+        let broker = EventBroker::new(settings.events.buffer, settings.events.subscriber_queue)
+            .starting_at(actors::broker::boot_first_id())
+            .start();
         let out = Outputs {
             link: vec![registry.clone().recipient(), broker.clone().recipient()],
             events: Some(broker.clone().recipient()),
@@ -220,6 +225,12 @@ impl Application {
         };
         let supervisor = Supervisor::new(supervisor_config(&settings, Mode::Daemon)?, out).start();
         registry.do_send(SetResyncTarget(supervisor.clone().recipient()));
+        let nats = settings.nats.as_ref().map(|n| {
+            let (sink, handle) = nats::start(n, supervisor.clone(), registry.clone());
+            broker.do_send(AddSink(Box::new(sink)));
+            tracing::info!(url = %n.url, stream = %n.stream, gateway_id = %n.gateway_id, "publishing events to NATS JetStream");
+            handle
+        });
         let state = http::ApiState {
             supervisor: supervisor.clone(),
             registry: registry.clone(),
@@ -241,6 +252,7 @@ impl Application {
             http_addr,
             server,
             server_handle,
+            nats,
         })
     }
 
@@ -256,6 +268,7 @@ impl Application {
             broker: self.broker.clone(),
             registry: self.registry.clone(),
             server: self.server_handle.clone(),
+            nats: self.nats.clone(),
         }
     }
 
@@ -267,20 +280,28 @@ impl Application {
 
 /// Stops an [`Application`] in order: the gateway link (pending requests fail
 /// with `BRIDGE_SHUTTING_DOWN`, the socket closes with 1000), SSE streams,
-/// then the HTTP server (in-flight requests are answered first).
+/// NATS (what is queued is flushed, bounded), then the HTTP server (in-flight
+/// requests are answered first).
 #[derive(Clone)]
 pub struct Stopper {
     supervisor: Addr<Supervisor>,
     broker: Addr<EventBroker>,
     registry: Addr<AgentRegistry>,
     server: ServerHandle,
+    nats: Option<nats::NatsHandle>,
 }
 
 impl Stopper {
     pub async fn stop(&self) {
-        let _ = tokio::time::timeout(SHUTDOWN_BOUND / 2, self.supervisor.send(Shutdown)).await;
+        // Bounded step by step; the sum stays within SHUTDOWN_BOUND.
+        let step = |secs| Duration::from_millis(secs);
+        let _ = tokio::time::timeout(step(2500), self.supervisor.send(Shutdown)).await;
         let _ = self.broker.send(CloseAll).await;
-        let _ = tokio::time::timeout(SHUTDOWN_BOUND / 2, self.server.stop(true)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.registry.send(FlushStore)).await;
+        // No more events can arrive: write what the registry holds.
+        let _ = tokio::time::timeout(step(2500), self.registry.send(FlushStore)).await;
+        if let Some(nats) = &self.nats {
+            nats.stop(step(1000)).await;
+        }
+        let _ = tokio::time::timeout(step(2500), self.server.stop(true)).await;
     }
 }

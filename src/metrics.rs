@@ -24,6 +24,10 @@ pub const PENDING_REQUESTS: &str = "openclaw_bridge_pending_requests";
 pub const SSE_SUBSCRIBERS: &str = "openclaw_bridge_sse_subscribers";
 pub const SSE_DROPPED: &str = "openclaw_bridge_sse_events_dropped_total";
 pub const EVENTS_UNDELIVERED: &str = "openclaw_bridge_events_undelivered_total";
+pub const NATS_PUBLISHED: &str = "openclaw_bridge_nats_published_total";
+pub const NATS_DROPPED: &str = "openclaw_bridge_nats_dropped_total";
+pub const NATS_CONNECTION_STATE: &str = "openclaw_bridge_nats_connection_state";
+pub const NATS_QUEUE: &str = "openclaw_bridge_nats_queue";
 
 /// Methods that get their own label value.
 pub const KNOWN_METHODS: &[&str] = &[
@@ -91,7 +95,8 @@ pub fn connected() {
 }
 
 pub fn disconnected(reason: &str) {
-    counter!(DISCONNECTS, "reason" => reason.to_owned()).increment(1);
+    // Reasons include gateway-supplied codes: bounded like outcomes.
+    counter!(DISCONNECTS, "reason" => outcome_label(reason)).increment(1);
 }
 
 pub fn bad_frame(kind: &'static str) {
@@ -102,19 +107,79 @@ pub fn seq_gap() {
     counter!(SEQ_GAPS).increment(1);
 }
 
-/// An outcome label: `ok`, a bridge code, or a gateway error code. Codes are
-/// short upper-case identifiers; anything else counts as `other` so a peer
-/// cannot grow the label set with arbitrary strings.
-fn outcome_label(outcome: &str) -> String {
-    let plain = outcome.len() <= 40
-        && outcome
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if outcome == "ok" || plain {
-        outcome.to_owned()
-    } else {
-        "other".to_owned()
+/// Gateway error codes and `details.code`s that get their own label value.
+const GATEWAY_CODES: &[&str] = &[
+    "INVALID_REQUEST",
+    "FORBIDDEN",
+    "NOT_PAIRED",
+    "UNAVAILABLE",
+    "APPROVAL_NOT_FOUND",
+    "AUTH_TOKEN_MISSING",
+    "AUTH_TOKEN_MISMATCH",
+    "AUTH_RATE_LIMITED",
+    "AUTH_DEVICE_TOKEN_MISMATCH",
+    "AUTH_SCOPE_MISMATCH",
+    "AUTH_REQUIRED",
+    "AUTH_UNAUTHORIZED",
+    "DEVICE_IDENTITY_REQUIRED",
+    "PAIRING_REQUIRED",
+    "PROTOCOL_MISMATCH",
+    "MISSING_SCOPE",
+];
+/// The bridge's own disconnect causes (see `DisconnectCause::code`).
+const BRIDGE_CAUSES: &[&str] = &[
+    "connect_failed",
+    "upgrade_timeout",
+    "challenge_timeout",
+    "hello_timeout",
+    "bad_hello",
+    "scopes_missing",
+    "connection_lost",
+    "watchdog_expired",
+    "protocol_error",
+    "closed_by_bridge",
+];
+/// Close codes the gateway is known to use (PROTOCOL.md §4).
+const CLOSE_CODES: &[&str] = &[
+    "close_1000",
+    "close_1001",
+    "close_1002",
+    "close_1005",
+    "close_1006",
+    "close_1008",
+    "close_1009",
+    "close_1011",
+    "close_1012",
+    "close_1013",
+    "close_4000",
+    "close_4001",
+];
+
+/// A label from a fixed vocabulary: anything a peer could vary freely (error
+/// codes, close codes) outside the known set counts as `other`, so the
+/// number of series stays bounded.
+fn bounded_label(value: &str) -> &'static str {
+    if value == "ok" {
+        return "ok";
     }
+    for set in [GATEWAY_CODES, BRIDGE_CAUSES, CLOSE_CODES] {
+        if let Some(v) = set.iter().find(|v| **v == value) {
+            return v;
+        }
+    }
+    match value {
+        "BRIDGE_NOT_CONNECTED" => "BRIDGE_NOT_CONNECTED",
+        "BRIDGE_TIMEOUT" => "BRIDGE_TIMEOUT",
+        "BRIDGE_DISCONNECTED" => "BRIDGE_DISCONNECTED",
+        "BRIDGE_SHUTTING_DOWN" => "BRIDGE_SHUTTING_DOWN",
+        "BRIDGE_BAD_REQUEST" => "BRIDGE_BAD_REQUEST",
+        _ => "other",
+    }
+}
+
+/// An outcome label: `ok`, a bridge code, or a known gateway error code.
+fn outcome_label(outcome: &str) -> &'static str {
+    bounded_label(outcome)
 }
 
 pub fn request_done(method: &str, outcome: &str, seconds: f64) {
@@ -140,6 +205,28 @@ pub fn undelivered(to: &'static str) {
     counter!(EVENTS_UNDELIVERED, "to" => to).increment(1);
 }
 
+/// Messages JetStream acknowledged (events and markers).
+pub fn nats_published(n: u64) {
+    counter!(NATS_PUBLISHED).increment(n);
+}
+
+/// Events that did not reach JetStream: `reason` is `queue_full` (NATS down
+/// or slow, the bounded queue was full) or `publish_failed` (no ack).
+pub fn nats_dropped(reason: &'static str, n: u64) {
+    counter!(NATS_DROPPED, "reason" => reason).increment(n);
+}
+
+/// One-hot NATS connection state: `connected`, `disconnected`.
+pub fn nats_state(connected: bool) {
+    gauge!(NATS_CONNECTION_STATE, "state" => "connected").set(if connected { 1.0 } else { 0.0 });
+    gauge!(NATS_CONNECTION_STATE, "state" => "disconnected").set(if connected { 0.0 } else { 1.0 });
+}
+
+/// Events waiting in the NATS publish queue.
+pub fn nats_queue(n: usize) {
+    gauge!(NATS_QUEUE).set(n as f64);
+}
+
 /// Per-event-name counters, cached so the event path does not build and hash
 /// a label set for every event. Names are bounded by the gateway's event
 /// vocabulary; past [`EventCounters::MAX`] distinct names the rest count as
@@ -157,12 +244,12 @@ impl EventCounters {
             c.increment(1);
             return;
         }
-        let label = if self.by_name.len() < Self::MAX {
-            name.to_owned()
-        } else {
-            "other".to_owned()
-        };
-        let c = counter!(EVENTS, "event" => label);
+        if self.by_name.len() >= Self::MAX {
+            // Past the cap nothing new is remembered: one shared counter.
+            counter!(EVENTS, "event" => "other").increment(1);
+            return;
+        }
+        let c = counter!(EVENTS, "event" => name.to_owned());
         c.increment(1);
         self.by_name.insert(name.to_owned(), c);
     }

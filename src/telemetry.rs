@@ -41,9 +41,25 @@ pub mod events {
     pub const DEVICE_TOKEN_STORED: &str = "gateway.device_token_stored";
     /// The gateway refused the stored device token; it was dropped.
     pub const DEVICE_TOKEN_DROPPED: &str = "gateway.device_token_dropped";
+    /// An event could not be handed to the broker or registry (mailbox full).
+    pub const EVENT_UNDELIVERED: &str = "gateway.event_undelivered";
+    /// A batch of registry changes did not reach the store.
+    pub const STORE_WRITE_FAILED: &str = "store.write_failed";
+    /// The HTTP API refused a browser-borne request (foreign Host/Origin).
+    pub const HTTP_REFUSED: &str = "http.refused";
+    /// Access log line (debug).
+    pub const HTTP_REQUEST: &str = "http.request";
     /// SIGHUP applied a new configuration (which parts changed; no values).
     pub const CONFIG_RELOADED: &str = "config.reloaded";
     pub const BRIDGE_STOPPED: &str = "bridge.stopped";
+    /// NATS connection up (first time and after every reconnect).
+    pub const NATS_CONNECTED: &str = "nats.connected";
+    /// NATS is unreachable or refused (events queue, then are dropped and announced).
+    pub const NATS_UNAVAILABLE: &str = "nats.unavailable";
+    /// Events dropped for NATS (queue full or not acknowledged); rate-limited.
+    pub const NATS_DROPPED: &str = "nats.dropped";
+    /// A resync marker was published (reconnect, seq gap, or lost events).
+    pub const NATS_RESYNC: &str = "nats.resync";
 }
 
 /// A plain level (`info`) also keeps the HTTP server library's own start-up

@@ -180,8 +180,10 @@ pub fn ingest_raw(url: &str, n: u64) {
         }
         let secs = t0.elapsed().as_secs_f64();
         let cpu = procfs::process_cpu() - cpu0;
-        emit(json!({"events": events, "dropped": gaps, "secs": secs, "cpu": cpu,
-            "peak_kib": procfs::peak_rss_kib()}));
+        emit(
+            json!({"events": events, "dropped": gaps, "secs": secs, "cpu": cpu,
+            "peak_kib": procfs::peak_rss_kib()}),
+        );
     });
 }
 
@@ -273,7 +275,10 @@ pub fn bridge_settings(url: &str, state_dir: &std::path::Path, extra: &[(&str, &
         ("OPENCLAW_GATEWAY_URL", url),
         ("OPENCLAW_GATEWAY_TOKEN", TOKEN),
         ("OPENCLAW_BRIDGE__HTTP__LISTEN", "127.0.0.1:0"),
-        ("OPENCLAW_BRIDGE__STATE__DIR", &state_dir.display().to_string()),
+        (
+            "OPENCLAW_BRIDGE__STATE__DIR",
+            &state_dir.display().to_string(),
+        ),
         ("OPENCLAW_BRIDGE__LOG__LEVEL", "warn"),
     ]
     .into_iter()
@@ -337,6 +342,18 @@ fn gap_dropped(data: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// How long a consumer waits for the next event before it asks the broker
+/// how many it dropped (a lagged subscriber hears of a gap only with the next
+/// event, and after the flood's last one there is none).
+const QUIET: Duration = Duration::from_millis(300);
+
+async fn broker_dropped(broker: &Addr<openclaw_bridge::actors::EventBroker>) -> u64 {
+    broker
+        .send(openclaw_bridge::actors::broker::BrokerStats)
+        .await
+        .map_or(0, |s| s.dropped_total)
+}
+
 pub fn ingest_actor(url: &str, n: u64) {
     run_system(async {
         let b = start_bridge(url, &[]).await;
@@ -349,30 +366,55 @@ pub fn ingest_actor(url: &str, n: u64) {
             })
             .await
             .expect("subscribe");
-        let (mut events, mut dropped) = (0u64, 0u64);
         let cpu0 = procfs::process_cpu();
         let t0 = Instant::now();
         let trigger = b.supervisor.send(Send::new(FLOOD_METHOD, None));
         actix_rt::spawn(async move {
             let _ = trigger.await;
         });
-        while events + dropped < n {
-            let Some(item) = sub.rx.recv().await else {
-                panic!("subscription ended")
-            };
-            match item.name.as_str() {
-                "agent" => {
-                    std::hint::black_box(&item.data);
-                    events += 1;
+        // The subscriber is an ordinary task on the bridge's thread, as an
+        // in-process consumer would be.
+        let broker = b.broker.clone();
+        let (events, dropped, last) = actix_rt::spawn(async move {
+            let (mut events, mut dropped, mut last) = (0u64, 0u64, Instant::now());
+            while events + dropped < n {
+                // Drain without timers; wait (bounded) only when empty.
+                let item = match sub.rx.try_recv() {
+                    Ok(item) => item,
+                    Err(_) => {
+                        last = Instant::now();
+                        match actix_rt::time::timeout(QUIET, sub.rx.recv()).await {
+                            Ok(Some(item)) => item,
+                            Ok(None) => panic!("subscription ended"),
+                            Err(_) => {
+                                dropped = broker_dropped(&broker).await;
+                                continue;
+                            }
+                        }
+                    }
+                };
+                match item.name.as_str() {
+                    "agent" => {
+                        std::hint::black_box(&item.data);
+                        events += 1;
+                    }
+                    "bridge.gap" => dropped += gap_dropped(&item.data),
+                    _ => {}
                 }
-                "bridge.gap" => dropped += gap_dropped(&item.data),
-                _ => {}
+                if events + dropped >= n {
+                    last = Instant::now();
+                }
             }
-        }
-        let secs = t0.elapsed().as_secs_f64();
+            (events, dropped, last)
+        })
+        .await
+        .expect("subscriber task");
+        let secs = last.duration_since(t0).as_secs_f64();
         let cpu = procfs::process_cpu() - cpu0;
-        emit(json!({"events": events, "dropped": dropped, "secs": secs, "cpu": cpu,
-            "peak_kib": procfs::peak_rss_kib()}));
+        emit(
+            json!({"events": events, "dropped": dropped, "secs": secs, "cpu": cpu,
+            "peak_kib": procfs::peak_rss_kib()}),
+        );
         std::process::exit(0);
     });
 }
@@ -406,8 +448,16 @@ fn sse_client(addr: std::net::SocketAddr, n: u64, ready: std::sync::mpsc::Sender
         // Bytes of an unfinished message carried over from earlier chunks.
         let mut carry: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut greeted = false;
-        'outer: while let Some(chunk) = res.next().await {
-            let chunk = chunk.expect("SSE body");
+        let mut last = Instant::now();
+        'outer: loop {
+            let chunk = match actix_rt::time::timeout(QUIET, res.next()).await {
+                Ok(Some(chunk)) => chunk.expect("SSE body"),
+                Ok(None) => break,
+                // Quiet: the rest was dropped (the caller asks the broker).
+                Err(_) if greeted && events > 0 => break,
+                Err(_) => continue,
+            };
+            last = Instant::now();
             let scan_from = carry.len().saturating_sub(1);
             carry.extend_from_slice(&chunk);
             let (mut start, mut i) = (0usize, scan_from);
@@ -439,7 +489,7 @@ fn sse_client(addr: std::net::SocketAddr, n: u64, ready: std::sync::mpsc::Sender
         result = Some(SseDone {
             events,
             dropped,
-            end: Instant::now(),
+            end: last,
             client_cpu: procfs::thread_cpu() - cpu0,
         });
     });
@@ -469,7 +519,8 @@ pub fn ingest_sse(url: &str, n: u64) {
         });
         let done = done_rx.await.expect("SSE client result");
         let cpu = procfs::process_cpu() - cpu0 - done.client_cpu;
-        emit(json!({"events": done.events, "dropped": done.dropped,
+        let dropped = done.dropped.max(broker_dropped(&b.broker).await);
+        emit(json!({"events": done.events, "dropped": dropped,
             "secs": done.end.duration_since(t0).as_secs_f64(), "cpu": cpu,
             "client_cpu": done.client_cpu, "peak_kib": procfs::peak_rss_kib()}));
         std::process::exit(0);
@@ -503,7 +554,9 @@ async fn actor_rpc_run(sup: &Addr<Supervisor>, k: usize, total: usize) -> Vec<u3
     for t in tasks {
         let _ = t.await;
     }
-    Rc::try_unwrap(lat).map(RefCell::into_inner).unwrap_or_default()
+    Rc::try_unwrap(lat)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
 }
 
 pub fn rpc_actor(url: &str, total1: usize, total256: usize) {
@@ -538,7 +591,9 @@ async fn http_rpc_run(client: &awc::Client, url: &str, k: usize, total: usize) -
                 let mut res = client
                     .post(&url)
                     .insert_header(("content-type", "application/json"))
-                    .send_body(format!(r#"{{"method":"{ECHO_METHOD}","params":{{"i":{i}}}}}"#))
+                    .send_body(format!(
+                        r#"{{"method":"{ECHO_METHOD}","params":{{"i":{i}}}}}"#
+                    ))
                     .await
                     .expect("POST /v1/rpc");
                 let body = res.body().await.expect("rpc body");
@@ -551,7 +606,9 @@ async fn http_rpc_run(client: &awc::Client, url: &str, k: usize, total: usize) -
     for t in tasks {
         let _ = t.await;
     }
-    Rc::try_unwrap(lat).map(RefCell::into_inner).unwrap_or_default()
+    Rc::try_unwrap(lat)
+        .map(RefCell::into_inner)
+        .unwrap_or_default()
 }
 
 pub fn rpc_http(url: &str, total1: usize, total256: usize) {

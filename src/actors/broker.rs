@@ -40,6 +40,21 @@ pub struct BrokerItem {
     pub data: String,
 }
 
+/// Another destination for every published item (e.g. NATS JetStream), fed
+/// from [`EventBroker`]'s publish path after the ring buffer and before the
+/// SSE fan-out. `offer` is called on the broker's thread for each item in
+/// order and must not wait: queue with `try_send` semantics, count and
+/// announce what it cannot take. Per-subscriber `bridge.gap` items are not
+/// offered (they are not events).
+pub trait EventSink: std::marker::Send {
+    fn offer(&mut self, item: &Arc<BrokerItem>);
+}
+
+/// Add a sink (wired by `Application::build` when `[nats]` is configured).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddSink(pub Box<dyn EventSink>);
+
 /// What a subscriber wants. Empty means everything.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -118,9 +133,34 @@ pub struct EventBroker {
     dropped_total: u64,
     /// After [`CloseAll`] (shutdown) new subscriptions end at once.
     closed: bool,
+    sinks: Vec<Box<dyn EventSink>>,
+    /// The first id this process issued: a resume id below it is from a
+    /// previous process.
+    first_id: u64,
+}
+
+/// A first event id for this process: milliseconds since 2024-01-01 times
+/// 2^14. Ids of a later process are higher than any an earlier one can have
+/// issued (under 16 384 events a millisecond), so a client resuming with an
+/// id from before a restart is recognised; ids stay below 2^53 (exact in
+/// JavaScript) until about 2041.
+pub fn boot_first_id() -> u64 {
+    const EPOCH_2024_MS: u64 = 1_704_067_200_000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(EPOCH_2024_MS);
+    (now.saturating_sub(EPOCH_2024_MS) << 14).max(1)
 }
 
 impl EventBroker {
+    /// Ids start at `first_id` (see [`boot_first_id`]); `new` starts at 1.
+    pub fn starting_at(mut self, first_id: u64) -> Self {
+        self.next_id = first_id.max(1);
+        self.first_id = self.next_id;
+        self
+    }
+
     pub fn new(buffer: usize, subscriber_queue: usize) -> Self {
         EventBroker {
             next_id: 1,
@@ -131,6 +171,8 @@ impl EventBroker {
             next_sub: 1,
             dropped_total: 0,
             closed: false,
+            sinks: Vec::new(),
+            first_id: 1,
         }
     }
 
@@ -153,12 +195,23 @@ impl EventBroker {
             self.ring.pop_front();
         }
         self.ring.push_back(item.clone());
+        for sink in &mut self.sinks {
+            sink.offer(&item);
+        }
         let mut closed = Vec::new();
         for (sid, sub) in self.subscribers.iter_mut() {
             if !sub.filter.matches(&item) {
                 continue;
             }
             if let Some(from) = sub.lagged_from {
+                // Resume only once half the queue is free: resuming at the
+                // first free slot would lag again at once, event after event.
+                if sub.tx.capacity() < (self.queue / 2).max(2) {
+                    sub.dropped += 1;
+                    self.dropped_total += 1;
+                    crate::metrics::sse_dropped(1);
+                    continue;
+                }
                 let gap = gap_item(from, item.id - 1, sub.dropped);
                 match sub.tx.try_send(Arc::new(gap)) {
                     Ok(()) => {
@@ -260,16 +313,29 @@ impl Handler<LinkChanged> for EventBroker {
     }
 }
 
+impl Handler<AddSink> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, AddSink(sink): AddSink, _: &mut Context<Self>) {
+        self.sinks.push(sink);
+    }
+}
+
 impl Handler<Subscribe> for EventBroker {
     type Result = MessageResult<Subscribe>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         let mut replay: Vec<Arc<BrokerItem>> = Vec::new();
-        if let Some(asked) = msg.since {
+        if let Some(mut asked) = msg.since {
+            // 0 asks for everything buffered: as if resuming from just before
+            // this process's first event.
+            if asked == 0 {
+                asked = self.first_id - 1;
+            }
             // An id this bridge never issued (the client saw a previous
             // process): everything buffered is new to it, and what came
             // before is unknown, so say so and replay it all.
-            let unknown = asked >= self.next_id;
+            let unknown = asked >= self.next_id || asked.saturating_add(1) < self.first_id;
             let since = if unknown { 0 } else { asked };
             let oldest = self.ring.front().map_or(self.next_id, |i| i.id);
             if unknown {
@@ -484,6 +550,68 @@ mod tests {
                 .collect();
             assert_eq!(ids, vec![1, 2, 3]);
         }
+    }
+
+    #[actix_rt::test]
+    async fn sinks_get_every_item_in_order() {
+        struct Collect(std::sync::Arc<std::sync::Mutex<Vec<u64>>>);
+        impl EventSink for Collect {
+            fn offer(&mut self, item: &Arc<BrokerItem>) {
+                if let Ok(mut v) = self.0.lock() {
+                    v.push(item.id);
+                }
+            }
+        }
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = EventBroker::new(10, 10).start();
+        b.send(AddSink(Box::new(Collect(seen.clone()))))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
+        }
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[actix_rt::test]
+    async fn an_id_from_a_previous_process_is_announced_not_misread() {
+        let b = EventBroker::new(10, 10).starting_at(1_000).start();
+        for i in 0..3 {
+            b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
+        }
+        // The old process had issued up to 500; this one started at 1000.
+        let mut s = b
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: Some(500),
+                label: "x".into(),
+            })
+            .await
+            .unwrap();
+        let first = s.rx.try_recv().unwrap();
+        let v: Value = serde_json::from_str(&first.data).unwrap();
+        assert_eq!(
+            (first.name.as_str(), v["payload"]["reason"].as_str()),
+            ("bridge.gap", Some("unknown_id"))
+        );
+        let ids: Vec<u64> = std::iter::from_fn(|| s.rx.try_recv().ok())
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, vec![1_000, 1_001, 1_002]);
+        // since=0: everything buffered, no gap (nothing evicted yet).
+        let mut s = b
+            .send(Subscribe {
+                filter: Filter::default(),
+                since: Some(0),
+                label: "y".into(),
+            })
+            .await
+            .unwrap();
+        let ids: Vec<u64> = std::iter::from_fn(|| s.rx.try_recv().ok())
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, vec![1_000, 1_001, 1_002]);
+        assert!(super::boot_first_id() > 1 << 40 && super::boot_first_id() < 1 << 53);
     }
 
     #[test]

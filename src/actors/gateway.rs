@@ -19,7 +19,7 @@
 //! stops, every pending request fails at once and the owner decides what next.
 //! A fresh actor means a fresh socket, handshake and empty pending map.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,8 +61,9 @@ pub trait DeviceSigner: std::fmt::Debug + std::marker::Send + Sync {
     fn sign(&self, params: &ConnectParams, nonce: &str, signed_at: u64) -> DeviceProof;
 }
 
-/// What a connection needs to know, fixed for its lifetime.
-#[derive(Debug, Clone)]
+/// What a connection needs to know, fixed for its lifetime. `Debug` leaves
+/// the tokens out.
+#[derive(Clone)]
 pub struct ConnectionConfig {
     pub url: String,
     pub token: Option<String>,
@@ -76,6 +77,22 @@ pub struct ConnectionConfig {
     pub device: Option<Arc<dyn DeviceSigner>>,
     /// For `wss://` (see `tls`); `None` for `ws://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
+        f.debug_struct("ConnectionConfig")
+            .field("url", &self.url)
+            .field("token", &redacted(&self.token))
+            .field("device_token", &redacted(&self.device_token))
+            .field("client_id", &self.client_id)
+            .field("client_mode", &self.client_mode)
+            .field("scopes", &self.scopes)
+            .field("device", &self.device.is_some())
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a connection reports and delivers.
@@ -119,7 +136,9 @@ struct Pending {
     expect_final: bool,
     /// An `accepted` answer came; the final one is awaited.
     accepted_seen: bool,
-    timer: SpawnHandle,
+    /// Key of this request in `GatewayConnection::deadlines`.
+    deadline: (Instant, u64),
+    timeout_ms: u64,
 }
 
 /// A bounded set of ids whose late answers are expected and dropped quietly.
@@ -154,6 +173,12 @@ pub struct GatewayConnection {
     sink: Option<SinkWrite<WsMessage, WsSink>>,
     phase: Phase,
     pending: HashMap<String, Pending>,
+    /// Pending ids by deadline; one timer, armed for the earliest, serves
+    /// them all (a timer per request costs more than the request).
+    deadlines: BTreeMap<(Instant, u64), String>,
+    deadline_timer: Option<(Instant, SpawnHandle)>,
+    next_deadline_seq: u64,
+    pending_gauge: Option<metrics::Gauge>,
     finished: FinishedIds,
     /// Any inbound frame counts as liveness (PROTOCOL.md §4).
     last_rx: Instant,
@@ -182,6 +207,10 @@ impl GatewayConnection {
             sink: None,
             phase: Phase::Opening,
             pending: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            deadline_timer: None,
+            next_deadline_seq: 0,
+            pending_gauge: None,
             finished: FinishedIds::default(),
             last_rx: Instant::now(),
             expected_seq: None,
@@ -247,8 +276,9 @@ impl GatewayConnection {
                     Some(c) => self.send_connect(c, ctx),
                     None => {
                         bad_frame("connect.challenge without a nonce", 0);
+                        // Most likely a transient fault: back off, do not park.
                         self.fail(
-                            DisconnectCause::BadHello {
+                            DisconnectCause::ProtocolError {
                                 error: "connect.challenge carried no nonce".into(),
                             },
                             ctx,
@@ -304,7 +334,8 @@ impl GatewayConnection {
                 if r.try_send(EventMsg(event.clone())).is_err() {
                     crate::metrics::undelivered("registry");
                     tracing::warn!(
-                        event = ev::GATEWAY_BAD_FRAME,
+                        event = ev::EVENT_UNDELIVERED,
+                        to = "registry",
                         "registry mailbox full: event not applied"
                     );
                 }
@@ -314,7 +345,8 @@ impl GatewayConnection {
             if b.try_send(EventMsg(event)).is_err() {
                 crate::metrics::undelivered("broker");
                 tracing::warn!(
-                    event = ev::GATEWAY_BAD_FRAME,
+                    event = ev::EVENT_UNDELIVERED,
+                    to = "broker",
                     "broker mailbox full: event dropped"
                 );
             }
@@ -400,11 +432,11 @@ impl GatewayConnection {
             return;
         }
         let removed = self.pending.remove(res.id.as_ref());
-        crate::metrics::pending(self.pending.len());
+        self.report_pending();
         let Some(p) = removed else {
             return;
         };
-        ctx.cancel_future(p.timer);
+        self.deadlines.remove(&p.deadline);
         if accepted {
             // The final answer will come with the same id: drop it quietly.
             self.finished.insert(res.id.to_string());
@@ -557,7 +589,57 @@ impl GatewayConnection {
         }
     }
 
+    /// The pending-requests gauge (its handle is looked up once).
+    fn report_pending(&mut self) {
+        let n = self.pending.len() as f64;
+        self.pending_gauge
+            .get_or_insert_with(|| metrics::gauge!(crate::metrics::PENDING_REQUESTS))
+            .set(n);
+    }
+
+    /// Keep the one deadline timer armed for the earliest pending deadline.
+    fn arm_deadline_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some((&(at, _), _)) = self.deadlines.first_key_value() else {
+            return;
+        };
+        if let Some((armed_at, h)) = self.deadline_timer {
+            if armed_at <= at {
+                return;
+            }
+            ctx.cancel_future(h);
+        }
+        let h = ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.deadline_timer = None;
+            act.expire_requests(ctx);
+        });
+        self.deadline_timer = Some((at, h));
+    }
+
+    /// Fail every request whose deadline has passed with `Timeout`.
+    fn expire_requests(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut expired = false;
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let id = entry.remove();
+            if let Some(p) = self.pending.remove(&id) {
+                expired = true;
+                self.finished.insert(id);
+                let _ = p.tx.send(Err(RequestError::Timeout {
+                    after_ms: p.timeout_ms,
+                }));
+            }
+        }
+        if expired {
+            self.report_pending();
+        }
+        self.arm_deadline_timer(ctx);
+    }
+
     fn fail_pending(&mut self, err: &RequestError) -> usize {
+        self.deadlines.clear();
         let n = self.pending.len();
         for (_, p) in self.pending.drain() {
             let _ = p.tx.send(Err(err.clone()));
@@ -574,6 +656,15 @@ fn bad_frame(problem: &str, size: usize) {
         problem,
         "frame from the gateway dropped"
     );
+}
+
+/// A fresh request id: a v4 UUID from the thread's fast PRNG (ids only
+/// correlate answers on our own socket; a syscall per id cost more than the
+/// rest of a request).
+fn request_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .to_string()
 }
 
 fn null_raw() -> Box<RawValue> {
@@ -781,7 +872,7 @@ impl Handler<Send> for GatewayConnection {
                 ));
             }
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = request_id();
         let text = match protocol::encode_request(&id, &msg.method, msg.params.as_deref()) {
             Ok(t) => t,
             Err(e) => return immediate(RequestError::BadRequest(e.to_string())),
@@ -793,17 +884,9 @@ impl Handler<Send> for GatewayConnection {
         }
         let (tx, rx) = oneshot::channel();
         let timeout = msg.timeout.unwrap_or(self.cfg.request_timeout);
-        let timer_id = id.clone();
-        let timer = ctx.run_later(timeout, move |act, _| {
-            if let Some(p) = act.pending.remove(&timer_id) {
-                crate::metrics::pending(act.pending.len());
-                act.finished.insert(timer_id);
-                let _ = p.tx.send(Err(RequestError::Timeout {
-                    after_ms: timeout.as_millis() as u64,
-                }));
-            }
-        });
-        crate::metrics::pending(self.pending.len() + 1);
+        self.next_deadline_seq += 1;
+        let deadline = (Instant::now() + timeout, self.next_deadline_seq);
+        self.deadlines.insert(deadline, id.clone());
         self.pending.insert(
             id,
             Pending {
@@ -811,9 +894,12 @@ impl Handler<Send> for GatewayConnection {
                 is_agent: msg.method == "agent",
                 expect_final: msg.expect_final,
                 accepted_seen: false,
-                timer,
+                deadline,
+                timeout_ms: timeout.as_millis() as u64,
             },
         );
+        self.report_pending();
+        self.arm_deadline_timer(ctx);
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(RequestError::Disconnected {

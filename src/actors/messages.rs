@@ -258,7 +258,7 @@ fn classify_rejection(error: &GatewayError) -> RetryClass {
             at_least: None,
         };
     }
-    if STOP_LIST.contains(&dc) {
+    if STOP_LIST.contains(&dc) || dc.starts_with("CONTROL_UI_") {
         let action = match (dc, error.next_step()) {
             ("AUTH_TOKEN_MISMATCH" | "AUTH_TOKEN_MISSING" | "AUTH_REQUIRED" | "AUTH_UNAUTHORIZED", _) => {
                 "set the gateway's shared token in gateway.token, gateway.token_file or OPENCLAW_GATEWAY_TOKEN, then send SIGHUP".to_owned()

@@ -137,6 +137,9 @@ pub struct FlushStore;
 #[rtype(result = "()")]
 pub struct SessionsSnapshot {
     pub payload: Box<RawValue>,
+    /// When the request was sent: only runs with no event since then may
+    /// be judged from this answer (events after it are newer than it).
+    pub requested_at: std::time::Instant,
 }
 
 /// What a registry starts from (loaded from the store) and where it writes.
@@ -153,6 +156,9 @@ pub struct RunRecord {
     pub started_at: Option<u64>,
     pub ended_at: Option<u64>,
     pub last_event_at: Option<u64>,
+    /// When this bridge last saw an event of the run (local clock).
+    #[serde(skip)]
+    pub touched: Option<std::time::Instant>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -244,6 +250,7 @@ impl AgentRegistry {
                 started_at: r.started_at,
                 ended_at: r.ended_at,
                 last_event_at: r.last_event_at,
+                touched: None,
             });
             if runs.len() > RUNS_KEPT {
                 runs.pop_back();
@@ -312,16 +319,18 @@ impl AgentRegistry {
         }
         if !batch.is_empty() && !writer.submit(batch) {
             tracing::warn!(
-                event = "store.write_failed",
+                event = ev::STORE_WRITE_FAILED,
                 "store writer is full: a batch of changes was dropped"
             );
         }
     }
 
-    /// Runs that are active on the gateway, from `sessions.list`; every run
-    /// we hold as running that is not among them ended while we could not
-    /// see it.
-    fn apply_sessions(&mut self, payload: &RawValue) {
+    /// Runs that are active on the gateway, from `sessions.list`. A run we
+    /// hold as running that is not among them ended while we could not see
+    /// it (`unknown`) — but only if no event of it arrived since the request
+    /// was sent (events are newer than the answer), and only when the list is
+    /// complete (no `hasMore`).
+    fn apply_sessions(&mut self, payload: &RawValue, requested_at: std::time::Instant) {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Row {
@@ -331,51 +340,81 @@ impl AgentRegistry {
             active_run_ids: Vec<String>,
         }
         #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct Wire {
             #[serde(default)]
             sessions: Vec<Row>,
+            #[serde(default)]
+            has_more: bool,
         }
         let Ok(wire) = serde_json::from_str::<Wire>(payload.get()) else {
             tracing::warn!("sessions.list answer not understood");
             return;
         };
-        let active: HashMap<String, Vec<String>> = wire
-            .sessions
-            .into_iter()
-            .filter_map(|r| Some((r.agent_id?, r.active_run_ids)))
-            .fold(HashMap::new(), |mut m, (a, ids)| {
-                m.entry(a).or_insert_with(Vec::new).extend(ids);
-                m
-            });
-        let mut touched = Vec::new();
-        for (agent, runs) in self.runs.iter_mut() {
-            let live = active.get(agent);
-            for r in runs.iter_mut() {
-                if r.status == RunStatus::Running
-                    && !live.is_some_and(|ids| ids.contains(&r.run_id))
-                {
-                    r.status = RunStatus::Unknown;
-                    touched.push((agent.clone(), r.run_id.clone()));
+        let complete = !wire.has_more;
+        let mut active: HashMap<String, Vec<String>> = HashMap::new();
+        for r in wire.sessions {
+            if let Some(a) = r.agent_id {
+                active.entry(a).or_default().extend(r.active_run_ids);
+            }
+        }
+        let stale = |r: &RunRecord| r.touched.is_none_or(|t| t < requested_at);
+        let mut touched_runs = Vec::new();
+        if complete {
+            for (agent, runs) in self.runs.iter_mut() {
+                let live = active.get(agent);
+                for r in runs.iter_mut() {
+                    let is_live = live.is_some_and(|ids| ids.contains(&r.run_id));
+                    if r.status == RunStatus::Running && !is_live && stale(r) {
+                        r.status = RunStatus::Unknown;
+                        touched_runs.push((agent.clone(), r.run_id.clone()));
+                    }
                 }
             }
         }
-        for (agent, run) in touched {
+        for (agent, run) in touched_runs {
             self.mark_run(&agent, &run);
         }
         let ids: Vec<String> = self.agents.keys().cloned().collect();
         for id in ids {
-            let live = active.get(&id).and_then(|ids| ids.first().cloned());
+            // A run the gateway lists as active, unless we already saw it end.
+            let live = active.get(&id).and_then(|runs| {
+                runs.iter()
+                    .find(|run| {
+                        !self.runs.get(&id).is_some_and(|known| {
+                            known.iter().any(|k| {
+                                &k.run_id == *run
+                                    && k.status != RunStatus::Running
+                                    && k.status != RunStatus::Unknown
+                            })
+                        })
+                    })
+                    .cloned()
+            });
             let Some(a) = self.agents.get_mut(&id) else {
                 continue;
             };
-            let (status, current) = match live {
-                Some(run) => (AgentStatus::Running, Some(run)),
-                None => (AgentStatus::Idle, None),
+            let next = match live {
+                Some(run) => Some((AgentStatus::Running, Some(run))),
+                // Idle only from a complete list, and only if the current run
+                // had no event since the request.
+                None if complete => {
+                    let current_is_fresh = a.current_run_id.as_ref().is_some_and(|cur| {
+                        self.runs
+                            .get(&id)
+                            .and_then(|rs| rs.iter().find(|r| &r.run_id == cur))
+                            .is_some_and(|r| !stale(r))
+                    });
+                    (!current_is_fresh).then_some((AgentStatus::Idle, None))
+                }
+                None => None,
             };
-            if a.status != status || a.current_run_id != current {
-                a.status = status;
-                a.current_run_id = current;
-                self.mark_agent(&id);
+            if let Some((status, current)) = next {
+                if a.status != status || a.current_run_id != current {
+                    a.status = status;
+                    a.current_run_id = current;
+                    self.mark_agent(&id);
+                }
             }
         }
     }
@@ -425,6 +464,7 @@ impl AgentRegistry {
                     started_at: Some(ts),
                     ended_at: None,
                     last_event_at: None,
+                    touched: None,
                 });
                 if runs.len() > RUNS_KEPT {
                     runs.pop_front();
@@ -434,6 +474,12 @@ impl AgentRegistry {
             }
         };
         run.last_event_at = Some(ts);
+        run.touched = Some(std::time::Instant::now());
+        // A run judged `unknown` from a snapshot is plainly still going.
+        if run.status == RunStatus::Unknown {
+            run.status = RunStatus::Running;
+            run.ended_at = None;
+        }
         // A run is over at its first `end` or `error`; later events only touch it.
         let was_running = run.status == RunStatus::Running;
         if was_running {
@@ -526,7 +572,7 @@ impl Actor for AgentRegistry {
         if let Some(w) = self.writer.take() {
             if let Err(e) = w.close(Duration::from_secs(2)) {
                 tracing::warn!(
-                    event = "store.write_failed",
+                    event = ev::STORE_WRITE_FAILED,
                     "store not flushed on stop: {e}"
                 );
             }
@@ -542,7 +588,7 @@ impl Handler<FlushStore> for AgentRegistry {
         if let Some(w) = &self.writer {
             // Shutdown only: bounded, and the HTTP server runs elsewhere.
             if let Err(e) = w.flush(Duration::from_secs(2)) {
-                tracing::warn!(event = "store.write_failed", "store not flushed: {e}");
+                tracing::warn!(event = ev::STORE_WRITE_FAILED, "store not flushed: {e}");
             }
         }
     }
@@ -552,7 +598,7 @@ impl Handler<SessionsSnapshot> for AgentRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: SessionsSnapshot, _: &mut Context<Self>) {
-        self.apply_sessions(&msg.payload);
+        self.apply_sessions(&msg.payload, msg.requested_at);
     }
 }
 
@@ -571,7 +617,10 @@ impl Handler<EventMsg> for AgentRegistry {
                 if let Some(agent_id) = agent_id {
                     let aborted = a.phase == RunPhase::Ended
                         && event.payload_json().contains("\"aborted\":true");
-                    self.apply_run(&agent_id, &a.run_id, a.phase, aborted, a.ts.unwrap_or(now));
+                    // Epoch ms beyond 2^53 are not real times (and SQLite's
+                    // integer is signed): use our clock instead.
+                    let ts = a.ts.filter(|t| *t < (1 << 53)).unwrap_or(now);
+                    self.apply_run(&agent_id, &a.run_id, a.phase, aborted, ts);
                 }
             }
             EventKind::Chat(c) => {

@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::{
-    Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient,
-    ResponseFuture, SpawnHandle,
+    Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient, ResponseFuture,
+    SpawnHandle,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -49,6 +49,11 @@ const RESTART_GRACE: Duration = Duration::from_secs(15);
 /// Poll interval inside the restart window (plus up to the same in jitter).
 /// Polls are logged at debug level: one restart must not flood the log.
 const RESTART_POLL: Duration = Duration::from_millis(100);
+/// Registry resyncs (`agents.list` + `sessions.list`) are at most this frequent.
+const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(2);
+/// A `retryAfterMs` beyond this is not believed: a parked link retries
+/// at least this often (SIGHUP retries at once anyway).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// `info`, or `debug` when `quiet` (fast restart polls after the first).
 macro_rules! info_or_debug {
@@ -192,6 +197,8 @@ pub struct Supervisor {
     /// Polls scheduled in the current restart window (only the first is
     /// logged at info).
     restart_polls: u32,
+    last_resync: Option<Instant>,
+    resync_scheduled: bool,
     waiters: Vec<oneshot::Sender<Result<(), ReadyError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -223,6 +230,8 @@ impl Supervisor {
             last_boot_id: None,
             restart_window_until: None,
             restart_polls: 0,
+            last_resync: None,
+            resync_scheduled: false,
             waiters: Vec::new(),
             stop_waiters: Vec::new(),
         }
@@ -289,9 +298,26 @@ impl Supervisor {
     /// Refetch `agents.list` (which agents exist) and `sessions.list` (which
     /// runs are active) for the registry.
     fn resync(&mut self, ctx: &mut Context<Self>) {
+        // At most one resync per RESYNC_MIN_INTERVAL: gaps and health changes
+        // in a burst (a struggling link) coalesce into one trailing resync.
+        if let Some(last) = self.last_resync {
+            let since = last.elapsed();
+            if since < RESYNC_MIN_INTERVAL {
+                if !self.resync_scheduled {
+                    self.resync_scheduled = true;
+                    ctx.run_later(RESYNC_MIN_INTERVAL - since, |act, ctx| {
+                        act.resync_scheduled = false;
+                        act.resync(ctx);
+                    });
+                }
+                return;
+            }
+        }
         let Some(conn) = self.conn.clone() else {
             return;
         };
+        self.last_resync = Some(Instant::now());
+        let requested_at = Instant::now();
         let generation = self.generation;
         if let Some(snap) = self.out.snapshots.clone() {
             let req = conn.send(Send::new("agents.list", Some(json!({}))));
@@ -313,7 +339,10 @@ impl Supervisor {
             ctx.spawn(actix::fut::wrap_future(async move {
                 match req.await {
                     Ok(Ok(payload)) => {
-                        let _ = sessions.try_send(SessionsSnapshot { payload });
+                        let _ = sessions.try_send(SessionsSnapshot {
+                            payload,
+                            requested_at,
+                        });
                     }
                     Ok(Err(e)) => resync_failed("sessions.list", &e),
                     Err(_) => {}
@@ -339,7 +368,7 @@ impl Supervisor {
                     tracing::info!(event = ev::DEVICE_TOKEN_STORED, path = %store.path().display(), scopes = %scopes.join(","), "device token issued by the gateway stored; later connections use it")
                 }
                 Err(e) => tracing::warn!(
-                    event = ev::DEVICE_TOKEN_STORED,
+                    event = ev::STORE_WRITE_FAILED,
                     "could not store the device token ({e}); it is used until the bridge restarts"
                 ),
             }
@@ -434,6 +463,8 @@ impl Handler<ConnectionUp> for Supervisor {
         let h = msg.hello;
         self.set_state(LinkState::Connected);
         crate::metrics::connected();
+        // A new session always refetches at once.
+        self.last_resync = None;
         self.restart_window_until = None;
         self.parked_code = None;
         self.info = GatewayInfo {
@@ -521,7 +552,8 @@ impl Handler<ConnectionDown> for Supervisor {
             for w in self.stop_waiters.drain(..) {
                 let _ = w.send(());
             }
-            ctx.stop();
+            // Stays alive while stopping: late callers get `ShuttingDown`
+            // (503 BRIDGE_SHUTTING_DOWN), not a dead mailbox.
             return;
         }
         if msg
@@ -604,7 +636,9 @@ impl Handler<ConnectionDown> for Supervisor {
         let delay = match class {
             RetryClass::Park { action, at_least } => {
                 self.set_state(LinkState::Parked);
-                let delay = at_least.map_or(self.cfg.park_retry, |d| d.max(self.cfg.park_retry));
+                let delay = at_least
+                    .map_or(self.cfg.park_retry, |d| d.max(self.cfg.park_retry))
+                    .min(MAX_RETRY_AFTER.max(self.cfg.park_retry));
                 if !repeat {
                     if let DisconnectCause::Rejected { error } = &cause {
                         if error.details_code() == Some("PAIRING_REQUIRED") {
@@ -753,10 +787,7 @@ impl Handler<Shutdown> for Supervisor {
                     let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
                 })
             }
-            None => {
-                ctx.stop();
-                Box::pin(async {})
-            }
+            None => Box::pin(async {}),
         }
     }
 }

@@ -20,6 +20,11 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("method not allowed here; use {allow}")]
     MethodNotAllowed { allow: &'static str },
+    /// A browser-borne request to a tokenless API (foreign Host or Origin).
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the body must be sent as Content-Type: application/json")]
+    UnsupportedMediaType,
     #[error("{0}")]
     Internal(String),
 }
@@ -33,6 +38,10 @@ impl ApiError {
             ApiError::Unauthorized => {
                 json!({"code": "BRIDGE_UNAUTHORIZED", "message": self.to_string()})
             }
+            ApiError::Forbidden(m) => json!({"code": "BRIDGE_FORBIDDEN", "message": m}),
+            ApiError::UnsupportedMediaType => {
+                json!({"code": "BRIDGE_UNSUPPORTED_MEDIA_TYPE", "message": self.to_string()})
+            }
             ApiError::NotFound(m) => json!({"code": "BRIDGE_NOT_FOUND", "message": m}),
             ApiError::TooLarge { .. } => {
                 json!({"code": "BRIDGE_PAYLOAD_TOO_LARGE", "message": self.to_string()})
@@ -42,6 +51,13 @@ impl ApiError {
             }
             ApiError::Internal(m) => json!({"code": "BRIDGE_INTERNAL", "message": m}),
         }
+    }
+
+    /// The reply to an RPC that failed, for transports without HTTP (NATS
+    /// request–reply): the body `POST /v1/rpc` would give plus the HTTP
+    /// status it would have, `{"ok":false,"error":{…},"status":N}`.
+    pub fn rpc_reply(&self) -> Value {
+        json!({"ok": false, "error": self.object(), "status": self.status_code().as_u16()})
     }
 
     /// Seconds for `Retry-After`, when the error says when to retry.
@@ -80,6 +96,8 @@ impl ResponseError for ApiError {
             },
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -171,6 +189,17 @@ mod tests {
         g.retry_after_ms = None;
         let e = ApiError::from(RequestError::Rejected(Box::new(g)));
         assert_eq!(e.retry_after_secs(), None);
+    }
+
+    #[test]
+    fn rpc_reply_carries_the_http_status() {
+        let v = rejected("FORBIDDEN").rpc_reply();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["error"]["code"], "FORBIDDEN");
+        let v = ApiError::from(RequestError::Timeout { after_ms: 5 }).rpc_reply();
+        assert_eq!(v["status"], 504);
+        assert_eq!(v["error"]["code"], "BRIDGE_TIMEOUT");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpRequest, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use error::ApiError;
+pub use routes::parse_rpc_body;
 
 use crate::actors::{AgentRegistry, EventBroker, Supervisor};
 use crate::config::Secret;
@@ -61,6 +62,66 @@ impl ApiState {
     }
 }
 
+/// Whether a host name (from `Host` or `Origin`) names this machine.
+fn is_local_host(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    let lower = name.to_ascii_lowercase();
+    lower == "localhost"
+        || lower.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl ApiState {
+    /// Without an API token the API is reachable only from this machine,
+    /// but a web page on this machine's browser could still reach it: refuse
+    /// requests naming another `Host` (DNS rebinding) or carrying a foreign
+    /// `Origin` (cross-site requests). With a token, the bearer check covers
+    /// both (a page cannot know the token).
+    pub fn check_browser_origin(
+        &self,
+        req: &actix_web::dev::ServiceRequest,
+    ) -> Result<(), ApiError> {
+        if self.token.is_some() {
+            return Ok(());
+        }
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(host) = header(actix_web::http::header::HOST) {
+            if !is_local_host(host) {
+                return Err(ApiError::Forbidden(format!(
+                    "Host {host:?} is not this machine; without http.token the API answers only to localhost/loopback names (set http.token to serve other names)"
+                )));
+            }
+        }
+        if let Some(origin) = header(actix_web::http::header::ORIGIN) {
+            let host = origin.split_once("://").map_or(origin, |(_, h)| h);
+            if origin != "null" && !is_local_host(host.trim_end_matches('/')) {
+                return Err(ApiError::Forbidden(format!(
+                    "cross-origin request from {origin:?} refused; set http.token to allow other origins"
+                )));
+            }
+            if origin == "null" {
+                return Err(ApiError::Forbidden(
+                    "cross-origin request from an opaque origin refused".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Compare without an early exit on the first differing byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -93,6 +154,29 @@ pub fn server(state: ApiState, listen: SocketAddr) -> std::io::Result<(Server, S
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn local_hosts() {
+        for h in [
+            "localhost",
+            "localhost:18800",
+            "127.0.0.1:18800",
+            "127.3.4.5",
+            "[::1]:18800",
+            "app.localhost",
+        ] {
+            assert!(super::is_local_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:18800",
+            "10.0.0.7:18800",
+            "localhost.evil.example",
+            "[2001:db8::1]:80",
+        ] {
+            assert!(!super::is_local_host(h), "{h}");
+        }
+    }
+
     #[test]
     fn constant_time_eq_works() {
         assert!(super::constant_time_eq(b"abc", b"abc"));

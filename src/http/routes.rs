@@ -50,13 +50,19 @@ pub struct TokenQuery {
 /// Access log without the query string (it may hold `access_token`).
 pub async fn access_log(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().to_string();
     let path = req.path().to_owned();
-    let res = next.call(req).await?;
-    tracing::debug!(event = "http.request", %method, %path, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "http request");
+    if let Some(state) = req.app_data::<web::Data<ApiState>>() {
+        if let Err(e) = state.check_browser_origin(&req) {
+            tracing::warn!(event = crate::telemetry::events::HTTP_REFUSED, %method, %path, "{e}");
+            return Ok(req.error_response(e).map_into_right_body());
+        }
+    }
+    let res = next.call(req).await?.map_into_left_body();
+    tracing::debug!(event = crate::telemetry::events::HTTP_REQUEST, %method, %path, status = res.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "http request");
     Ok(res)
 }
 
@@ -137,6 +143,42 @@ struct RpcBody {
     timeout_ms: Option<u64>,
 }
 
+/// Parse and check a `POST /v1/rpc` body (`{"method","params"?,
+/// "expectFinal"?,"timeoutMs"?}`) into the request for the supervisor. Shared
+/// with RPC over NATS so both give the same answers.
+pub fn parse_rpc_body(body: &[u8]) -> Result<Send, ApiError> {
+    let rpc: RpcBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be JSON {{\"method\": string, \"params\"?: object, \"expectFinal\"?: bool, \"timeoutMs\"?: number}}: {e}"
+        ))
+    })?;
+    if rpc.method.trim().is_empty() {
+        return Err(ApiError::BadRequest("method must not be empty".into()));
+    }
+    let params = match rpc.params {
+        Some(p) if p.get().trim() == "null" => None,
+        Some(p) if !p.get().trim_start().starts_with('{') => {
+            return Err(ApiError::BadRequest("params must be a JSON object".into()))
+        }
+        other => other,
+    };
+    let timeout = match rpc.timeout_ms {
+        Some(0) | Some(600_001..) => {
+            return Err(ApiError::BadRequest(
+                "timeoutMs must be from 1 to 600000".into(),
+            ))
+        }
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    };
+    Ok(Send {
+        method: rpc.method,
+        params,
+        timeout,
+        expect_final: rpc.expect_final,
+    })
+}
+
 /// Read the body up to [`MAX_BODY_BYTES`]; over that is 413.
 async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
@@ -172,36 +214,24 @@ async fn rpc(
         }
     }
     let body = read_body(payload).await?;
-    let rpc: RpcBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "body must be JSON {{\"method\": string, \"params\"?: object, \"expectFinal\"?: bool, \"timeoutMs\"?: number}}: {e}"
-        ))
-    })?;
-    if rpc.method.trim().is_empty() {
-        return Err(ApiError::BadRequest("method must not be empty".into()));
+    // JSON only: a browser cannot send `application/json` cross-site without
+    // a CORS preflight, which this API never grants.
+    let json_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if !json_type {
+        return Err(ApiError::UnsupportedMediaType);
     }
-    let params = match rpc.params {
-        Some(p) if p.get().trim() == "null" => None,
-        Some(p) if !p.get().trim_start().starts_with('{') => {
-            return Err(ApiError::BadRequest("params must be a JSON object".into()))
-        }
-        other => other,
-    };
-    let timeout = match rpc.timeout_ms {
-        Some(0) | Some(600_001..) => {
-            return Err(ApiError::BadRequest(
-                "timeoutMs must be from 1 to 600000".into(),
-            ))
-        }
-        Some(ms) => Some(Duration::from_millis(ms)),
-        None => None,
-    };
-    let msg = Send {
-        method: rpc.method,
-        params,
-        timeout,
-        expect_final: rpc.expect_final,
-    };
+    let msg = parse_rpc_body(&body)?;
     let result = state
         .supervisor
         .send(msg)

@@ -32,13 +32,28 @@ struct StreamState {
     greeted: bool,
 }
 
+/// Whether `s` holds a CR or LF; branch-free over 32-byte blocks so it
+/// vectorises (this runs over every event's data).
+fn has_line_break(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut blocks = b.chunks_exact(32);
+    for block in &mut blocks {
+        if block
+            .iter()
+            .fold(false, |a, &c| a | (c == b'\n') | (c == b'\r'))
+        {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&c| c == b'\n' || c == b'\r')
+}
+
 fn push_frame(s: &mut String, item: &BrokerItem) {
-    s.push_str("id: ");
-    s.push_str(&item.id.to_string());
-    s.push_str("\nevent: ");
+    use std::fmt::Write as _;
+    let _ = write!(s, "id: {}\nevent: ", item.id);
     // The name comes from the gateway: a line break in it would end the
     // field and let the rest pose as other fields.
-    if item.name.contains(['\r', '\n']) {
+    if has_line_break(&item.name) {
         s.push_str(&item.name.replace(['\r', '\n'], " "));
     } else {
         s.push_str(&item.name);
@@ -48,6 +63,13 @@ fn push_frame(s: &mut String, item: &BrokerItem) {
     // tokens (never inside strings), so one `data:` line per line (SSE ends
     // a line at CR, LF or CRLF; empty ones dropped) is the same JSON once the
     // client joins them with "\n", as SSE clients do.
+    if !has_line_break(&item.data) {
+        // Compact JSON (what the gateway sends): one line as it is.
+        s.push_str("\ndata: ");
+        s.push_str(&item.data);
+        s.push_str("\n\n");
+        return;
+    }
     let mut lines = item.data.split(['\r', '\n']).filter(|l| !l.is_empty());
     s.push_str("\ndata: ");
     s.push_str(lines.next().unwrap_or_default());
@@ -127,7 +149,8 @@ pub async fn events(
             item = st.rx.recv() => {
                 let item = item?;
                 // Send what is already queued in the same chunk.
-                let mut buf = String::with_capacity(item.data.len() + 64);
+                let queued = st.rx.len().min(BATCH);
+                let mut buf = String::with_capacity((item.data.len() + 64) * (queued + 1));
                 push_frame(&mut buf, &item);
                 for _ in 0..BATCH {
                     match st.rx.try_recv() {

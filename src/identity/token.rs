@@ -169,8 +169,16 @@ impl DeviceTokenStore {
             path: self.path.clone(),
             reason,
         };
-        // serde_json errors name a position, never the content: safe to show.
-        let file: TokenFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        // serde_json's messages can quote values ("invalid type: string …"),
+        // and the values here are tokens: report the position only.
+        let file: TokenFile = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "not valid JSON of the expected shape at line {}, column {} ({:?})",
+                e.line(),
+                e.column(),
+                e.classify()
+            ))
+        })?;
         if file.version != TOKEN_FILE_VERSION {
             return Err(bad(format!(
                 "version {} (this bridge writes {TOKEN_FILE_VERSION})",

@@ -226,22 +226,28 @@ impl HelloOk {
         })
     }
 
-    /// Requested scopes that the gateway did not grant. `operator.write` and
-    /// `operator.admin` imply narrower scopes (§3.1).
+    /// Requested scopes that the gateway did not grant (see [`missing_scopes`]).
     pub fn missing_scopes(&self, requested: &[String]) -> Vec<String> {
-        let has = |s: &str| self.scopes.iter().any(|g| g == s);
-        let admin = has("operator.admin");
-        requested
-            .iter()
-            .filter(|want| {
-                let w = want.as_str();
-                let implied = admin
-                    || (has("operator.write") && matches!(w, "operator.read" | "operator.talk"));
-                !has(w) && !implied
-            })
-            .cloned()
-            .collect()
+        missing_scopes(&self.scopes, requested)
     }
+}
+
+/// Requested scopes not covered by the granted ones. `operator.write`
+/// implies `operator.read` and `operator.talk`; `operator.admin` implies
+/// everything (PROTOCOL.md §3.1).
+pub fn missing_scopes(granted: &[String], requested: &[String]) -> Vec<String> {
+    let has = |s: &str| granted.iter().any(|g| g == s);
+    let admin = has("operator.admin");
+    requested
+        .iter()
+        .filter(|want| {
+            let w = want.as_str();
+            let implied =
+                admin || (has("operator.write") && matches!(w, "operator.read" | "operator.talk"));
+            !has(w) && !implied
+        })
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,6 @@ pub use events::{
 };
 pub use frames::{decode, encode_request, DecodeError, EventFrame, Inbound, ResponseFrame};
 pub use handshake::{
-    Challenge, ClientInfo, ConnectAuth, ConnectParams, DeviceProof, HelloOk, HelloPolicy,
-    HelloServer, PROTOCOL_VERSION,
+    missing_scopes, Challenge, ClientInfo, ConnectAuth, ConnectParams, DeviceProof, HelloOk,
+    HelloPolicy, HelloServer, PROTOCOL_VERSION,
 };

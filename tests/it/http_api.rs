@@ -360,6 +360,7 @@ async fn more_malformed_bodies_are_400_bridge_bad_request() {
     let res = app
         .client
         .post(app.url("/v1/rpc"))
+        .insert_header(("content-type", "application/json"))
         .send_body(Bytes::from_static(b"{\"method\": \"\xff\xfe\"}"))
         .await;
     let mut res = res.expect("reaches the bridge");

@@ -1,12 +1,14 @@
 //! Integration tests: one binary, files grouped by behaviour.
 mod support;
 
+mod browser;
 mod cli;
 mod events;
 mod handshake;
 mod http_api;
 mod identity;
 mod logs;
+mod nats;
 mod notify;
 mod real_gateway;
 mod real_pairing;

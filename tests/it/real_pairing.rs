@@ -395,9 +395,11 @@ fn real_pairing_remote_bridge_pairs_then_reconnects_with_its_device_token() {
     // Parked, retrying every second: wait for two retries after the first
     // refusal, then the park is logged once and the request id is the same.
     let retries = |b: &Bridge| {
-        b.events("gateway.rejected")
+        // One `gateway.backoff` per refused attempt (repeat refusals while
+        // parked are logged at debug, not as `gateway.rejected`).
+        b.events("gateway.backoff")
             .into_iter()
-            .filter(|v| v["details_code"] == "PAIRING_REQUIRED")
+            .filter(|v| v["cause"] == "PAIRING_REQUIRED")
             .count()
     };
     let deadline = Instant::now() + WAIT;

@@ -3,4 +3,5 @@
 pub mod app;
 pub mod fake_gateway;
 pub mod fake_model;
+pub mod nats_server;
 pub mod real_gateway;
