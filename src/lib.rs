@@ -78,6 +78,14 @@ impl SetupError {
     }
 }
 
+/// Wall-clock epoch milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The role the bridge connects as; device tokens are kept per gateway and role.
 pub const ROLE: &str = "operator";
 

@@ -671,12 +671,7 @@ fn null_raw() -> Box<RawValue> {
     RawValue::NULL.to_owned()
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 /// The final answer of a failed run: its payload object, with the gateway's
 /// error object added as `error` when the payload has none.

@@ -19,7 +19,6 @@
 //! waits on disk. [`FlushStore`] (shutdown) writes what is pending and waits.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -201,12 +200,7 @@ pub struct AgentRegistry {
     resync: Option<Recipient<RequestResync>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 impl AgentRegistry {
     pub fn new() -> Self {

@@ -21,7 +21,7 @@
 //! value.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::{
     Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient, ResponseFuture,
@@ -320,34 +320,20 @@ impl Supervisor {
         let requested_at = Instant::now();
         let generation = self.generation;
         if let Some(snap) = self.out.snapshots.clone() {
-            let req = conn.send(Send::new("agents.list", Some(json!({}))));
-            ctx.spawn(actix::fut::wrap_future(async move {
-                match req.await {
-                    Ok(Ok(payload)) => {
-                        let _ = snap.try_send(AgentsSnapshot {
-                            generation,
-                            payload,
-                        });
-                    }
-                    Ok(Err(e)) => resync_failed("agents.list", &e),
-                    Err(_) => {}
-                }
-            }));
+            fetch(ctx, &conn, "agents.list", move |payload| {
+                let _ = snap.try_send(AgentsSnapshot {
+                    generation,
+                    payload,
+                });
+            });
         }
         if let Some(sessions) = self.out.sessions.clone() {
-            let req = conn.send(Send::new("sessions.list", Some(json!({}))));
-            ctx.spawn(actix::fut::wrap_future(async move {
-                match req.await {
-                    Ok(Ok(payload)) => {
-                        let _ = sessions.try_send(SessionsSnapshot {
-                            payload,
-                            requested_at,
-                        });
-                    }
-                    Ok(Err(e)) => resync_failed("sessions.list", &e),
-                    Err(_) => {}
-                }
-            }));
+            fetch(ctx, &conn, "sessions.list", move |payload| {
+                let _ = sessions.try_send(SessionsSnapshot {
+                    payload,
+                    requested_at,
+                });
+            });
         }
     }
 
@@ -428,6 +414,24 @@ impl Supervisor {
     }
 }
 
+/// Send `method` with `{}` and hand a successful answer to `done`; a failure
+/// is logged (the registry keeps its current view).
+fn fetch(
+    ctx: &mut Context<Supervisor>,
+    conn: &Addr<GatewayConnection>,
+    method: &'static str,
+    done: impl FnOnce(Box<RawValue>) + 'static,
+) {
+    let req = conn.send(Send::new(method, Some(json!({}))));
+    ctx.spawn(actix::fut::wrap_future(async move {
+        match req.await {
+            Ok(Ok(payload)) => done(payload),
+            Ok(Err(e)) => resync_failed(method, &e),
+            Err(_) => {}
+        }
+    }));
+}
+
 fn resync_failed(method: &str, e: &RequestError) {
     tracing::warn!(
         event = ev::RPC_FAILED,
@@ -437,12 +441,7 @@ fn resync_failed(method: &str, e: &RequestError) {
     );
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::now_ms;
 
 impl Actor for Supervisor {
     type Context = Context<Self>;

@@ -27,8 +27,14 @@ impl Drop for TestApp {
     }
 }
 
-/// Settings for tests: fast handshake/retry timings, HTTP on port 0.
-pub fn test_settings(url: &str, token: Option<&str>, extra_toml: &str) -> Settings {
+/// Settings for tests: fast handshake/retry timings, HTTP on port 0, a fresh
+/// state directory; `extra_toml` is appended to the file, `env` applied over it.
+fn build_settings(
+    url: &str,
+    token: Option<&str>,
+    extra_toml: &str,
+    env: &[(&str, &str)],
+) -> Settings {
     let dir = state_dir();
     let path = dir.join("bridge.toml");
     let token_line = token
@@ -44,12 +50,20 @@ pub fn test_settings(url: &str, token: Option<&str>, extra_toml: &str) -> Settin
     let s = Settings::load_from(&Sources {
         system_file: None,
         file: Some(path),
-        env: Default::default(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     });
     match s {
         Ok(s) => s,
         Err(e) => panic!("test settings invalid: {e}"),
     }
+}
+
+/// Settings for tests with `extra_toml` appended to the generated file.
+pub fn test_settings(url: &str, token: Option<&str>, extra_toml: &str) -> Settings {
+    build_settings(url, token, extra_toml, &[])
 }
 
 pub async fn spawn_app(url: &str, token: Option<&str>, extra_toml: &str) -> TestApp {
@@ -159,28 +173,5 @@ pub async fn spawn_app_env(url: &str, token: Option<&str>, env: &[(&str, &str)])
 
 /// Test settings with `env` (e.g. `("OPENCLAW_BRIDGE__RECONNECT__MAX_MS", "5")`).
 pub fn settings_env(url: &str, token: Option<&str>, env: &[(&str, &str)]) -> Settings {
-    let dir = state_dir();
-    let path = dir.join("bridge.toml");
-    let token_line = token
-        .map(|t| format!("token = {t:?}\n"))
-        .unwrap_or_default();
-    let toml = format!(
-        "[gateway]\nurl = {url:?}\n{token_line}handshake_timeout_ms = 2000\nrequest_timeout_ms = 5000\n\
-         [reconnect]\ninitial_ms = 20\nmax_ms = 300\nstable_after_ms = 1000\npark_retry_ms = 60000\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = {:?}\n",
-        dir.display().to_string()
-    );
-    std::fs::write(&path, toml).expect("write config");
-    let s = Settings::load_from(&Sources {
-        system_file: None,
-        file: Some(path),
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    });
-    match s {
-        Ok(s) => s,
-        Err(e) => panic!("test settings invalid: {e}"),
-    }
+    build_settings(url, token, "", env)
 }
