@@ -309,7 +309,9 @@ impl GatewayConnection {
                     });
                 }
             }
-            self.expected_seq = Some(seq.saturating_add(1));
+            // Never rewind: a late (lower) seq must not fake a gap next time.
+            let next = seq.saturating_add(1);
+            self.expected_seq = Some(self.expected_seq.map_or(next, |e| e.max(next)));
         }
         self.event_counters.count(&frame.event);
         let (event, warning) = GatewayEvent::from_frame(&frame);

@@ -165,3 +165,25 @@ async fn seq_gap_triggers_an_agents_list_resync() {
     assert_eq!(ids, vec!["main", "ops"]);
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_late_lower_seq_does_not_fake_a_gap() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await);
+    assert!(gw.next_request_for("agents.list", T).await.is_some());
+    // Let the resync rate limit pass, so a false gap would show as a request.
+    actix_rt::time::sleep(Duration::from_millis(2100)).await;
+    gw.drain_requests();
+    for seq in [1, 2, 3, 2, 4, 5] {
+        gw.send_event_with_seq("tick", json!({"ts": seq}), Some(seq));
+    }
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let resyncs = gw
+        .drain_requests()
+        .into_iter()
+        .filter(|r| r.method == "agents.list")
+        .count();
+    assert_eq!(resyncs, 0, "no gap in 1,2,3,2,4,5");
+    app.stop().await;
+}
