@@ -27,17 +27,117 @@ use super::messages::{EventMsg, LinkChanged};
 use crate::protocol::GatewayEvent;
 use crate::telemetry::events as ev;
 
+/// An immutable string shared without copying: the name, ids and data line
+/// of a gateway event are rendered once and shared by every item and
+/// subscriber. Reads as a `str`.
+#[derive(Clone)]
+pub struct Text(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Text {
+    pub const fn from_static(s: &'static str) -> Text {
+        Text(Repr::Static(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Static(s) => s,
+            Repr::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Text {
+        Text(Repr::Shared(Arc::from(s)))
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Text {
+        Text(Repr::Shared(Arc::from(s)))
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// One message as subscribers get it, rendered once for all of them.
 #[derive(Debug)]
 pub struct BrokerItem {
     /// The bridge's event id (SSE `id:`).
     pub id: u64,
     /// The gateway event name, or `bridge.*`.
-    pub name: String,
-    pub agent_id: Option<String>,
-    pub run_id: Option<String>,
+    pub name: Text,
+    pub agent_id: Option<Text>,
+    pub run_id: Option<Text>,
     /// `{"seq": …, "payload": …}`: the SSE `data:` line.
-    pub data: String,
+    pub data: Text,
 }
 
 /// Another destination for every published item (e.g. NATS JetStream), fed
@@ -69,7 +169,7 @@ impl Filter {
         if item.name.starts_with("bridge.") {
             return true;
         }
-        if !self.events.is_empty() && !self.events.contains(&item.name) {
+        if !self.events.is_empty() && !self.events.iter().any(|e| item.name == *e) {
             return false;
         }
         if let Some(a) = &self.agent {
@@ -176,13 +276,7 @@ impl EventBroker {
         }
     }
 
-    fn publish(
-        &mut self,
-        name: String,
-        agent_id: Option<String>,
-        run_id: Option<String>,
-        data: String,
-    ) {
+    fn publish(&mut self, name: Text, agent_id: Option<Text>, run_id: Option<Text>, data: Text) {
         let item = Arc::new(BrokerItem {
             id: self.next_id,
             name,
@@ -254,27 +348,18 @@ impl EventBroker {
 fn gap_item(from: u64, to: u64, dropped: u64) -> BrokerItem {
     BrokerItem {
         id: to,
-        name: "bridge.gap".into(),
+        name: Text::from_static("bridge.gap"),
         agent_id: None,
         run_id: None,
         data: json!({"seq": null, "payload": {"from": from, "to": to, "dropped": dropped}})
-            .to_string(),
+            .to_string()
+            .into(),
     }
 }
 
 /// `{"seq":N|null,"payload":…}` without re-parsing the payload.
 pub fn render_data(event: &GatewayEvent) -> String {
-    let payload = event.payload_json();
-    let mut s = String::with_capacity(payload.len() + 32);
-    s.push_str("{\"seq\":");
-    match event.seq {
-        Some(n) => s.push_str(&n.to_string()),
-        None => s.push_str("null"),
-    }
-    s.push_str(",\"payload\":");
-    s.push_str(payload);
-    s.push('}');
-    s
+    event.data().as_str().to_owned()
 }
 
 impl Actor for EventBroker {
@@ -289,12 +374,11 @@ impl Handler<EventMsg> for EventBroker {
     type Result = ();
 
     fn handle(&mut self, EventMsg(event): EventMsg, _: &mut Context<Self>) {
-        let data = render_data(&event);
         self.publish(
             event.name.clone(),
-            event.agent_id().map(str::to_owned),
-            event.run_id().map(str::to_owned),
-            data,
+            event.agent_text().cloned(),
+            event.run_text().cloned(),
+            event.data().clone(),
         );
     }
 }
@@ -309,7 +393,7 @@ impl Handler<LinkChanged> for EventBroker {
             "bridge.disconnected"
         };
         let data = json!({"seq": Value::Null, "payload": msg.detail}).to_string();
-        self.publish(name.into(), None, None, data);
+        self.publish(Text::from_static(name), None, None, data.into());
     }
 }
 
@@ -340,7 +424,7 @@ impl Handler<Subscribe> for EventBroker {
             let oldest = self.ring.front().map_or(self.next_id, |i| i.id);
             if unknown {
                 replay.push(Arc::new(BrokerItem {
-                    data: json!({"seq": null, "payload": {"from": 1, "to": oldest - 1, "reason": "unknown_id", "last_event_id": asked}}).to_string(),
+                    data: json!({"seq": null, "payload": {"from": 1, "to": oldest - 1, "reason": "unknown_id", "last_event_id": asked}}).to_string().into(),
                     ..gap_item(1, oldest - 1, 0)
                 }));
             } else if since.saturating_add(1) < oldest {
@@ -448,7 +532,7 @@ mod tests {
         let got: Vec<(u64, Option<String>)> = (0..2)
             .map(|_| {
                 let i = only_b.rx.try_recv().unwrap();
-                (i.id, i.run_id.clone())
+                (i.id, i.run_id.as_deref().map(str::to_owned))
             })
             .collect();
         assert_eq!(got, vec![(2, Some("r2".into())), (4, Some("r3".into()))]);

@@ -188,7 +188,8 @@ pub struct AgentRegistry {
     /// The store's writer thread, when persistence is on.
     writer: Option<StoreWriter>,
     dirty_agents: HashSet<String>,
-    dirty_runs: HashSet<(String, String)>,
+    /// agent id → its dirty run ids.
+    dirty_runs: HashMap<String, HashSet<String>>,
     /// Agents removed by a snapshot since the last flush.
     listed_ids: Option<Vec<String>>,
     session: Option<SessionInfo>,
@@ -196,6 +197,10 @@ pub struct AgentRegistry {
     runs: HashMap<String, VecDeque<RunRecord>>,
     run_agent: HashMap<String, String>,
     run_order: VecDeque<String>,
+    /// (agent, run) of the last `apply_run`: the run index holds it and,
+    /// until the next flush, both are marked dirty. Consecutive events of a
+    /// run skip those lookups.
+    last_applied: Option<(String, String)>,
     connected: bool,
     resync: Option<Recipient<RequestResync>>,
 }
@@ -254,14 +259,26 @@ impl AgentRegistry {
     }
 
     fn mark_agent(&mut self, id: &str) {
-        if self.writer.is_some() {
+        if self.writer.is_some() && !self.dirty_agents.contains(id) {
             self.dirty_agents.insert(id.to_owned());
         }
     }
 
     fn mark_run(&mut self, agent: &str, run: &str) {
-        if self.writer.is_some() {
-            self.dirty_runs.insert((agent.to_owned(), run.to_owned()));
+        if self.writer.is_none() {
+            return;
+        }
+        // Look up before inserting: most events touch a run already marked.
+        match self.dirty_runs.get_mut(agent) {
+            Some(runs) => {
+                if !runs.contains(run) {
+                    runs.insert(run.to_owned());
+                }
+            }
+            None => {
+                self.dirty_runs
+                    .insert(agent.to_owned(), HashSet::from([run.to_owned()]));
+            }
         }
     }
 
@@ -273,6 +290,7 @@ impl AgentRegistry {
             batch.push(Change::RemoveAgentsExcept { ids });
         }
         let now = now_ms();
+        self.last_applied = None;
         for id in self.dirty_agents.drain() {
             if let Some(a) = self.agents.get(&id) {
                 batch.push(Change::UpsertAgent(StoredAgent {
@@ -290,7 +308,11 @@ impl AgentRegistry {
                 }));
             }
         }
-        for (agent, run) in self.dirty_runs.drain() {
+        let dirty_runs = std::mem::take(&mut self.dirty_runs);
+        for (agent, run) in dirty_runs
+            .into_iter()
+            .flat_map(|(agent, runs)| runs.into_iter().map(move |run| (agent.clone(), run)))
+        {
             let Some(r) = self
                 .runs
                 .get(&agent)
@@ -414,23 +436,37 @@ impl AgentRegistry {
     }
 
     fn agent_mut(&mut self, id: &str) -> &mut AgentState {
-        let stale = !self.connected;
-        self.agents
-            .entry(id.to_owned())
-            .or_insert_with(|| AgentState {
-                id: id.to_owned(),
-                name: None,
-                status: AgentStatus::Idle,
-                current_run_id: None,
-                last_event_at: None,
-                is_default: false,
-                listed: false,
-                stale,
-                gateway: Value::Null,
-            })
+        // Look up before inserting: no key copy for an agent already known.
+        if !self.agents.contains_key(id) {
+            self.agents.insert(
+                id.to_owned(),
+                AgentState {
+                    id: id.to_owned(),
+                    name: None,
+                    status: AgentStatus::Idle,
+                    current_run_id: None,
+                    last_event_at: None,
+                    is_default: false,
+                    listed: false,
+                    stale: !self.connected,
+                    gateway: Value::Null,
+                },
+            );
+        }
+        match self.agents.get_mut(id) {
+            Some(a) => a,
+            None => unreachable!("inserted above"),
+        }
     }
 
     fn remember_run(&mut self, run_id: &str, agent_id: &str) {
+        // Most events are of a run already known with the same agent.
+        if let Some(a) = self.run_agent.get_mut(run_id) {
+            if a != agent_id {
+                *a = agent_id.to_owned();
+            }
+            return;
+        }
         if self
             .run_agent
             .insert(run_id.to_owned(), agent_id.to_owned())
@@ -446,8 +482,17 @@ impl AgentRegistry {
     }
 
     fn apply_run(&mut self, agent_id: &str, run_id: &str, phase: RunPhase, aborted: bool, ts: u64) {
-        self.remember_run(run_id, agent_id);
-        let runs = self.runs.entry(agent_id.to_owned()).or_default();
+        let repeat = self
+            .last_applied
+            .as_ref()
+            .is_some_and(|(a, r)| a == agent_id && r == run_id);
+        if !repeat {
+            self.remember_run(run_id, agent_id);
+        }
+        let runs = match self.runs.get_mut(agent_id) {
+            Some(runs) => runs,
+            None => self.runs.entry(agent_id.to_owned()).or_default(),
+        };
         let idx = runs.iter().position(|r| r.run_id == run_id);
         let run = match idx {
             Some(i) => &mut runs[i],
@@ -494,13 +539,18 @@ impl AgentRegistry {
             }
         }
         let still_running = run.status == RunStatus::Running;
-        self.mark_run(agent_id, run_id);
-        self.mark_agent(agent_id);
+        if !repeat {
+            self.mark_run(agent_id, run_id);
+            self.mark_agent(agent_id);
+            self.last_applied = Some((agent_id.to_owned(), run_id.to_owned()));
+        }
         let agent = self.agent_mut(agent_id);
         agent.last_event_at = Some(ts);
         if still_running {
             agent.status = AgentStatus::Running;
-            agent.current_run_id = Some(run_id.to_owned());
+            if agent.current_run_id.as_deref() != Some(run_id) {
+                agent.current_run_id = Some(run_id.to_owned());
+            }
         } else if agent.current_run_id.as_deref() == Some(run_id) {
             agent.status = AgentStatus::Idle;
             agent.current_run_id = None;
@@ -600,35 +650,39 @@ impl Handler<EventMsg> for AgentRegistry {
     type Result = ();
 
     fn handle(&mut self, EventMsg(event): EventMsg, _: &mut Context<Self>) {
-        let now = now_ms();
         match &event.kind {
             EventKind::Agent(a) => {
-                let agent_id = a
-                    .agent_id
-                    .clone()
-                    .or_else(|| self.run_agent.get(&a.run_id).cloned())
-                    .or_else(|| session_agent(a.session_key.as_deref()));
+                let agent_id: Option<std::borrow::Cow<'_, str>> = match &a.agent_id {
+                    Some(id) => Some(id.as_str().into()),
+                    None => self
+                        .run_agent
+                        .get(a.run_id.as_str())
+                        .cloned()
+                        .or_else(|| session_agent(a.session_key.as_deref()))
+                        .map(Into::into),
+                };
                 if let Some(agent_id) = agent_id {
                     let aborted = a.phase == RunPhase::Ended
                         && event.payload_json().contains("\"aborted\":true");
                     // Epoch ms beyond 2^53 are not real times (and SQLite's
                     // integer is signed): use our clock instead.
-                    let ts = a.ts.filter(|t| *t < (1 << 53)).unwrap_or(now);
+                    let ts = a.ts.filter(|t| *t < (1 << 53)).unwrap_or_else(now_ms);
                     self.apply_run(&agent_id, &a.run_id, a.phase, aborted, ts);
                 }
             }
             EventKind::Chat(c) => {
                 let agent_id = c
                     .agent_id
-                    .clone()
+                    .as_ref()
+                    .map(|a| a.as_str().to_owned())
                     .or_else(|| {
                         c.run_id
                             .as_ref()
-                            .and_then(|r| self.run_agent.get(r).cloned())
+                            .and_then(|r| self.run_agent.get(r.as_str()).cloned())
                     })
                     .or_else(|| session_agent(c.session_key.as_deref()));
                 if let Some(id) = agent_id {
-                    self.agent_mut(&id).last_event_at = Some(now);
+                    self.agent_mut(&id).last_event_at = Some(now_ms());
                     self.mark_agent(&id);
                 }
             }

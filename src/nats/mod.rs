@@ -955,7 +955,7 @@ mod tests {
             name: name.into(),
             agent_id: Some("main".into()),
             run_id: None,
-            data: format!("{{\"seq\":{seq},\"payload\":{{\"x\":1}}}}"),
+            data: format!("{{\"seq\":{seq},\"payload\":{{\"x\":1}}}}").into(),
         })
     }
 

@@ -4,19 +4,30 @@
 //! the bridge acts on also get a typed view in [`EventKind`]; a known event
 //! whose payload does not have the expected shape degrades to
 //! [`EventKind::Other`] with a warning instead of being dropped.
+//!
+//! The subscribers' data line (`{"seq":…,"payload":…}`) is rendered once here
+//! and shared ([`Text`]) with the broker's items, as are the name and ids, so
+//! the event path copies the payload once and clones no strings.
+
+use std::cell::RefCell;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::frames::{AgentFields, RawJson, Str};
 use super::EventFrame;
+use crate::actors::broker::Text;
 
 /// One gateway event, decoded once, shared (`Arc`) by every consumer.
 #[derive(Debug)]
 pub struct GatewayEvent {
-    pub name: String,
+    pub name: Text,
     /// Outer per-socket sequence number; `None` for direct sends.
     pub seq: Option<u64>,
-    pub payload: Option<Box<RawValue>>,
+    /// `{"seq":N|null,"payload":…}`: what subscribers get as `data`.
+    data: Text,
+    /// Where the payload starts in `data`.
+    payload_at: usize,
     pub kind: EventKind,
 }
 
@@ -47,10 +58,10 @@ pub enum RunPhase {
 /// An `agent` event (§6).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentEvent {
-    pub run_id: String,
-    pub stream: String,
-    pub agent_id: Option<String>,
-    pub session_key: Option<String>,
+    pub run_id: Text,
+    pub stream: Text,
+    pub agent_id: Option<Text>,
+    pub session_key: Option<Text>,
     pub ts: Option<u64>,
     /// `data.phase` for `lifecycle` / `run_status`.
     pub data_phase: Option<String>,
@@ -60,9 +71,9 @@ pub struct AgentEvent {
 /// A `chat` event (§6).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatEvent {
-    pub run_id: Option<String>,
+    pub run_id: Option<Text>,
     pub session_key: Option<String>,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<Text>,
     pub state: Option<String>,
 }
 
@@ -82,13 +93,14 @@ pub struct ShutdownEvent {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AgentWire<'a> {
-    run_id: String,
-    #[serde(default)]
-    stream: Option<String>,
-    #[serde(default)]
-    agent_id: Option<String>,
-    #[serde(default)]
-    session_key: Option<String>,
+    #[serde(borrow)]
+    run_id: Str<'a>,
+    #[serde(borrow, default)]
+    stream: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    agent_id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    session_key: Option<Str<'a>>,
     #[serde(default)]
     ts: Option<u64>,
     #[serde(borrow, default)]
@@ -103,13 +115,13 @@ struct PhaseWire {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ChatWire {
-    #[serde(default)]
-    run_id: Option<String>,
+struct ChatWire<'a> {
+    #[serde(borrow, default)]
+    run_id: Option<Str<'a>>,
     #[serde(default)]
     session_key: Option<String>,
-    #[serde(default)]
-    agent_id: Option<String>,
+    #[serde(borrow, default)]
+    agent_id: Option<Str<'a>>,
     #[serde(default)]
     state: Option<String>,
 }
@@ -135,6 +147,50 @@ struct ShutdownWire {
     restart_expected_ms: Option<u64>,
 }
 
+/// Event names and streams seen on every event: shared, not allocated.
+fn known(s: &str) -> Text {
+    match s {
+        "agent" => Text::from_static("agent"),
+        "chat" => Text::from_static("chat"),
+        "health" => Text::from_static("health"),
+        "tick" => Text::from_static("tick"),
+        "presence" => Text::from_static("presence"),
+        "shutdown" => Text::from_static("shutdown"),
+        "assistant" => Text::from_static("assistant"),
+        "lifecycle" => Text::from_static("lifecycle"),
+        "tool" => Text::from_static("tool"),
+        "run_status" => Text::from_static("run_status"),
+        other => Text::from(other),
+    }
+}
+
+thread_local! {
+    /// Scratch for rendering the data line (then copied once into a `Text`).
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The last run id, agent id and session key seen: consecutive events of
+    /// one run share them instead of allocating each.
+    static RECENT: RefCell<[Option<Text>; 3]> = const { RefCell::new([None, None, None]) };
+}
+
+const RECENT_RUN: usize = 0;
+const RECENT_AGENT: usize = 1;
+const RECENT_SESSION: usize = 2;
+
+/// `s` as a [`Text`], shared with the previous event's when equal.
+fn recent(slot: usize, s: &str) -> Text {
+    RECENT.with(|r| {
+        let mut r = r.borrow_mut();
+        match &r[slot] {
+            Some(t) if t.as_str() == s => t.clone(),
+            _ => {
+                let t = Text::from(s);
+                r[slot] = Some(t.clone());
+                t
+            }
+        }
+    })
+}
+
 impl GatewayEvent {
     /// Build the shared event from a decoded frame. The second value is a
     /// warning when a known event's payload had an unexpected shape.
@@ -146,10 +202,34 @@ impl GatewayEvent {
                 Some(format!("{} payload not as expected: {e}", frame.event)),
             ),
         };
+        let payload = frame.payload.map_or("null", |p| p.get());
+        let (data, payload_at) = SCRATCH.with(|buf| {
+            let mut s = buf.borrow_mut();
+            s.clear();
+            s.push_str("{\"seq\":");
+            match frame.seq {
+                Some(n) => {
+                    use std::fmt::Write;
+                    let _ = write!(s, "{n}");
+                }
+                None => s.push_str("null"),
+            }
+            s.push_str(",\"payload\":");
+            let at = s.len();
+            s.push_str(payload);
+            s.push('}');
+            let data = Text::from(s.as_str());
+            if s.capacity() > 1 << 16 {
+                // Do not keep a huge frame's buffer around.
+                *s = String::new();
+            }
+            (data, at)
+        });
         let event = GatewayEvent {
-            name: frame.event.to_string(),
+            name: known(&frame.event),
             seq: frame.seq,
-            payload: frame.payload.map(ToOwned::to_owned),
+            data,
+            payload_at,
             kind,
         };
         (event, warning)
@@ -157,38 +237,76 @@ impl GatewayEvent {
 
     /// The raw payload text (`null` when absent).
     pub fn payload_json(&self) -> &str {
-        self.payload.as_deref().map_or("null", RawValue::get)
+        &self.data[self.payload_at..self.data.len() - 1]
+    }
+
+    /// `{"seq":N|null,"payload":…}` (the SSE `data:` line).
+    pub fn data(&self) -> &Text {
+        &self.data
     }
 
     /// The agent this event concerns, when it names one.
     pub fn agent_id(&self) -> Option<&str> {
-        match &self.kind {
-            EventKind::Agent(a) => a.agent_id.as_deref(),
-            EventKind::Chat(c) => c.agent_id.as_deref(),
-            _ => None,
-        }
+        self.agent_text().map(Text::as_str)
     }
 
     /// The run this event concerns, when it names one.
     pub fn run_id(&self) -> Option<&str> {
+        self.run_text().map(Text::as_str)
+    }
+
+    /// [`GatewayEvent::agent_id`], shareable.
+    pub fn agent_text(&self) -> Option<&Text> {
+        match &self.kind {
+            EventKind::Agent(a) => a.agent_id.as_ref(),
+            EventKind::Chat(c) => c.agent_id.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// [`GatewayEvent::run_id`], shareable.
+    pub fn run_text(&self) -> Option<&Text> {
         match &self.kind {
             EventKind::Agent(a) => Some(&a.run_id),
-            EventKind::Chat(c) => c.run_id.as_deref(),
+            EventKind::Chat(c) => c.run_id.as_ref(),
             _ => None,
         }
     }
 }
 
-fn parse<'a, T: Deserialize<'a>>(payload: Option<&'a RawValue>) -> Result<T, String> {
-    let text = payload.map_or("null", RawValue::get);
+fn parse<'a, T: Deserialize<'a>>(payload: Option<RawJson<'a>>) -> Result<T, String> {
+    let text = payload.map_or("null", |p| p.get());
     serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// The typed `agent` payload from the raw fields found while decoding the
+/// frame, without reading the payload again. `None` when anything would not
+/// decode: then the payload is parsed as a whole, for the same result or error.
+fn agent_wire<'a>(f: &AgentFields<'a>) -> Option<AgentWire<'a>> {
+    fn opt<'a, T: Deserialize<'a>>(v: Option<&'a RawValue>) -> Option<Option<T>> {
+        match v {
+            None => Some(None),
+            Some(v) => serde_json::from_str::<Option<T>>(v.get()).ok(),
+        }
+    }
+    Some(AgentWire {
+        run_id: serde_json::from_str(f.run_id?.get()).ok()?,
+        stream: opt(f.stream)?,
+        agent_id: opt(f.agent_id)?,
+        session_key: opt(f.session_key)?,
+        ts: opt(f.ts)?,
+        data: opt(f.data)?,
+    })
 }
 
 fn typed(frame: &EventFrame<'_>) -> Result<EventKind, String> {
     Ok(match frame.event.as_ref() {
         "agent" => {
-            let w: AgentWire<'_> = parse(frame.payload)?;
-            let stream = w.stream.unwrap_or_default();
+            let w: AgentWire<'_> = match frame.agent.as_ref().and_then(agent_wire) {
+                Some(w) => w,
+                None => parse(frame.payload)?,
+            };
+            let stream = w.stream.map_or(Text::from_static(""), |s| known(&s.0));
             let data_phase = match (stream.as_str(), w.data) {
                 ("lifecycle" | "run_status", Some(d)) => serde_json::from_str::<PhaseWire>(d.get())
                     .ok()
@@ -201,21 +319,21 @@ fn typed(frame: &EventFrame<'_>) -> Result<EventKind, String> {
                 _ => RunPhase::Active,
             };
             EventKind::Agent(AgentEvent {
-                run_id: w.run_id,
+                run_id: recent(RECENT_RUN, &w.run_id.0),
                 stream,
-                agent_id: w.agent_id,
-                session_key: w.session_key,
+                agent_id: w.agent_id.map(|s| recent(RECENT_AGENT, &s.0)),
+                session_key: w.session_key.map(|s| recent(RECENT_SESSION, &s.0)),
                 ts: w.ts,
                 data_phase,
                 phase,
             })
         }
         "chat" => {
-            let w: ChatWire = parse(frame.payload)?;
+            let w: ChatWire<'_> = parse(frame.payload)?;
             EventKind::Chat(ChatEvent {
-                run_id: w.run_id,
+                run_id: w.run_id.map(|s| recent(RECENT_RUN, &s.0)),
                 session_key: w.session_key,
-                agent_id: w.agent_id,
+                agent_id: w.agent_id.map(|s| recent(RECENT_AGENT, &s.0)),
                 state: w.state,
             })
         }

@@ -27,7 +27,31 @@ pub enum Inbound<'a> {
 pub struct EventFrame<'a> {
     pub event: Cow<'a, str>,
     pub seq: Option<u64>,
-    pub payload: Option<&'a RawValue>,
+    pub payload: Option<RawJson<'a>>,
+    /// The fields of an `agent` payload, found in the same pass as the
+    /// envelope (`None` when that pass could not tell them apart).
+    pub(crate) agent: Option<AgentFields<'a>>,
+}
+
+/// A JSON value's text, borrowed from the frame.
+#[derive(Debug, Clone, Copy)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
+
+/// The raw values of the payload keys an `agent` event is read from.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct AgentFields<'a> {
+    pub(crate) run_id: Option<&'a RawValue>,
+    pub(crate) stream: Option<&'a RawValue>,
+    pub(crate) agent_id: Option<&'a RawValue>,
+    pub(crate) session_key: Option<&'a RawValue>,
+    pub(crate) ts: Option<&'a RawValue>,
+    pub(crate) data: Option<&'a RawValue>,
 }
 
 /// `{"type":"res","id":STR,"ok":BOOL,"payload"?,"error"?}`.
@@ -56,14 +80,185 @@ pub enum DecodeError {
     BadError(String),
 }
 
+/// A string borrowed from the input when it has no escapes, owned otherwise.
+/// (`#[serde(borrow)]` on `Option<Cow<str>>` always copies; this does not.)
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The envelope as first read: the payload is walked once, its keys noted
+/// ([`Captured`]) instead of being scanned again later by the typed view.
+// `id`, `ok` and `error` are not used for events, but read as `Envelope`
+// reads them so that the same frames are accepted and refused.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Envelope1<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    id: Option<Str<'a>>,
+    #[serde(borrow, default)]
+    event: Option<Str<'a>>,
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    payload: Option<Captured<'a>>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+/// A payload object walked key by key (values kept raw). Its text is found
+/// from where its first key and last value are in the frame; anything else
+/// (not an object, empty, an escaped first key) is read again the plain way.
+struct Captured<'a> {
+    first_key: Option<&'a str>,
+    last_value: Option<&'a str>,
+    /// `None` when a key of [`AgentFields`] came twice.
+    agent: Option<AgentFields<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Captured<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Captured<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Captured<'de>, A::Error> {
+                let mut f = AgentFields::default();
+                let (mut dup, mut first, mut first_key, mut last_value) = (false, true, None, None);
+                while let Some(k) = map.next_key::<Str<'de>>()? {
+                    if first {
+                        first = false;
+                        if let Cow::Borrowed(b) = k.0 {
+                            first_key = Some(b);
+                        }
+                    }
+                    let v: &'de RawValue = map.next_value()?;
+                    last_value = Some(v.get());
+                    let slot = match k.0.as_ref() {
+                        "runId" => &mut f.run_id,
+                        "stream" => &mut f.stream,
+                        "agentId" => &mut f.agent_id,
+                        "sessionKey" => &mut f.session_key,
+                        "ts" => &mut f.ts,
+                        "data" => &mut f.data,
+                        _ => continue,
+                    };
+                    dup |= slot.is_some();
+                    *slot = Some(v);
+                }
+                Ok(Captured {
+                    first_key,
+                    last_value,
+                    agent: (!dup).then_some(f),
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Captured<'de>, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Captured::other())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Captured<'de>, E> {
+                Ok(Captured::other())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Captured<'de>, E> {
+                Ok(Captured::other())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Captured<'de>, E> {
+                Ok(Captured::other())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Captured<'de>, E> {
+                Ok(Captured::other())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Captured<'de>, E> {
+                Ok(Captured::other())
+            }
+            fn visit_unit<E>(self) -> Result<Captured<'de>, E> {
+                Ok(Captured::other())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Captured<'_> {
+    fn other() -> Self {
+        Captured {
+            first_key: None,
+            last_value: None,
+            agent: None,
+        }
+    }
+}
+
+/// The text of a captured payload object inside `text`: from the `{` before
+/// its first key to the `}` after its last value.
+fn object_span<'a>(text: &'a str, c: &Captured<'_>) -> Option<&'a str> {
+    let (key, value) = (c.first_key?, c.last_value?);
+    let base = text.as_ptr() as usize;
+    let k = (key.as_ptr() as usize).checked_sub(base)?;
+    let end = (value.as_ptr() as usize).checked_sub(base)? + value.len();
+    let bytes = text.as_bytes();
+    if k == 0 || end > bytes.len() || bytes[k - 1] != b'"' {
+        return None;
+    }
+    let mut start = k - 1;
+    loop {
+        start = start.checked_sub(1)?;
+        match bytes[start] {
+            b' ' | b'\n' | b'\r' | b'\t' => {}
+            b'{' => break,
+            _ => return None,
+        }
+    }
+    let mut close = end;
+    loop {
+        match *bytes.get(close)? {
+            b' ' | b'\n' | b'\r' | b'\t' => close += 1,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    text.get(start..=close)
+}
+
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
+    event: Option<Str<'a>>,
     #[serde(default)]
     ok: Option<bool>,
     #[serde(default)]
@@ -76,25 +271,56 @@ struct Envelope<'a> {
 
 /// Decode one text frame.
 pub fn decode(text: &str) -> Result<Inbound<'_>, DecodeError> {
+    // One pass over the payload for the common case: an event whose payload
+    // is an object. Anything else (and any error) is decoded the plain way;
+    // responses as the gateway writes them go there at once.
+    if text.starts_with(r#"{"type":"res""#) {
+        return decode_plain(text);
+    }
+    if let Ok(env) = serde_json::from_str::<Envelope1<'_>>(text) {
+        if let (Some(kind), Some(event), Some(p)) = (&env.kind, env.event, env.payload) {
+            if kind.0 == "event" {
+                if let Some(span) = object_span(text, &p) {
+                    return Ok(Inbound::Event(EventFrame {
+                        event: event.0,
+                        seq: env.seq,
+                        payload: Some(RawJson(span)),
+                        agent: p.agent,
+                    }));
+                }
+            }
+        }
+    }
+    decode_plain(text)
+}
+
+fn decode_plain(text: &str) -> Result<Inbound<'_>, DecodeError> {
     let env: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let kind = env.kind.ok_or(DecodeError::MissingType)?;
+    let kind = env.kind.ok_or(DecodeError::MissingType)?.0;
     // `"payload": null` is the same as no payload.
     let payload = env.payload.filter(|p| p.get() != "null");
     match kind.as_ref() {
         "event" => Ok(Inbound::Event(EventFrame {
-            event: env.event.ok_or(DecodeError::MissingField {
-                kind: "event",
-                field: "event",
-            })?,
+            event: env
+                .event
+                .ok_or(DecodeError::MissingField {
+                    kind: "event",
+                    field: "event",
+                })?
+                .0,
             seq: env.seq,
-            payload,
+            payload: payload.map(|p| RawJson(p.get())),
+            agent: None,
         })),
         "res" => {
-            let id = env.id.ok_or(DecodeError::MissingField {
-                kind: "res",
-                field: "id",
-            })?;
+            let id = env
+                .id
+                .ok_or(DecodeError::MissingField {
+                    kind: "res",
+                    field: "id",
+                })?
+                .0;
             let ok = env.ok.ok_or(DecodeError::MissingField {
                 kind: "res",
                 field: "ok",
@@ -315,6 +541,47 @@ mod fuzz {
         r#"{"type":"event","event":"chat","payload":{"runId":"r","state":"delta"}}"#,
     ];
 
+    /// The one-pass decode gives what the plain decode gives.
+    fn same_as_plain(text: &str) {
+        match (decode(text), decode_plain(text)) {
+            (Ok(Inbound::Event(a)), Ok(Inbound::Event(b))) => {
+                assert_eq!((&a.event, a.seq), (&b.event, b.seq), "{text}");
+                assert_eq!(
+                    a.payload.map(|p| p.get()),
+                    b.payload.map(|p| p.get()),
+                    "{text}"
+                );
+                let (ea, wa) = GatewayEvent::from_frame(&a);
+                let (eb, wb) = GatewayEvent::from_frame(&b);
+                assert_eq!((&ea.kind, wa), (&eb.kind, wb), "{text}");
+                assert_eq!(ea.payload_json(), eb.payload_json(), "{text}");
+            }
+            (a, b) => assert_eq!(format!("{a:?}"), format!("{b:?}"), "{text}"),
+        }
+    }
+
+    #[test]
+    fn one_pass_decode_edge_cases() {
+        for text in [
+            r#"{"type":"event","event":"agent","payload":{"runId":"r","stream":"lifecycle","agentId":"main","data":{"phase":"end"}}}"#,
+            r#"{"type":"event","event":"agent","payload":{ "runId" : "r" , "data" : null }  ,"seq":3}"#,
+            r#"{"type":"event","event":"agent","payload":{"run\u0049d":"r","stream":"x"}}"#,
+            r#"{"type":"event","event":"agent","payload":{"runId":"r","runId":"s"}}"#,
+            r#"{"type":"event","event":"agent","payload":{"runId":null}}"#,
+            r#"{"type":"event","event":"agent","payload":{"runId":"r","ts":1.5}}"#,
+            r#"{"type":"event","event":"agent","payload":{"runId":"r\"q","agentId":"a\u00e9","sessionKey":"agent:b:main"}}"#,
+            r#"{"type":"event","event":"agent","payload":{}}"#,
+            r#"{"type":"event","event":"agent","payload":[1,{"runId":"r"}]}"#,
+            r#"{"type":"event","event":"agent","payload":"x"}"#,
+            r#"{"type":"event","event":"agent","payload":1e999}"#,
+            r#"{"type":"event","event":"agent","payload":{"runId":"r"},"payload":{"runId":"s"}}"#,
+            r#"{"type":"event","event":"agent","ok":"no","payload":{"runId":"r"}}"#,
+            r#"{"type":"res","id":"x","ok":true,"payload":{"runId":"r"}}"#,
+        ] {
+            same_as_plain(text);
+        }
+    }
+
     /// Everything the connection does with a text frame.
     fn exercise(text: &str) {
         match decode(text) {
@@ -361,6 +628,17 @@ mod fuzz {
                 }
             }
             exercise(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn one_pass_decode_matches_the_plain_one(v in arb_json(3), ws in "[ \n]{0,2}") {
+            for text in [
+                format!(r#"{{"type":"event","event":"agent","seq":1,"payload":{ws}{v}{ws}}}"#),
+                format!(r#"{{"type":"event","event":"agent","payload":{{{ws}"runId":"r","x":{v},"stream":"lifecycle","data":{v}{ws}}},"seq":2}}"#),
+                format!(r#"{{"payload":{{"agentId":{v},"runId":"r\u0031","ts":{v}}},"event":"chat","type":"event"}}"#),
+            ] {
+                same_as_plain(&text);
+            }
         }
 
         #[test]
