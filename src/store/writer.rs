@@ -123,6 +123,29 @@ struct Shared {
 }
 
 impl Shared {
+    /// Wait on `progress` until `done` says so, at most `timeout`
+    /// (`StoreError::Timeout` then). `done` may also end the wait with an error.
+    fn wait_until<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        timeout: Duration,
+        done: impl Fn(&State) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let deadline = Instant::now() + timeout;
+        while !done(&st)? {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Timeout(timeout));
+            }
+            st = self
+                .progress
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere cannot leave State half-updated in a way that
         // matters here; keep going rather than poison the event path.
@@ -217,48 +240,28 @@ impl StoreWriter {
     /// failed: see [`WriterStats::write_failures`]). Blocks: not for the
     /// event path.
     pub fn flush(&self, timeout: Duration) -> Result<(), StoreError> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
+        let st = self.shared.lock();
         let target = st.submitted;
-        while st.done_through < target {
-            if st.exited {
-                return Err(StoreError::WriterStopped);
+        self.shared.wait_until(st, timeout, |st| {
+            if st.done_through >= target {
+                Ok(true)
+            } else if st.exited {
+                Err(StoreError::WriterStopped)
+            } else {
+                Ok(false)
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(StoreError::Timeout(timeout));
-            }
-            st = self
-                .shared
-                .progress
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        Ok(())
+        })
     }
 
     /// Write what is pending, stop the thread and close the database. On
     /// timeout the thread is left to finish on its own (SQLite commits a
     /// transaction whole or not at all) and `Timeout` is returned.
     pub fn close(mut self, timeout: Duration) -> Result<WriterStats, StoreError> {
-        let deadline = Instant::now() + timeout;
         {
             let mut st = self.shared.lock();
             st.closing = true;
             self.shared.work.notify_one();
-            while !st.exited {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(StoreError::Timeout(timeout));
-                }
-                st = self
-                    .shared
-                    .progress
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
+            self.shared.wait_until(st, timeout, |st| Ok(st.exited))?;
         }
         if let Some(t) = self.thread.take() {
             // It has set `exited`: joining returns at once.
