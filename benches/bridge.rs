@@ -2,10 +2,11 @@
 //! bridge side by side with the wire's limit and with the OpenClaw reference
 //! client, in interleaved rounds, against a synthetic gateway on loopback.
 //!
-//! Sections: ingest (events/s, CPU s per 1M events, peak RSS), RPC (1 and 256
-//! in flight: requests/s, p50/p99), footprint (idle RSS, start → ready), and
-//! reconnect (announced restart and abrupt drop → ready again). It ends with
-//! `ratio NAME VALUE` / `metric NAME VALUE` lines for scripts.
+//! Sections: ingest (events/s, CPU s per 1M events, peak RSS; with a
+//! `nats-server -js` on loopback also events/s stored by JetStream), RPC (1
+//! and 256 in flight: requests/s, p50/p99), footprint (idle RSS, start →
+//! ready), and reconnect (announced restart and abrupt drop → ready again).
+//! It ends with `ratio NAME VALUE` / `metric NAME VALUE` lines for scripts.
 //!
 //! Every measured client runs in its own child process (this binary with
 //! `--child ROLE …`), the synthetic gateway in another, so neither's CPU or
@@ -23,12 +24,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::{clients, gateway, procfs};
+use support::{clients, gateway, jetstream, procfs};
 
 /// Any one child run (a variant of one round) must finish within this.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(150);
 /// What the synthetic gateway announces before its restart.
 const RESTART_EXPECTED_MS: u64 = 50;
+/// The variant whose events count once JetStream has stored them.
+const NATS_ROW: &str = "ingest_nats";
 
 struct Plan {
     quick: bool,
@@ -93,6 +96,7 @@ fn child(args: &[String]) {
         "ingest_raw" => clients::ingest_raw(&arg(1), n(2)),
         "ingest_actor" => clients::ingest_actor(&arg(1), n(2)),
         "ingest_sse" => clients::ingest_sse(&arg(1), n(2)),
+        NATS_ROW => jetstream::ingest_nats(&arg(1), n(2), &arg(3)),
         "rpc_raw" => clients::rpc_raw(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_actor" => clients::rpc_actor(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_http" => clients::rpc_http(&arg(1), n(2) as usize, n(3) as usize),
@@ -431,6 +435,20 @@ fn run(plan: &Plan) {
     );
     let url = gw.url();
     let peer_home = tempfile::tempdir().expect("temp dir");
+    let nats = jetstream::start_server();
+    let nats_url = match &nats {
+        Ok(s) => {
+            println!(
+                "JetStream: nats-server -js at {} (separate process, file store in a temp dir)",
+                s.url()
+            );
+            s.url()
+        }
+        Err(why) => {
+            println!("JetStream: skipped: {why}");
+            String::new()
+        }
+    };
     let mut variants: Vec<&str> = vec![
         "ingest_raw",
         "ingest_actor",
@@ -439,6 +457,9 @@ fn run(plan: &Plan) {
         "rpc_actor",
         "rpc_http",
     ];
+    if nats.is_ok() {
+        variants.push(NATS_ROW);
+    }
     if peer.is_ok() {
         variants.push("peer");
     }
@@ -454,6 +475,12 @@ fn run(plan: &Plan) {
                     Ok(p) => p.cmd(&url, plan, peer_home.path()),
                     Err(_) => continue,
                 },
+                NATS_ROW => self_cmd(&[
+                    NATS_ROW.into(),
+                    url.clone(),
+                    plan.events.to_string(),
+                    nats_url.clone(),
+                ]),
                 v if v.starts_with("ingest") => {
                     self_cmd(&[v.into(), url.clone(), plan.events.to_string()])
                 }
@@ -479,7 +506,15 @@ fn run(plan: &Plan) {
         }
         println!();
     }
-    report_ingest(&res);
+    let nats_skipped = match nats {
+        Ok(server) => {
+            // Killed (and its store removed) before the sections that follow.
+            drop(server);
+            (!res.has(NATS_ROW)).then(|| "every round failed (errors above)".to_owned())
+        }
+        Err(why) => Some(why),
+    };
+    report_ingest(&res, nats_skipped.as_deref());
     report_rpc(&res);
     let footprint = footprint(plan, &url);
     let reconnect = reconnect(plan);
@@ -501,6 +536,13 @@ fn run(plan: &Plan) {
         "ingest_sse_vs_raw",
         Results::ratios(&res.eps("ingest_sse"), &raw),
     );
+    match &nats_skipped {
+        None => ratio(
+            "nats_vs_inprocess",
+            Results::ratios(&res.eps(NATS_ROW), &res.eps("ingest_actor")),
+        ),
+        Some(why) => println!("skipped: ratio nats_vs_inprocess: {why}"),
+    }
     let rps = |k: &str, n: &str| res.series(k, &format!("{n}/rps"));
     ratio(
         "rpc256_actor_vs_raw",
@@ -553,6 +595,7 @@ fn run(plan: &Plan) {
     metric("ingest_actor_cpu_s_per_1m", cpu_per_m("ingest_actor"));
     metric("ingest_sse_cpu_s_per_1m", cpu_per_m("ingest_sse"));
     metric("ingest_raw_cpu_s_per_1m", cpu_per_m("ingest_raw"));
+    metric("ingest_nats_cpu_s_per_1m", cpu_per_m(NATS_ROW));
     metric("idle_rss_mib", footprint.0 / 1024.0);
     metric("start_to_ready_ms", footprint.1);
     metric("reconnect_announced_ms", reconnect.0);
@@ -560,7 +603,7 @@ fn run(plan: &Plan) {
     println!("# done in {:.1}s", started.elapsed().as_secs_f64());
 }
 
-fn report_ingest(res: &Results) {
+fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
     println!("\n## Ingest: agent events gateway → consumer");
     println!(
         "{:<34} {:>10} {:>17} {:>12} {:>10} {:>8}",
@@ -570,9 +613,15 @@ fn report_ingest(res: &Results) {
         ("ingest_raw", "raw limit (awc + typed serde)"),
         ("ingest_actor", "bridge: actors → subscriber"),
         ("ingest_sse", "bridge: GET /v1/events (SSE)"),
+        (NATS_ROW, "bridge: published to JetStream"),
         ("peer", "reference GatewayClient (Node)"),
     ];
     for (k, label) in rows {
+        if k == NATS_ROW {
+            if let Some(why) = nats_skipped {
+                println!("{label:<34} skipped: {why}");
+            }
+        }
         if !res.has(k) {
             continue;
         }
@@ -598,6 +647,9 @@ fn report_ingest(res: &Results) {
         );
     }
     println!("(peak RSS: VmHWM of each variant's own process; the SSE client thread's CPU is subtracted)");
+    if res.has(NATS_ROW) {
+        println!("(JetStream: events stored and acknowledged by nats-server -js, file store, counted by polling a consumer; the bridge process's CPU only, the counter thread's subtracted)");
+    }
     let raw = res.eps("ingest_raw");
     println!(
         "per-round actor/raw: {}",
@@ -607,6 +659,15 @@ fn report_ingest(res: &Results) {
         "per-round sse/raw:   {}",
         list(&Results::ratios(&res.eps("ingest_sse"), &raw))
     );
+    if res.has(NATS_ROW) {
+        println!(
+            "per-round nats/actor: {}",
+            list(&Results::ratios(
+                &res.eps(NATS_ROW),
+                &res.eps("ingest_actor")
+            ))
+        );
+    }
     if res.has("peer") {
         println!(
             "per-round actor/reference: {}",

@@ -12,9 +12,9 @@ use clap::{Parser, Subcommand};
 
 use crate::actors::messages::{RequestError, Send};
 use crate::actors::supervisor::{Mode, Outputs, ReadyError, Shutdown, Supervisor, WaitReady};
-use crate::config::{ConfigErrors, Settings};
+use crate::config::{ConfigErrors, GatewaySettings, Settings};
 use crate::telemetry::{self, events as ev};
-use crate::{supervisor_config, Application};
+use crate::{supervisor_config, Application, GatewayStack};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_RUNTIME: u8 = 1;
@@ -53,6 +53,10 @@ pub enum Command {
         /// Seconds to wait for the connection and for the answer each.
         #[arg(long, value_name = "SECS")]
         timeout: Option<f64>,
+        /// Which gateway (its id) when several are configured; default: the
+        /// one with id `default`, or the only one.
+        #[arg(long, value_name = "ID")]
+        gateway: Option<String>,
     },
     /// Device identity (for gateways that are not on loopback).
     Identity {
@@ -98,6 +102,31 @@ fn report_config_errors(errors: &ConfigErrors) {
     }
 }
 
+/// The gateway `--gateway ID` names, else the primary one.
+fn pick_gateway<'a>(settings: &'a Settings, id: Option<&str>) -> Result<&'a GatewaySettings, u8> {
+    let ids = || {
+        settings
+            .gateways
+            .iter()
+            .map(|g| g.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match id {
+        Some(id) => settings.gateway(id).ok_or_else(|| {
+            eprintln!("openclaw-bridge: no gateway {id:?} is configured; ids: {}", ids());
+            EXIT_CONFIG
+        }),
+        None => settings.primary().ok_or_else(|| {
+            eprintln!(
+                "openclaw-bridge: several gateways are configured; choose one with --gateway ID (ids: {})",
+                ids()
+            );
+            EXIT_CONFIG
+        }),
+    }
+}
+
 pub fn run(cli: Cli) -> u8 {
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => match load(cli.config.clone()) {
@@ -116,9 +145,14 @@ pub fn run(cli: Cli) -> u8 {
             params,
             wait_final,
             timeout,
+            gateway,
         } => {
             let settings = match load(cli.config) {
                 Ok(s) => s,
+                Err(code) => return code,
+            };
+            let gateway = match pick_gateway(&settings, gateway.as_deref()) {
+                Ok(g) => g.clone(),
                 Err(code) => return code,
             };
             let params = match params
@@ -142,7 +176,7 @@ pub fn run(cli: Cli) -> u8 {
                     return EXIT_CONFIG;
                 }
             };
-            call(settings, method, params, wait_final, timeout)
+            call(settings, &gateway, method, params, wait_final, timeout)
         }
         Command::Identity {
             action: IdentityAction::Show,
@@ -174,12 +208,17 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
             }
         };
         let stopper = app.stopper();
-        let supervisor = app.supervisor.clone();
+        let gateways = app.gateways.clone();
         // The HTTP server is bound: tell systemd (no-op without NOTIFY_SOCKET).
         crate::notify::ready();
-        let watchdog = crate::notify::spawn_watchdog(app.supervisor.clone());
+        let watchdog = crate::notify::spawn_watchdog(
+            app.gateways
+                .iter()
+                .map(|g| (g.id.clone(), g.supervisor.clone()))
+                .collect(),
+        );
         let stopping = actix_rt::spawn(async move {
-            wait_for_signals(supervisor, config_path, settings_now).await;
+            wait_for_signals(gateways, config_path, settings_now).await;
             crate::notify::stopping();
             if let Some(w) = watchdog {
                 w.abort();
@@ -207,7 +246,7 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
 /// Return on SIGTERM or SIGINT. SIGHUP reloads the configuration (see
 /// [`reload`]) and retries a parked or waiting link at once.
 async fn wait_for_signals(
-    supervisor: actix::Addr<Supervisor>,
+    gateways: Vec<GatewayStack>,
     config_path: Option<PathBuf>,
     mut current: Settings,
 ) {
@@ -226,10 +265,12 @@ async fn wait_for_signals(
             _ = term.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGTERM", "stopping"); return; }
             _ = int.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGINT", "stopping"); return; }
             _ = hup.recv() => {
-                if let Some(next) = reload(&current, config_path.clone(), &supervisor) {
+                if let Some(next) = reload(&current, config_path.clone(), &gateways) {
                     current = next;
                 }
-                supervisor.do_send(crate::actors::supervisor::RetryNow);
+                for g in &gateways {
+                    g.supervisor.do_send(crate::actors::supervisor::RetryNow);
+                }
             }
         }
     }
@@ -243,7 +284,7 @@ async fn wait_for_signals(
 fn reload(
     current: &Settings,
     config_path: Option<PathBuf>,
-    supervisor: &actix::Addr<Supervisor>,
+    gateways: &[GatewayStack],
 ) -> Option<Settings> {
     let next = match Settings::load(config_path) {
         Ok(s) => s,
@@ -254,31 +295,47 @@ fn reload(
             return None;
         }
     };
-    let mut changed: Vec<&str> = Vec::new();
-    let (g, n) = (&current.gateway, &next.gateway);
-    if g.token != n.token {
-        changed.push("gateway.token");
+    let mut changed: Vec<String> = Vec::new();
+    for g in &current.gateways {
+        let Some(n) = next.gateway(&g.id) else {
+            continue;
+        };
+        let name = |what: &str| {
+            if current.multi_gateway() {
+                format!("{what} ({})", g.id)
+            } else {
+                what.to_owned()
+            }
+        };
+        if g.token != n.token {
+            changed.push(name("gateway.token"));
+        }
+        if g.url != n.url {
+            changed.push(name("gateway.url"));
+        }
+        if g.scopes != n.scopes
+            || g.client_id != n.client_id
+            || g.client_mode != n.client_mode
+            || g.display_name != n.display_name
+        {
+            changed.push(name("gateway client/scopes"));
+        }
+        if g.request_timeout != n.request_timeout || g.handshake_timeout != n.handshake_timeout {
+            changed.push(name("gateway timeouts"));
+        }
     }
-    if g.url != n.url {
-        changed.push("gateway.url");
-    }
-    if g.scopes != n.scopes
-        || g.client_id != n.client_id
-        || g.client_mode != n.client_mode
-        || g.display_name != n.display_name
-    {
-        changed.push("gateway client/scopes");
-    }
-    if g.request_timeout != n.request_timeout || g.handshake_timeout != n.handshake_timeout {
-        changed.push("gateway timeouts");
-    }
+    let same_ids = current.gateways.len() == next.gateways.len()
+        && current
+            .gateways
+            .iter()
+            .all(|g| next.gateway(&g.id).is_some());
     let (r, m) = (&current.reconnect, &next.reconnect);
     if r.backoff != m.backoff || r.stable_after != m.stable_after || r.park_retry != m.park_retry {
-        changed.push("reconnect");
+        changed.push("reconnect".into());
     }
     if current.log.level != next.log.level {
         match telemetry::set_level(&next.log.level) {
-            Ok(()) => changed.push("log.level"),
+            Ok(()) => changed.push("log.level".into()),
             Err(e) => tracing::warn!("SIGHUP: log.level not changed: {e}"),
         }
     }
@@ -292,23 +349,55 @@ fn reload(
                 || current.events.subscriber_queue != next.events.subscriber_queue,
         ),
         ("log.format", current.log.format != next.log.format),
+        ("gateways added or removed", !same_ids),
+        ("nats", nats_changed(current, &next)),
     ]
     .into_iter()
     .filter_map(|(k, c)| c.then_some(k))
     .collect();
-    match supervisor_config(&next, Mode::Daemon) {
-        Ok(cfg) => supervisor.do_send(crate::actors::supervisor::Reconfigure(cfg)),
-        Err(e) => {
-            tracing::error!(event = ev::CONFIG_INVALID, key = e.key(), problem = %e, "SIGHUP: keeping the running configuration");
-            return None;
+    // Every running gateway's new settings must be usable before any is applied.
+    let mut apply = Vec::new();
+    for stack in gateways {
+        let Some(g) = next.gateway(&stack.id) else {
+            continue;
+        };
+        match supervisor_config(&next, g, Mode::Daemon) {
+            Ok(cfg) => apply.push((stack.supervisor.clone(), cfg)),
+            Err(e) => {
+                tracing::error!(gateway = %stack.id, event = ev::CONFIG_INVALID, key = e.key(), problem = %e, "SIGHUP: keeping the running configuration");
+                return None;
+            }
         }
+    }
+    for (supervisor, cfg) in apply {
+        supervisor.do_send(crate::actors::supervisor::Reconfigure(cfg));
     }
     tracing::info!(event = ev::CONFIG_RELOADED, changed = %changed.join(", "), restart_needed = %restart_needed.join(", "), "SIGHUP: configuration reloaded");
     Some(next)
 }
 
+/// Whether `[nats]` differs (applied at the next start only).
+fn nats_changed(a: &Settings, b: &Settings) -> bool {
+    match (&a.nats, &b.nats) {
+        (None, None) => false,
+        (Some(x), Some(y)) => {
+            x.url != y.url
+                || x.stream != y.stream
+                || x.subject_prefix != y.subject_prefix
+                || x.kv_bucket != y.kv_bucket
+                || x.max_age != y.max_age
+                || x.max_bytes != y.max_bytes
+                || x.buffer != y.buffer
+                || x.token != y.token
+                || x.credentials_file != y.credentials_file
+        }
+        _ => true,
+    }
+}
+
 fn call(
     settings: Settings,
+    gateway: &GatewaySettings,
     method: String,
     params: Option<serde_json::Value>,
     wait_final: bool,
@@ -320,10 +409,11 @@ fn call(
         log.level = "warn".into();
     }
     telemetry::init(&log, true);
-    let connect_timeout = timeout.unwrap_or(settings.gateway.request_timeout);
+    let connect_timeout = timeout.unwrap_or(gateway.request_timeout);
+    let url = gateway.url.clone();
     let system = actix_rt::System::new();
     system.block_on(async move {
-        let cfg = match supervisor_config(&settings, Mode::FailFast) {
+        let cfg = match supervisor_config(&settings, gateway, Mode::FailFast) {
             Ok(cfg) => cfg,
             Err(e) => {
                 eprintln!("openclaw-bridge: {e}");
@@ -370,13 +460,13 @@ fn call(
                 {
                     eprintln!(
                         "openclaw-bridge: could not connect to {}: {}\nwhat to do: {action}",
-                        settings.gateway.url,
+                        url,
                         cause.message()
                     );
                 } else {
                     eprintln!(
                         "openclaw-bridge: could not connect to {}: {}",
-                        settings.gateway.url,
+                        url,
                         cause.message()
                     );
                 }
@@ -384,10 +474,7 @@ fn call(
                 EXIT_GATEWAY
             }
             Ok(Err(e)) => {
-                eprintln!(
-                    "openclaw-bridge: could not connect to {}: {e}",
-                    settings.gateway.url
-                );
+                eprintln!("openclaw-bridge: could not connect to {url}: {e}");
                 EXIT_GATEWAY
             }
             Err(_) => EXIT_RUNTIME,
@@ -400,33 +487,51 @@ fn call(
 fn identity_show(settings: &Settings) -> u8 {
     use crate::identity::{DeviceIdentity, DeviceTokenStore, KEY_FILE};
     let dir = &settings.state.dir;
-    let used = if settings.uses_device_identity() {
-        "yes"
-    } else {
-        "no"
+    let multi = settings.multi_gateway();
+    // One line per gateway; with a single gateway the lines keep their
+    // original names.
+    let label = |name: &str, g: &GatewaySettings| {
+        if multi {
+            format!("{name}[{}]:", g.id)
+        } else {
+            format!("{name}:")
+        }
     };
-    let mode = match settings.gateway.device_identity {
-        crate::config::DeviceIdentityMode::Auto => "auto",
-        crate::config::DeviceIdentityMode::Always => "always",
-        crate::config::DeviceIdentityMode::Never => "never",
+    let used = |g: &GatewaySettings| {
+        let mode = match g.device_identity {
+            crate::config::DeviceIdentityMode::Auto => "auto",
+            crate::config::DeviceIdentityMode::Always => "always",
+            crate::config::DeviceIdentityMode::Never => "never",
+        };
+        let yes = if g.uses_device_identity() {
+            "yes"
+        } else {
+            "no"
+        };
+        println!(
+            "{:<17}{yes} (gateway.device_identity = {mode})",
+            label("used_for_gateway", g)
+        );
     };
     match DeviceIdentity::load(dir) {
         Ok(Some(id)) => {
             let store = DeviceTokenStore::new(dir, id.device_id());
-            let token = match store.load(&settings.gateway.url, crate::ROLE) {
-                Ok(Some(t)) => format!(
-                    "yes (scopes {}, issued at {} ms)",
-                    t.scopes.join(","),
-                    t.issued_at_ms
-                ),
-                Ok(None) => "no".to_owned(),
-                Err(e) => format!("unreadable: {e}"),
-            };
             println!("device_id:       {}", id.device_id());
             println!("public_key:      {}", id.public_key_b64url());
             println!("key_file:        {}", id.key_path().display());
-            println!("device_token:    {token} (for {})", settings.gateway.url);
-            println!("used_for_gateway: {used} (gateway.device_identity = {mode})");
+            for g in &settings.gateways {
+                let token = match store.load(&g.url, crate::ROLE) {
+                    Ok(Some(t)) => format!(
+                        "yes (scopes {}, issued at {} ms)",
+                        t.scopes.join(","),
+                        t.issued_at_ms
+                    ),
+                    Ok(None) => "no".to_owned(),
+                    Err(e) => format!("unreadable: {e}"),
+                };
+                println!("{:<17}{token} (for {})", label("device_token", g), g.url);
+                used(g);
+            }
             EXIT_OK
         }
         Ok(None) => {
@@ -435,7 +540,9 @@ fn identity_show(settings: &Settings) -> u8 {
                 "key_file:        {} (created on the first run that uses a device identity)",
                 dir.join(KEY_FILE).display()
             );
-            println!("used_for_gateway: {used} (gateway.device_identity = {mode})");
+            for g in &settings.gateways {
+                used(g);
+            }
             EXIT_OK
         }
         Err(e) => {

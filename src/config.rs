@@ -61,6 +61,8 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     (
         "gateway",
         &[
+            "id",
+            "required",
             "url",
             "token",
             "token_file",
@@ -88,7 +90,6 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "url",
             "stream",
             "subject_prefix",
-            "gateway_id",
             "max_age_s",
             "max_bytes",
             "kv_bucket",
@@ -147,8 +148,14 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// One gateway: `[gateway]` (id `default` unless `gateway.id` says
+/// otherwise) or one `[[gateways]]` entry.
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
+    /// Names the gateway in routes, logs, metrics, NATS subjects and KV keys.
+    pub id: String,
+    /// `/readyz` is ready only when every required gateway is connected.
+    pub required: bool,
     pub url: String,
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
@@ -201,7 +208,6 @@ pub struct NatsSettings {
     pub url: String,
     pub stream: String,
     pub subject_prefix: String,
-    pub gateway_id: String,
     pub max_age: Duration,
     pub max_bytes: u64,
     pub kv_bucket: String,
@@ -214,7 +220,8 @@ pub struct NatsSettings {
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub gateway: GatewaySettings,
+    /// At least one; ids are unique. `[gateway]` alone gives one entry.
+    pub gateways: Vec<GatewaySettings>,
     pub reconnect: ReconnectSettings,
     pub http: HttpSettings,
     pub state: StateSettings,
@@ -413,8 +420,7 @@ pub fn read_token_file(path: &Path) -> Result<Secret, String> {
     Ok(Secret::new(first))
 }
 
-fn check_gateway_url(r: &mut Reader, url: &str) {
-    let key = "gateway.url";
+fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         r.err(
@@ -448,6 +454,195 @@ fn check_gateway_url(r: &mut Reader, url: &str) {
     }
     if url.parse::<awc::http::Uri>().is_err() {
         r.err(key, format!("{url:?} is not a valid URL"));
+    }
+}
+
+/// A gateway id: names routes, metric labels, NATS subject tokens and KV
+/// keys, so letters, digits, `_` and `-` only.
+pub fn gateway_id_ok(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && nats_name_ok(id, false) && id != "rpc"
+}
+
+const GATEWAY_ID_RULE: &str =
+    "use 1 to 64 letters, digits, _ and - (not \"rpc\"), e.g. \"default\" or \"eu-1\"";
+
+/// `[gateway]` alone, or every `[[gateways]]` entry (`[gateway]` then only
+/// gives defaults for the entries' other keys).
+fn read_gateways(r: &mut Reader, env_token: Option<&str>, env_url: bool) -> Vec<GatewaySettings> {
+    let entries = match r.cfg.get_array("gateways") {
+        Ok(items) => items.len(),
+        Err(config::ConfigError::NotFound(_)) => 0,
+        Err(_) => {
+            r.err(
+                "gateways",
+                "must be an array of tables: one [[gateways]] block a gateway",
+            );
+            return Vec::new();
+        }
+    };
+    if entries == 0 {
+        let id = r.string("gateway.id");
+        if !gateway_id_ok(&id) {
+            r.err(
+                "gateway.id",
+                format!("{id:?} is not allowed; {GATEWAY_ID_RULE}"),
+            );
+        }
+        return vec![read_gateway(r, "gateway", id, env_token)];
+    }
+    if env_url {
+        r.err(
+            "OPENCLAW_GATEWAY_URL",
+            "applies to a single [gateway] only; with [[gateways]] give each entry its url",
+        );
+    }
+    // [gateway].url would silently not be used: say so.
+    let default_url = Config::builder()
+        .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+        .build()
+        .ok()
+        .and_then(|c| c.get_string("gateway.url").ok());
+    if r.cfg.get_string("gateway.url").ok() != default_url {
+        r.err(
+            "gateway.url",
+            "is not used when [[gateways]] entries are present; move it into a [[gateways]] entry (with an id)",
+        );
+    }
+    let mut out: Vec<GatewaySettings> = Vec::new();
+    for i in 0..entries {
+        let key = format!("gateways[{i}]");
+        let id = match r.cfg.get_string(&format!("{key}.id")) {
+            Ok(id) => id,
+            Err(_) => {
+                r.err(
+                    &format!("{key}.id"),
+                    format!("is required: each [[gateways]] entry needs an id; {GATEWAY_ID_RULE}"),
+                );
+                continue;
+            }
+        };
+        if !gateway_id_ok(&id) {
+            r.err(
+                &format!("{key}.id"),
+                format!("{id:?} is not allowed; {GATEWAY_ID_RULE}"),
+            );
+            continue;
+        }
+        if out.iter().any(|g| g.id == id) {
+            r.err(
+                &format!("{key}.id"),
+                format!("{id:?} is used by another [[gateways]] entry; ids must be unique"),
+            );
+            continue;
+        }
+        if r.cfg.get_string(&format!("{key}.url")).is_err() {
+            r.err(
+                &format!("{key}.url"),
+                "is required: the gateway's ws:// or wss:// address",
+            );
+            continue;
+        }
+        out.push(read_gateway(r, &key, id, env_token));
+    }
+    out
+}
+
+/// One gateway's keys under `prefix` (`gateway` or `gateways[N]`); a key an
+/// entry leaves out comes from `[gateway]` (and so from the defaults).
+fn read_gateway(
+    r: &mut Reader,
+    prefix: &str,
+    id: String,
+    env_token: Option<&str>,
+) -> GatewaySettings {
+    let has = |r: &Reader, name: &str| {
+        r.cfg
+            .get::<config::Value>(&format!("{prefix}.{name}"))
+            .is_ok()
+    };
+    let key = |r: &Reader, name: &str| {
+        if has(r, name) {
+            format!("{prefix}.{name}")
+        } else {
+            format!("gateway.{name}")
+        }
+    };
+    let k = key(r, "url");
+    let url = r.string(&k);
+    check_gateway_url(r, &k, &url);
+    let (token, token_file) = if prefix != "gateway" && (has(r, "token") || has(r, "token_file")) {
+        r.secret(prefix, None)
+    } else {
+        r.secret("gateway", env_token)
+    };
+    let k = key(r, "required");
+    let required = match r.cfg.get_bool(&k) {
+        Ok(b) => b,
+        Err(_) => {
+            r.err(&k, "is not allowed; use true or false");
+            true
+        }
+    };
+    let client_id = r.one_of(&key(r, "client_id"), CLIENT_IDS);
+    let client_mode = r.one_of(&key(r, "client_mode"), CLIENT_MODES);
+    let display_name = r.string(&key(r, "display_name"));
+    if display_name.trim().is_empty() {
+        r.err(&key(r, "display_name"), "must not be empty");
+    }
+    let scopes = r.list(&key(r, "scopes"));
+    if scopes.is_empty() {
+        r.err(
+            &key(r, "scopes"),
+            format!("must name at least one of: {}", SCOPES.join(", ")),
+        );
+    }
+    for s in &scopes {
+        if !SCOPES.contains(&s.as_str()) {
+            r.err(
+                &key(r, "scopes"),
+                format!("{s:?} is not a scope; use: {}", SCOPES.join(", ")),
+            );
+        }
+    }
+    let device_identity = match r
+        .one_of(&key(r, "device_identity"), &["auto", "always", "never"])
+        .as_str()
+    {
+        "always" => DeviceIdentityMode::Always,
+        "never" => DeviceIdentityMode::Never,
+        _ => DeviceIdentityMode::Auto,
+    };
+    let request_timeout =
+        Duration::from_millis(r.number(&key(r, "request_timeout_ms"), 1, 3_600_000));
+    let handshake_timeout =
+        Duration::from_millis(r.number(&key(r, "handshake_timeout_ms"), 1, 600_000));
+    let tls_ca_file = r
+        .opt_string(&key(r, "tls_ca_file"))
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if let Some(path) = &tls_ca_file {
+        if let Err(e) = crate::tls::load_ca_file(path) {
+            r.err(
+                &key(r, "tls_ca_file").clone(),
+                format!("{e}; give a PEM file with the CA certificate(s)"),
+            );
+        }
+    }
+
+    GatewaySettings {
+        id,
+        required,
+        url,
+        token,
+        token_file,
+        client_id,
+        client_mode,
+        display_name,
+        scopes,
+        device_identity,
+        request_timeout,
+        handshake_timeout,
+        tls_ca_file,
     }
 }
 
@@ -486,6 +681,24 @@ fn default_state_dir(env: &HashMap<String, String>) -> PathBuf {
     PathBuf::from("./state")
 }
 
+/// Report every key of table `t` (at `path`) that is not in `keys`.
+fn unknown_in(
+    t: &HashMap<String, config::Value>,
+    path: &str,
+    label: &str,
+    keys: &[&str],
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut names: Vec<_> = t.keys().cloned().collect();
+    names.sort();
+    for k in names.into_iter().filter(|k| !keys.contains(&k.as_str())) {
+        errors.push(ConfigError {
+            key: format!("{path}.{k}"),
+            problem: format!("unknown key; keys of {label}: {}", keys.join(", ")),
+        });
+    }
+}
+
 fn unknown_keys(cfg: &Config, errors: &mut Vec<ConfigError>) {
     let Ok(table) = cfg
         .clone()
@@ -494,8 +707,28 @@ fn unknown_keys(cfg: &Config, errors: &mut Vec<ConfigError>) {
         return;
     };
     for (section, value) in table {
+        if section == "gateways" {
+            // [[gateways]]: each entry takes [gateway]'s keys.
+            let keys = KNOWN_KEYS[0].1;
+            let Ok(items) = value.into_array() else {
+                continue; // reported by read_gateways
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                match item.into_table() {
+                    Ok(t) => {
+                        unknown_in(&t, &format!("gateways[{i}]"), "[[gateways]]", keys, errors)
+                    }
+                    Err(_) => errors.push(ConfigError {
+                        key: format!("gateways[{i}]"),
+                        problem: "must be a table ([[gateways]] block)".into(),
+                    }),
+                }
+            }
+            continue;
+        }
         let Some((_, keys)) = KNOWN_KEYS.iter().find(|(s, _)| *s == section) else {
-            let sections: Vec<&str> = KNOWN_KEYS.iter().map(|(s, _)| *s).collect();
+            let mut sections: Vec<&str> = KNOWN_KEYS.iter().map(|(s, _)| *s).collect();
+            sections.push("gateways");
             errors.push(ConfigError {
                 key: section.clone(),
                 problem: format!("unknown section; known sections: {}", sections.join(", ")),
@@ -503,16 +736,7 @@ fn unknown_keys(cfg: &Config, errors: &mut Vec<ConfigError>) {
             continue;
         };
         match value.into_table() {
-            Ok(t) => {
-                let mut names: Vec<_> = t.keys().cloned().collect();
-                names.sort();
-                for k in names.into_iter().filter(|k| !keys.contains(&k.as_str())) {
-                    errors.push(ConfigError {
-                        key: format!("{section}.{k}"),
-                        problem: format!("unknown key; keys of [{section}]: {}", keys.join(", ")),
-                    });
-                }
-            }
+            Ok(t) => unknown_in(&t, &section, &format!("[{section}]"), keys, errors),
             Err(_) => errors.push(ConfigError {
                 key: section,
                 problem: "must be a table".into(),
@@ -581,56 +805,13 @@ impl Settings {
         };
         unknown_keys(&r.cfg, &mut r.errors);
 
-        // [gateway]
-        let url = r.string("gateway.url");
-        check_gateway_url(&mut r, &url);
+        // [gateway] or [[gateways]]
         let env_token = src.env.get("OPENCLAW_GATEWAY_TOKEN").map(String::as_str);
-        let (token, token_file) = r.secret("gateway", env_token);
-        let client_id = r.one_of("gateway.client_id", CLIENT_IDS);
-        let client_mode = r.one_of("gateway.client_mode", CLIENT_MODES);
-        let display_name = r.string("gateway.display_name");
-        if display_name.trim().is_empty() {
-            r.err("gateway.display_name", "must not be empty");
-        }
-        let scopes = r.list("gateway.scopes");
-        if scopes.is_empty() {
-            r.err(
-                "gateway.scopes",
-                format!("must name at least one of: {}", SCOPES.join(", ")),
-            );
-        }
-        for s in &scopes {
-            if !SCOPES.contains(&s.as_str()) {
-                r.err(
-                    "gateway.scopes",
-                    format!("{s:?} is not a scope; use: {}", SCOPES.join(", ")),
-                );
-            }
-        }
-        let device_identity = match r
-            .one_of("gateway.device_identity", &["auto", "always", "never"])
-            .as_str()
-        {
-            "always" => DeviceIdentityMode::Always,
-            "never" => DeviceIdentityMode::Never,
-            _ => DeviceIdentityMode::Auto,
-        };
-        let request_timeout =
-            Duration::from_millis(r.number("gateway.request_timeout_ms", 1, 3_600_000));
-        let handshake_timeout =
-            Duration::from_millis(r.number("gateway.handshake_timeout_ms", 1, 600_000));
-        let tls_ca_file = r
-            .opt_string("gateway.tls_ca_file")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from);
-        if let Some(path) = &tls_ca_file {
-            if let Err(e) = crate::tls::load_ca_file(path) {
-                r.err(
-                    "gateway.tls_ca_file",
-                    format!("{e}; give a PEM file with the CA certificate(s)"),
-                );
-            }
-        }
+        let env_url = src
+            .env
+            .get("OPENCLAW_GATEWAY_URL")
+            .is_some_and(|u| !u.is_empty());
+        let gateways = read_gateways(&mut r, env_token, env_url);
 
         // [reconnect]
         let initial = r.number("reconnect.initial_ms", 1, 3_600_000);
@@ -708,67 +889,80 @@ impl Settings {
         let nats = read_nats(&mut r);
 
         match (backoff, listen) {
-            (Some(backoff), Some(listen)) if r.errors.is_empty() => Ok(Settings {
-                gateway: GatewaySettings {
-                    url,
-                    token,
-                    token_file,
-                    client_id,
-                    client_mode,
-                    display_name,
-                    scopes,
-                    device_identity,
-                    request_timeout,
-                    handshake_timeout,
-                    tls_ca_file,
-                },
-                reconnect: ReconnectSettings {
-                    backoff,
-                    stable_after,
-                    park_retry,
-                },
-                http: HttpSettings {
-                    listen,
-                    token: http_token,
-                    token_file: http_token_file,
-                },
-                state: StateSettings { dir },
-                events: EventsSettings {
-                    buffer,
-                    subscriber_queue,
-                },
-                log: LogSettings { format, level },
-                nats,
-            }),
+            (Some(backoff), Some(listen)) if r.errors.is_empty() && !gateways.is_empty() => {
+                Ok(Settings {
+                    gateways,
+                    reconnect: ReconnectSettings {
+                        backoff,
+                        stable_after,
+                        park_retry,
+                    },
+                    http: HttpSettings {
+                        listen,
+                        token: http_token,
+                        token_file: http_token_file,
+                    },
+                    state: StateSettings { dir },
+                    events: EventsSettings {
+                        buffer,
+                        subscriber_queue,
+                    },
+                    log: LogSettings { format, level },
+                    nats,
+                })
+            }
             _ => Err(ConfigErrors(r.errors)),
         }
     }
 
+    /// The gateway the routes without a gateway id serve (`/v1/agents`, …)
+    /// and `call` uses by default: the one with id `default`, else the only
+    /// one. `None` with several gateways and none called `default`.
+    pub fn primary(&self) -> Option<&GatewaySettings> {
+        self.gateways
+            .iter()
+            .find(|g| g.id == DEFAULT_GATEWAY)
+            .or(match self.gateways.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            })
+    }
+
+    /// A gateway by id.
+    pub fn gateway(&self, id: &str) -> Option<&GatewaySettings> {
+        self.gateways.iter().find(|g| g.id == id)
+    }
+
+    /// Whether several gateways are configured (`[[gateways]]`).
+    pub fn multi_gateway(&self) -> bool {
+        self.gateways.len() > 1
+            || self
+                .gateways
+                .first()
+                .is_some_and(|g| g.id != DEFAULT_GATEWAY)
+    }
+}
+
+/// The id of a single `[gateway]` unless `gateway.id` names it otherwise.
+pub const DEFAULT_GATEWAY: &str = "default";
+
+impl GatewaySettings {
     /// Whether a device identity is used for this gateway.
     pub fn uses_device_identity(&self) -> bool {
-        match self.gateway.device_identity {
+        match self.device_identity {
             DeviceIdentityMode::Always => true,
             DeviceIdentityMode::Never => false,
-            DeviceIdentityMode::Auto => !url_is_loopback(&self.gateway.url),
+            DeviceIdentityMode::Auto => !url_is_loopback(&self.url),
         }
     }
 
-    /// The effective configuration as TOML, every secret as `"<redacted>"`.
-    pub fn to_redacted_toml(&self) -> String {
-        use toml::{Table, Value};
-        fn secret(t: &mut Table, key: &str, s: &Option<Secret>) {
-            if s.is_some() {
-                t.insert(key.into(), Value::String("<redacted>".into()));
-            }
-        }
-        fn path(t: &mut Table, key: &str, p: &Option<PathBuf>) {
-            if let Some(p) = p {
-                t.insert(key.into(), Value::String(p.display().to_string()));
-            }
-        }
+    fn to_toml(&self) -> toml::Table {
+        use toml::Value;
         let ms = |d: Duration| Value::Integer(d.as_millis() as i64);
-        let g = &self.gateway;
-        let mut gw = Table::new();
+        let g = self;
+        let mut gw = toml::Table::new();
+        gw.insert("id".into(), Value::String(g.id.clone()));
+        gw.insert("required".into(), Value::Boolean(g.required));
         gw.insert("url".into(), Value::String(g.url.clone()));
         secret(&mut gw, "token", &g.token);
         path(&mut gw, "token_file", &g.token_file);
@@ -786,6 +980,27 @@ impl Settings {
         gw.insert("request_timeout_ms".into(), ms(g.request_timeout));
         gw.insert("handshake_timeout_ms".into(), ms(g.handshake_timeout));
         path(&mut gw, "tls_ca_file", &g.tls_ca_file);
+        gw
+    }
+}
+
+fn secret(t: &mut toml::Table, key: &str, s: &Option<Secret>) {
+    if s.is_some() {
+        t.insert(key.into(), toml::Value::String("<redacted>".into()));
+    }
+}
+
+fn path(t: &mut toml::Table, key: &str, p: &Option<PathBuf>) {
+    if let Some(p) = p {
+        t.insert(key.into(), toml::Value::String(p.display().to_string()));
+    }
+}
+
+impl Settings {
+    /// The effective configuration as TOML, every secret as `"<redacted>"`.
+    pub fn to_redacted_toml(&self) -> String {
+        use toml::{Table, Value};
+        let ms = |d: Duration| Value::Integer(d.as_millis() as i64);
         let rc = &self.reconnect;
         let mut re = Table::new();
         re.insert("initial_ms".into(), ms(rc.backoff.initial()));
@@ -818,7 +1033,16 @@ impl Settings {
         }
         log.insert("level".into(), Value::String(self.log.level.clone()));
         let mut root = Table::new();
-        root.insert("gateway".into(), Value::Table(gw));
+        if self.multi_gateway() {
+            let list = self
+                .gateways
+                .iter()
+                .map(|g| Value::Table(g.to_toml()))
+                .collect();
+            root.insert("gateways".into(), Value::Array(list));
+        } else if let Some(g) = self.gateways.first() {
+            root.insert("gateway".into(), Value::Table(g.to_toml()));
+        }
         root.insert("reconnect".into(), Value::Table(re));
         root.insert("http".into(), Value::Table(http));
         root.insert("state".into(), Value::Table(state));
@@ -832,7 +1056,6 @@ impl Settings {
                 "subject_prefix".into(),
                 Value::String(n.subject_prefix.clone()),
             );
-            t.insert("gateway_id".into(), Value::String(n.gateway_id.clone()));
             t.insert(
                 "max_age_s".into(),
                 Value::Integer(n.max_age.as_secs() as i64),
@@ -906,15 +1129,6 @@ fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
             format!("{subject_prefix:?} is not allowed; use dot-separated tokens of letters, digits, _ and - (no *, >, spaces or empty tokens)"),
         );
     }
-    let gateway_id = or(r, "nats.gateway_id", "default");
-    if !nats_name_ok(&gateway_id, false) || gateway_id == "rpc" {
-        r.err(
-            "nats.gateway_id",
-            format!(
-                "{gateway_id:?} is not allowed; use letters, digits, _ and - only (not \"rpc\")"
-            ),
-        );
-    }
     let kv_bucket = or(r, "nats.kv_bucket", "openclaw_agents");
     if !nats_name_ok(&kv_bucket, false) {
         r.err(
@@ -962,7 +1176,6 @@ fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
         url,
         stream,
         subject_prefix,
-        gateway_id,
         max_age,
         max_bytes,
         kv_bucket,
@@ -1041,25 +1254,28 @@ mod tests {
     #[test]
     fn defaults_are_the_documented_ones() {
         let s = load("", &[]).unwrap();
-        assert_eq!(s.gateway.url, "ws://127.0.0.1:18789/");
-        assert_eq!(s.gateway.client_id, "gateway-client");
-        assert_eq!(s.gateway.client_mode, "backend");
-        assert_eq!(s.gateway.scopes, vec!["operator.read", "operator.write"]);
-        assert_eq!(s.gateway.request_timeout, Duration::from_millis(30_000));
+        assert_eq!(s.gateways[0].url, "ws://127.0.0.1:18789/");
+        assert_eq!(s.gateways[0].client_id, "gateway-client");
+        assert_eq!(s.gateways[0].client_mode, "backend");
+        assert_eq!(
+            s.gateways[0].scopes,
+            vec!["operator.read", "operator.write"]
+        );
+        assert_eq!(s.gateways[0].request_timeout, Duration::from_millis(30_000));
         assert_eq!(s.reconnect.backoff.initial(), Duration::from_millis(250));
         assert_eq!(s.reconnect.backoff.max(), Duration::from_millis(30_000));
         assert_eq!(s.http.listen.to_string(), "127.0.0.1:18800");
         assert_eq!(s.events.buffer, 10_000);
         assert_eq!(s.events.subscriber_queue, 1024);
         assert_eq!(s.state.dir, PathBuf::from("./state"));
-        assert!(!s.uses_device_identity());
+        assert!(!s.gateways[0].uses_device_identity());
     }
 
     #[test]
     fn layering_file_then_env_then_well_known_env() {
         let toml = "[gateway]\nurl = \"ws://127.0.0.1:1000/\"\nrequest_timeout_ms = 5\n[http]\nlisten = \"127.0.0.1:1\"\n";
         let s = load(toml, &[]).unwrap();
-        assert_eq!(s.gateway.url, "ws://127.0.0.1:1000/");
+        assert_eq!(s.gateways[0].url, "ws://127.0.0.1:1000/");
         let s = load(
             toml,
             &[
@@ -1068,9 +1284,9 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(s.gateway.url, "ws://127.0.0.1:2000/");
+        assert_eq!(s.gateways[0].url, "ws://127.0.0.1:2000/");
         assert_eq!(s.http.listen.port(), 2);
-        assert_eq!(s.gateway.request_timeout, Duration::from_millis(5));
+        assert_eq!(s.gateways[0].request_timeout, Duration::from_millis(5));
         let s = load(
             toml,
             &[
@@ -1081,9 +1297,9 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(s.gateway.url, "ws://127.0.0.1:3000/");
-        assert_eq!(s.gateway.token.unwrap().expose(), "from-env");
-        assert_eq!(s.gateway.scopes, vec!["operator.read"]);
+        assert_eq!(s.gateways[0].url, "ws://127.0.0.1:3000/");
+        assert_eq!(s.gateways[0].token.as_ref().unwrap().expose(), "from-env");
+        assert_eq!(s.gateways[0].scopes, vec!["operator.read"]);
     }
 
     #[test]
@@ -1118,9 +1334,11 @@ mod tests {
         assert!(problems("[gateway]\nurl = \"ws:///x\"\n", &[]).contains("has no host"));
         assert!(load("[gateway]\nurl = \"wss://gw.example.com/\"\n", &[])
             .unwrap()
+            .gateways[0]
             .uses_device_identity());
         assert!(!load("[gateway]\nurl = \"ws://[::1]:18789/\"\n", &[])
             .unwrap()
+            .gateways[0]
             .uses_device_identity());
         assert!(url_is_loopback("ws://localhost:1/"));
     }
@@ -1129,7 +1347,7 @@ mod tests {
     fn unknown_keys_and_sections_are_named() {
         let p = problems("[gateway]\nurll = \"x\"\n[gatway]\nx = 1\n", &[]);
         assert!(
-            p.contains("gateway.urll: unknown key; keys of [gateway]: url, token"),
+            p.contains("gateway.urll: unknown key; keys of [gateway]: id, required, url, token"),
             "{p}"
         );
         assert!(p.contains("gatway: unknown section"), "{p}");
@@ -1145,7 +1363,10 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(s.gateway.token.as_ref().unwrap().expose(), "s3cret-token");
+        assert_eq!(
+            s.gateways[0].token.as_ref().unwrap().expose(),
+            "s3cret-token"
+        );
         let p = problems("[gateway]\ntoken_file = \"/nonexistent/tok\"\n", &[]);
         assert!(
             p.contains("gateway.token_file: cannot read /nonexistent/tok"),
@@ -1240,7 +1461,6 @@ mod tests {
         let n = s.nats.as_ref().unwrap();
         assert_eq!(n.stream, "OPENCLAW");
         assert_eq!(n.subject_prefix, "openclaw");
-        assert_eq!(n.gateway_id, "default");
         assert_eq!(n.max_age, Duration::from_secs(86_400));
         assert_eq!(n.max_bytes, 1 << 30);
         assert_eq!(n.kv_bucket, "openclaw_agents");
@@ -1260,7 +1480,8 @@ mod tests {
         for want in [
             "nats.url: \"http://x\" is not allowed",
             "nats.subject_prefix: \"a.*\" is not allowed",
-            "nats.gateway_id: \"a.b\" is not allowed",
+            // The gateway's id names it in subjects now (gateway.id / [[gateways]] id).
+            "nats.gateway_id: unknown key",
             "nats.stream: \"A B\" is not allowed",
             "nats.buffer: \"0\" is not allowed",
             "nats.bogus: unknown key",
@@ -1269,5 +1490,94 @@ mod tests {
         }
         let p = problems("[nats]\nstream = \"X\"\n", &[]);
         assert!(p.contains("nats.url: is required"), "{p}");
+    }
+
+    #[test]
+    fn a_single_gateway_is_default_and_can_be_named() {
+        let s = load("", &[]).unwrap();
+        assert_eq!(s.gateways.len(), 1);
+        assert_eq!(s.gateways[0].id, "default");
+        assert!(s.gateways[0].required);
+        assert_eq!(s.primary().map(|g| g.id.as_str()), Some("default"));
+        assert!(!s.multi_gateway());
+        let s = load("[gateway]\nid = \"eu-1\"\n", &[]).unwrap();
+        assert_eq!(s.gateways[0].id, "eu-1");
+        // The only gateway is the primary one whatever its id.
+        assert_eq!(s.primary().map(|g| g.id.as_str()), Some("eu-1"));
+        let p = problems("[gateway]\nid = \"a.b\"\n", &[]);
+        assert!(
+            p.contains("gateway.id: \"a.b\" is not allowed; use 1 to 64 letters"),
+            "{p}"
+        );
+        assert!(problems("[gateway]\nid = \"rpc\"\n", &[]).contains("gateway.id"));
+    }
+
+    #[test]
+    fn gateways_entries_take_defaults_from_gateway() {
+        let toml = "[gateway]\nscopes = [\"operator.read\"]\ntoken = \"shared-1\"\n\
+            [[gateways]]\nid = \"default\"\nurl = \"ws://127.0.0.1:1001/\"\n\
+            [[gateways]]\nid = \"eu-1\"\nurl = \"ws://127.0.0.1:1002/\"\ntoken = \"own-2\"\nrequired = false\nrequest_timeout_ms = 7\n";
+        let s = load(toml, &[]).unwrap();
+        assert_eq!(s.gateways.len(), 2);
+        let (a, b) = (&s.gateways[0], &s.gateways[1]);
+        assert_eq!(
+            (a.id.as_str(), a.url.as_str()),
+            ("default", "ws://127.0.0.1:1001/")
+        );
+        assert_eq!(
+            (b.id.as_str(), b.url.as_str()),
+            ("eu-1", "ws://127.0.0.1:1002/")
+        );
+        assert_eq!(a.scopes, vec!["operator.read"]);
+        assert_eq!(b.scopes, vec!["operator.read"]);
+        assert_eq!(a.token.as_ref().unwrap().expose(), "shared-1");
+        assert_eq!(b.token.as_ref().unwrap().expose(), "own-2");
+        assert!(a.required && !b.required);
+        assert_eq!(a.request_timeout, Duration::from_millis(30_000));
+        assert_eq!(b.request_timeout, Duration::from_millis(7));
+        assert!(s.multi_gateway());
+        assert_eq!(s.primary().map(|g| g.id.as_str()), Some("default"));
+        // check-config shows every entry, secrets redacted, and reads back the same.
+        let out = s.to_redacted_toml();
+        assert!(out.contains("[[gateways]]"), "{out}");
+        assert!(!out.contains("own-2") && !out.contains("shared-1"), "{out}");
+        let back: toml::Table = toml::from_str(&out).unwrap();
+        assert_eq!(back["gateways"].as_array().unwrap().len(), 2);
+        // Without an entry called default there is no primary.
+        let s = load(&toml.replace("id = \"default\"", "id = \"us-1\""), &[]).unwrap();
+        assert!(s.primary().is_none());
+    }
+
+    #[test]
+    fn bad_gateways_entries_are_each_named() {
+        let p = problems(
+            "[gateway]\nurl = \"ws://127.0.0.1:9/\"\n\
+             [[gateways]]\nurl = \"ws://127.0.0.1:1/\"\n\
+             [[gateways]]\nid = \"a\"\n\
+             [[gateways]]\nid = \"b\"\nurl = \"http://x/\"\nurll = 1\n\
+             [[gateways]]\nid = \"b\"\nurl = \"ws://127.0.0.1:2/\"\n\
+             [[gateways]]\nid = \"c d\"\nurl = \"ws://127.0.0.1:3/\"\nrequired = \"maybe\"\n",
+            &[("OPENCLAW_GATEWAY_URL", "ws://127.0.0.1:5/")],
+        );
+        for want in [
+            "gateways[0].id: is required",
+            "gateways[1].url: is required",
+            "gateways[2].url: \"http://x/\" is an HTTP URL",
+            "gateways[2].urll: unknown key; keys of [[gateways]]",
+            "gateways[3].id: \"b\" is used by another [[gateways]] entry",
+            "gateways[4].id: \"c d\" is not allowed",
+            "gateway.url: is not used when [[gateways]] entries are present",
+            "OPENCLAW_GATEWAY_URL: applies to a single [gateway] only",
+        ] {
+            assert!(p.contains(want), "{want} in {p}");
+        }
+        let p = problems(
+            "[[gateways]]\nid = \"x\"\nurl = \"ws://127.0.0.1:3/\"\nrequired = \"maybe\"\n",
+            &[],
+        );
+        assert!(
+            p.contains("gateways[0].required: is not allowed; use true or false"),
+            "{p}"
+        );
     }
 }

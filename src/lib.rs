@@ -66,6 +66,8 @@ pub enum SetupError {
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
     Identity(#[from] identity::IdentityError),
+    #[error("no gateway is configured; set [gateway] url or add [[gateways]] entries")]
+    NoGateway,
 }
 
 impl SetupError {
@@ -74,6 +76,7 @@ impl SetupError {
         match self {
             SetupError::Tls(_) => "gateway.tls_ca_file",
             SetupError::Identity(_) => "state.dir",
+            SetupError::NoGateway => "gateway.url",
         }
     }
 }
@@ -89,13 +92,14 @@ pub fn now_ms() -> u64 {
 /// The role the bridge connects as; device tokens are kept per gateway and role.
 pub const ROLE: &str = "operator";
 
-/// The connection settings a supervisor uses, from the configuration: TLS
-/// roots for `wss://`, the device identity and a stored device token when
-/// `gateway.device_identity` applies.
+/// The connection settings a supervisor uses for gateway `g`: TLS roots for
+/// `wss://`, the bridge's device identity and a stored device token when
+/// `device_identity` applies (one device for the bridge; tokens are kept per
+/// gateway URL).
 pub fn connection_config(
     settings: &Settings,
+    g: &config::GatewaySettings,
 ) -> Result<(ConnectionConfig, Option<Arc<identity::DeviceTokenStore>>), SetupError> {
-    let g = &settings.gateway;
     let tls = if g.url.to_ascii_lowercase().starts_with("wss://") {
         Some(tls::client_config(g.tls_ca_file.as_deref())?)
     } else {
@@ -104,10 +108,10 @@ pub fn connection_config(
     let mut device: Option<Arc<dyn actors::gateway::DeviceSigner>> = None;
     let mut device_token = None;
     let mut tokens = None;
-    if settings.uses_device_identity() {
+    if g.uses_device_identity() {
         let id = identity::DeviceIdentity::load_or_create(&settings.state.dir)?;
         if id.was_created() {
-            tracing::info!(device_id = id.device_id(), key = %id.key_path().display(), "created a device identity; the gateway will ask for it to be approved (pairing)");
+            tracing::info!(gateway = %g.id, device_id = id.device_id(), key = %id.key_path().display(), "created a device identity; the gateway will ask for it to be approved (pairing)");
         }
         let store = identity::DeviceTokenStore::new(&settings.state.dir, id.device_id());
         // A stored token is used only if it was granted every configured
@@ -116,13 +120,14 @@ pub fn connection_config(
             if protocol::missing_scopes(&t.scopes, &g.scopes).is_empty() {
                 device_token = Some(t.token);
             } else {
-                tracing::info!("the stored device token lacks some of gateway.scopes; asking for a scope upgrade");
+                tracing::info!(gateway = %g.id, "the stored device token lacks some of the gateway's scopes; asking for a scope upgrade");
             }
         }
         device = Some(Arc::new(id));
         tokens = Some(Arc::new(store));
     }
     let config = ConnectionConfig {
+        gateway: Arc::from(g.id.as_str()),
         url: g.url.clone(),
         token: g.token.as_ref().map(|t| t.expose().to_owned()),
         device_token,
@@ -138,9 +143,13 @@ pub fn connection_config(
     Ok((config, tokens))
 }
 
-/// The supervisor settings from the configuration.
-pub fn supervisor_config(settings: &Settings, mode: Mode) -> Result<SupervisorConfig, SetupError> {
-    let (connection, device_tokens) = connection_config(settings)?;
+/// The supervisor settings for gateway `g`.
+pub fn supervisor_config(
+    settings: &Settings,
+    g: &config::GatewaySettings,
+    mode: Mode,
+) -> Result<SupervisorConfig, SetupError> {
+    let (connection, device_tokens) = connection_config(settings, g)?;
     Ok(SupervisorConfig {
         connection: Arc::new(connection),
         backoff: settings.reconnect.backoff,
@@ -182,14 +191,24 @@ impl AppError {
     }
 }
 
-/// Open the store and load what it holds for the registry.
-fn open_store(settings: &Settings) -> Result<actors::registry::Persisted, AppError> {
-    let dir = &settings.state.dir;
+/// Where gateway `id` keeps its store: `state.dir` itself for `default`
+/// (as before several gateways existed), else `state.dir/gateways/<id>`.
+pub fn store_dir(settings: &Settings, id: &str) -> std::path::PathBuf {
+    if id == config::DEFAULT_GATEWAY {
+        settings.state.dir.clone()
+    } else {
+        settings.state.dir.join("gateways").join(id)
+    }
+}
+
+/// Open gateway `id`'s store and load what it holds for its registry.
+fn open_store(settings: &Settings, id: &str) -> Result<actors::registry::Persisted, AppError> {
+    let dir = store_dir(settings, id);
     let err = |source| AppError::Store {
         dir: dir.display().to_string(),
         source,
     };
-    let store = store::Store::open(dir).map_err(err)?;
+    let store = store::Store::open(&dir).map_err(err)?;
     let agents = store.load_agents().map_err(err)?;
     let mut runs = Vec::new();
     for a in &agents {
@@ -203,25 +222,28 @@ fn open_store(settings: &Settings) -> Result<actors::registry::Persisted, AppErr
     })
 }
 
-/// The running daemon: actors plus the HTTP server. Built inside an actix
-/// `System`; tests use the same path as the binary.
-pub struct Application {
+/// One gateway's actors: its link (`Supervisor` + `GatewayConnection`), its
+/// registry and its event broker.
+#[derive(Clone)]
+pub struct GatewayStack {
+    pub id: Arc<str>,
+    pub required: bool,
     pub supervisor: Addr<Supervisor>,
     pub registry: Addr<AgentRegistry>,
     pub broker: Addr<EventBroker>,
-    http_addr: SocketAddr,
-    server: actix_web::dev::Server,
-    server_handle: ServerHandle,
-    nats: Option<nats::NatsHandle>,
 }
 
-impl Application {
-    /// Start the actors and bind the HTTP server (port 0 picks a free one).
-    pub async fn build(settings: Settings) -> Result<Application, AppError> {
-        let persisted = open_store(&settings)?;
-        tracing::info!(agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %settings.state.dir.display(), "loaded the store");
-        let registry = AgentRegistry::with_store(persisted).start();
+impl GatewayStack {
+    /// Start gateway `g`'s actors (and its NATS side when `[nats]` is set).
+    fn start(
+        settings: &Settings,
+        g: &config::GatewaySettings,
+    ) -> Result<(GatewayStack, Option<nats::NatsHandle>), AppError> {
+        let persisted = open_store(settings, &g.id)?;
+        tracing::info!(gateway = %g.id, agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %store_dir(settings, &g.id).display(), "loaded the store");
+        let registry = AgentRegistry::with_store(persisted, &g.id).start();
         let broker = EventBroker::new(settings.events.buffer, settings.events.subscriber_queue)
+            .for_gateway(&g.id)
             .starting_at(actors::broker::boot_first_id())
             .start();
         let out = Outputs {
@@ -231,18 +253,62 @@ impl Application {
             snapshots: Some(registry.clone().recipient()),
             sessions: Some(registry.clone().recipient()),
         };
-        let supervisor = Supervisor::new(supervisor_config(&settings, Mode::Daemon)?, out).start();
+        let supervisor =
+            Supervisor::new(supervisor_config(settings, g, Mode::Daemon)?, out).start();
         registry.do_send(SetResyncTarget(supervisor.clone().recipient()));
         let nats = settings.nats.as_ref().map(|n| {
-            let (sink, handle) = nats::start(n, supervisor.clone(), registry.clone());
+            let (sink, handle) = nats::start(n, &g.id, supervisor.clone(), registry.clone());
             broker.do_send(AddSink(Box::new(sink)));
-            tracing::info!(url = %n.url, stream = %n.stream, gateway_id = %n.gateway_id, "publishing events to NATS JetStream");
+            tracing::info!(gateway = %g.id, url = %n.url, stream = %n.stream, "publishing events to NATS JetStream");
             handle
         });
+        let stack = GatewayStack {
+            id: Arc::from(g.id.as_str()),
+            required: g.required,
+            supervisor,
+            registry,
+            broker,
+        };
+        Ok((stack, nats))
+    }
+}
+
+/// The running daemon: one [`GatewayStack`] per configured gateway plus the
+/// HTTP server. Built inside an actix `System`; tests use the same path as
+/// the binary.
+pub struct Application {
+    /// In configuration order.
+    pub gateways: Vec<GatewayStack>,
+    /// The primary gateway's actors (see [`Settings::primary`]; the first
+    /// gateway when there is no primary).
+    pub supervisor: Addr<Supervisor>,
+    pub registry: Addr<AgentRegistry>,
+    pub broker: Addr<EventBroker>,
+    http_addr: SocketAddr,
+    server: actix_web::dev::Server,
+    server_handle: ServerHandle,
+    nats: Vec<nats::NatsHandle>,
+}
+
+impl Application {
+    /// Start the actors and bind the HTTP server (port 0 picks a free one).
+    pub async fn build(settings: Settings) -> Result<Application, AppError> {
+        let mut gateways = Vec::new();
+        let mut nats = Vec::new();
+        for g in &settings.gateways {
+            let (stack, handle) = GatewayStack::start(&settings, g)?;
+            gateways.push(stack);
+            nats.extend(handle);
+        }
+        let primary_id = settings.primary().map(|g| g.id.clone());
+        let first = primary_id
+            .as_deref()
+            .and_then(|id| gateways.iter().find(|s| &*s.id == id))
+            .or(gateways.first())
+            .cloned()
+            .ok_or(AppError::Setup(SetupError::NoGateway))?;
         let state = http::ApiState {
-            supervisor: supervisor.clone(),
-            registry: registry.clone(),
-            broker: broker.clone(),
+            gateways: Arc::new(http::Gateways::new(gateways.clone(), primary_id)),
             token: settings.http.token.clone(),
             metrics: metrics::install(),
         };
@@ -252,11 +318,17 @@ impl Application {
                 source,
             })?;
         let server_handle = server.handle();
-        tracing::info!(event = ev::BRIDGE_STARTED, version = env!("CARGO_PKG_VERSION"), listen = %http_addr, gateway_url = %settings.gateway.url, "openclaw-bridge started");
+        let urls: Vec<String> = settings
+            .gateways
+            .iter()
+            .map(|g| format!("{}={}", g.id, g.url))
+            .collect();
+        tracing::info!(event = ev::BRIDGE_STARTED, version = env!("CARGO_PKG_VERSION"), listen = %http_addr, gateway_url = %urls.join(" "), gateways = settings.gateways.len(), "openclaw-bridge started");
         Ok(Application {
-            supervisor,
-            registry,
-            broker,
+            gateways,
+            supervisor: first.supervisor,
+            registry: first.registry,
+            broker: first.broker,
             http_addr,
             server,
             server_handle,
@@ -272,9 +344,7 @@ impl Application {
     /// A handle that stops the application gracefully (for tests and signals).
     pub fn stopper(&self) -> Stopper {
         Stopper {
-            supervisor: self.supervisor.clone(),
-            broker: self.broker.clone(),
-            registry: self.registry.clone(),
+            gateways: self.gateways.clone(),
             server: self.server_handle.clone(),
             nats: self.nats.clone(),
         }
@@ -286,30 +356,40 @@ impl Application {
     }
 }
 
-/// Stops an [`Application`] in order: the gateway link (pending requests fail
-/// with `BRIDGE_SHUTTING_DOWN`, the socket closes with 1000), SSE streams,
-/// NATS (what is queued is flushed, bounded), then the HTTP server (in-flight
-/// requests are answered first).
+/// Stops an [`Application`] in order: every gateway link (pending requests
+/// fail with `BRIDGE_SHUTTING_DOWN`, sockets close with 1000), SSE streams,
+/// the stores, NATS (what is queued is flushed, bounded), then the HTTP
+/// server (in-flight requests are answered first). Gateways stop side by
+/// side, so the bound holds for any number of them.
 #[derive(Clone)]
 pub struct Stopper {
-    supervisor: Addr<Supervisor>,
-    broker: Addr<EventBroker>,
-    registry: Addr<AgentRegistry>,
+    gateways: Vec<GatewayStack>,
     server: ServerHandle,
-    nats: Option<nats::NatsHandle>,
+    nats: Vec<nats::NatsHandle>,
 }
 
 impl Stopper {
     pub async fn stop(&self) {
+        use futures_util::future::join_all;
         // Bounded step by step; the sum stays within SHUTDOWN_BOUND.
-        let step = |secs| Duration::from_millis(secs);
-        let _ = tokio::time::timeout(step(2500), self.supervisor.send(Shutdown)).await;
-        let _ = self.broker.send(CloseAll).await;
-        // No more events can arrive: write what the registry holds.
-        let _ = tokio::time::timeout(step(2500), self.registry.send(FlushStore)).await;
-        if let Some(nats) = &self.nats {
-            nats.stop(step(1000)).await;
-        }
+        let step = Duration::from_millis;
+        join_all(self.gateways.iter().map(|g| {
+            let s = g.supervisor.clone();
+            async move {
+                let _ = tokio::time::timeout(step(2500), s.send(Shutdown)).await;
+            }
+        }))
+        .await;
+        join_all(self.gateways.iter().map(|g| g.broker.send(CloseAll))).await;
+        // No more events can arrive: write what the registries hold.
+        join_all(self.gateways.iter().map(|g| {
+            let r = g.registry.clone();
+            async move {
+                let _ = tokio::time::timeout(step(2500), r.send(FlushStore)).await;
+            }
+        }))
+        .await;
+        futures_util::future::join_all(self.nats.iter().map(|n| n.stop(step(1000)))).await;
         let _ = tokio::time::timeout(step(2500), self.server.stop(true)).await;
     }
 }

@@ -2,6 +2,7 @@
 //! Prometheus exporter. Names are defined once here; every name starts with
 //! `openclaw_bridge_`.
 //!
+//! Every series of a gateway carries a `gateway` label (its configured id).
 //! Label values are bounded: gateway methods outside [`KNOWN_METHODS`] count
 //! as `other` (callers choose method names; a label per arbitrary string would
 //! grow without limit).
@@ -84,27 +85,32 @@ pub fn method_label(method: &str) -> &'static str {
 }
 
 /// One-hot connection state gauge.
-pub fn set_state(state: &str) {
+pub fn set_state(gw: &str, state: &str) {
     for s in STATES {
-        gauge!(CONNECTION_STATE, "state" => *s).set(if *s == state { 1.0 } else { 0.0 });
+        gauge!(CONNECTION_STATE, "gateway" => gw.to_owned(), "state" => *s).set(if *s == state {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
-pub fn connected() {
-    counter!(CONNECTS).increment(1);
+pub fn connected(gw: &str) {
+    counter!(CONNECTS, "gateway" => gw.to_owned()).increment(1);
 }
 
-pub fn disconnected(reason: &str) {
+pub fn disconnected(gw: &str, reason: &str) {
     // Reasons include gateway-supplied codes: bounded like outcomes.
-    counter!(DISCONNECTS, "reason" => outcome_label(reason)).increment(1);
+    counter!(DISCONNECTS, "gateway" => gw.to_owned(), "reason" => outcome_label(reason))
+        .increment(1);
 }
 
-pub fn bad_frame(kind: &'static str) {
-    counter!(BAD_FRAMES, "kind" => kind).increment(1);
+pub fn bad_frame(gw: &str, kind: &'static str) {
+    counter!(BAD_FRAMES, "gateway" => gw.to_owned(), "kind" => kind).increment(1);
 }
 
-pub fn seq_gap() {
-    counter!(SEQ_GAPS).increment(1);
+pub fn seq_gap(gw: &str) {
+    counter!(SEQ_GAPS, "gateway" => gw.to_owned()).increment(1);
 }
 
 /// Gateway error codes and `details.code`s that get their own label value.
@@ -182,62 +188,73 @@ fn outcome_label(outcome: &str) -> &'static str {
     bounded_label(outcome)
 }
 
-pub fn request_done(method: &str, outcome: &str, seconds: f64) {
+pub fn request_done(gw: &str, method: &str, outcome: &str, seconds: f64) {
     let m = method_label(method);
     let outcome = outcome_label(outcome);
-    counter!(REQUESTS, "method" => m, "outcome" => outcome).increment(1);
-    histogram!(REQUEST_DURATION, "method" => m).record(seconds);
+    counter!(REQUESTS, "gateway" => gw.to_owned(), "method" => m, "outcome" => outcome)
+        .increment(1);
+    histogram!(REQUEST_DURATION, "gateway" => gw.to_owned(), "method" => m).record(seconds);
 }
 
-pub fn pending(n: usize) {
-    gauge!(PENDING_REQUESTS).set(n as f64);
+pub fn pending(gw: &str, n: usize) {
+    gauge!(PENDING_REQUESTS, "gateway" => gw.to_owned()).set(n as f64);
 }
 
-pub fn sse_subscribers(n: usize) {
-    gauge!(SSE_SUBSCRIBERS).set(n as f64);
+pub fn sse_subscribers(gw: &str, n: usize) {
+    gauge!(SSE_SUBSCRIBERS, "gateway" => gw.to_owned()).set(n as f64);
 }
 
-pub fn sse_dropped(n: u64) {
-    counter!(SSE_DROPPED).increment(n);
+pub fn sse_dropped(gw: &str, n: u64) {
+    counter!(SSE_DROPPED, "gateway" => gw.to_owned()).increment(n);
 }
 
-pub fn undelivered(to: &'static str) {
-    counter!(EVENTS_UNDELIVERED, "to" => to).increment(1);
+pub fn undelivered(gw: &str, to: &'static str) {
+    counter!(EVENTS_UNDELIVERED, "gateway" => gw.to_owned(), "to" => to).increment(1);
 }
 
 /// Messages JetStream acknowledged (events and markers).
-pub fn nats_published(n: u64) {
-    counter!(NATS_PUBLISHED).increment(n);
+pub fn nats_published(gw: &str, n: u64) {
+    counter!(NATS_PUBLISHED, "gateway" => gw.to_owned()).increment(n);
 }
 
 /// Events that did not reach JetStream: `reason` is `queue_full` (NATS down
 /// or slow, the bounded queue was full) or `publish_failed` (no ack).
-pub fn nats_dropped(reason: &'static str, n: u64) {
-    counter!(NATS_DROPPED, "reason" => reason).increment(n);
+pub fn nats_dropped(gw: &str, reason: &'static str, n: u64) {
+    counter!(NATS_DROPPED, "gateway" => gw.to_owned(), "reason" => reason).increment(n);
 }
 
 /// One-hot NATS connection state: `connected`, `disconnected`.
-pub fn nats_state(connected: bool) {
-    gauge!(NATS_CONNECTION_STATE, "state" => "connected").set(if connected { 1.0 } else { 0.0 });
-    gauge!(NATS_CONNECTION_STATE, "state" => "disconnected").set(if connected { 0.0 } else { 1.0 });
+pub fn nats_state(gw: &str, connected: bool) {
+    gauge!(NATS_CONNECTION_STATE, "gateway" => gw.to_owned(), "state" => "connected")
+        .set(if connected { 1.0 } else { 0.0 });
+    gauge!(NATS_CONNECTION_STATE, "gateway" => gw.to_owned(), "state" => "disconnected")
+        .set(if connected { 0.0 } else { 1.0 });
 }
 
 /// Events waiting in the NATS publish queue.
-pub fn nats_queue(n: usize) {
-    gauge!(NATS_QUEUE).set(n as f64);
+pub fn nats_queue(gw: &str, n: usize) {
+    gauge!(NATS_QUEUE, "gateway" => gw.to_owned()).set(n as f64);
 }
 
 /// Per-event-name counters, cached so the event path does not build and hash
 /// a label set for every event. Names are bounded by the gateway's event
 /// vocabulary; past [`EventCounters::MAX`] distinct names the rest count as
 /// `other`.
-#[derive(Default)]
 pub struct EventCounters {
+    gateway: String,
     by_name: HashMap<String, Counter>,
 }
 
 impl EventCounters {
     const MAX: usize = 256;
+
+    /// Counters for one gateway's events.
+    pub fn new(gateway: &str) -> Self {
+        EventCounters {
+            gateway: gateway.to_owned(),
+            by_name: HashMap::new(),
+        }
+    }
 
     pub fn count(&mut self, name: &str) {
         if let Some(c) = self.by_name.get(name) {
@@ -246,10 +263,10 @@ impl EventCounters {
         }
         if self.by_name.len() >= Self::MAX {
             // Past the cap nothing new is remembered: one shared counter.
-            counter!(EVENTS, "event" => "other").increment(1);
+            counter!(EVENTS, "gateway" => self.gateway.clone(), "event" => "other").increment(1);
             return;
         }
-        let c = counter!(EVENTS, "event" => name.to_owned());
+        let c = counter!(EVENTS, "gateway" => self.gateway.clone(), "event" => name.to_owned());
         c.increment(1);
         self.by_name.insert(name.to_owned(), c);
     }

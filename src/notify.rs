@@ -19,6 +19,7 @@
 //! cannot be sent is logged at debug and forgotten.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
@@ -91,22 +92,29 @@ pub fn watchdog_interval() -> Option<Duration> {
 /// [`describe`]d `STATUS=` line and, with a watchdog, `WATCHDOG=1`. A wedged
 /// `Supervisor` (or a dead one) stops both. Call inside the actix `System`,
 /// after [`ready`]; `None` when there is nobody to notify.
-pub fn spawn_watchdog(supervisor: Addr<Supervisor>) -> Option<actix_rt::task::JoinHandle<()>> {
+pub fn spawn_watchdog(
+    supervisors: Vec<(Arc<str>, Addr<Supervisor>)>,
+) -> Option<actix_rt::task::JoinHandle<()>> {
     if !enabled() {
         return None;
     }
     let interval = watchdog_interval();
     let period = interval.unwrap_or(STATUS_PERIOD);
     let probe = move || {
-        let supervisor = supervisor.clone();
+        let supervisors = supervisors.clone();
         async move {
-            match supervisor.send(GetStatus).await {
-                Ok(s) => {
-                    status(&describe(&s));
-                    true
+            // Every gateway's supervisor must answer; STATUS= names each
+            // gateway when there are several.
+            let mut parts = Vec::with_capacity(supervisors.len());
+            for (id, supervisor) in &supervisors {
+                match supervisor.send(GetStatus).await {
+                    Ok(s) if supervisors.len() == 1 => parts.push(describe(&s)),
+                    Ok(s) => parts.push(format!("{id}: {}", describe(&s))),
+                    Err(_) => return false,
                 }
-                Err(_) => false,
             }
+            status(&parts.join("; "));
+            true
         }
     };
     let ping = move || {

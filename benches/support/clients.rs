@@ -8,6 +8,8 @@
 //!   an `EventBroker` subscription, requests through `Send` to the Supervisor.
 //! - `sse` / `http`: the same bridge, read through `GET /v1/events` and
 //!   `POST /v1/rpc` by an awc client on its own thread (its CPU is subtracted).
+//! - `nats` (in `jetstream.rs`): the same bridge with a `NatsSink`, counted
+//!   as stored by JetStream.
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -144,7 +146,7 @@ async fn raw_connect(url: &str) -> Ws {
     ws
 }
 
-fn run_system<F: std::future::Future<Output = ()>>(f: F) {
+pub fn run_system<F: std::future::Future<Output = ()>>(f: F) {
     actix_rt::System::new().block_on(async move {
         if actix_rt::time::timeout(CHILD_DEADLINE, f).await.is_err() {
             eprintln!("bench child: deadline of {CHILD_DEADLINE:?} passed");
@@ -298,6 +300,7 @@ pub fn bridge_settings(url: &str, state_dir: &std::path::Path, extra: &[(&str, &
 pub struct Bridge {
     pub app_addr: std::net::SocketAddr,
     pub supervisor: Addr<Supervisor>,
+    pub registry: Addr<openclaw_bridge::actors::AgentRegistry>,
     pub broker: Addr<openclaw_bridge::actors::EventBroker>,
     _dir: tempfile::TempDir,
 }
@@ -311,6 +314,7 @@ pub async fn start_bridge(url: &str, extra: &[(&str, &str)]) -> Bridge {
     let bridge = Bridge {
         app_addr: app.http_addr(),
         supervisor: app.supervisor.clone(),
+        registry: app.registry.clone(),
         broker: app.broker.clone(),
         _dir: dir,
     };
@@ -332,6 +336,18 @@ pub async fn wait_connected(sup: &Addr<Supervisor>) {
         assert!(Instant::now() < deadline, "the bridge did not connect");
         actix_rt::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Note the process CPU and the time, then ask the gateway for its flood
+/// (the answer is not awaited): `(cpu0, t0)`.
+pub fn start_flood(sup: &Addr<Supervisor>) -> (f64, Instant) {
+    let cpu0 = procfs::process_cpu();
+    let t0 = Instant::now();
+    let trigger = sup.send(Send::new(FLOOD_METHOD, None));
+    actix_rt::spawn(async move {
+        let _ = trigger.await;
+    });
+    (cpu0, t0)
 }
 
 /// `dropped` of a `bridge.gap` data line.
@@ -366,12 +382,7 @@ pub fn ingest_actor(url: &str, n: u64) {
             })
             .await
             .expect("subscribe");
-        let cpu0 = procfs::process_cpu();
-        let t0 = Instant::now();
-        let trigger = b.supervisor.send(Send::new(FLOOD_METHOD, None));
-        actix_rt::spawn(async move {
-            let _ = trigger.await;
-        });
+        let (cpu0, t0) = start_flood(&b.supervisor);
         // The subscriber is an ordinary task on the bridge's thread, as an
         // in-process consumer would be.
         let broker = b.broker.clone();
@@ -511,12 +522,7 @@ pub fn ingest_sse(url: &str, n: u64) {
             assert!(Instant::now() < deadline, "no SSE greeting");
             actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
-        let cpu0 = procfs::process_cpu();
-        let t0 = Instant::now();
-        let trigger = b.supervisor.send(Send::new(FLOOD_METHOD, None));
-        actix_rt::spawn(async move {
-            let _ = trigger.await;
-        });
+        let (cpu0, t0) = start_flood(&b.supervisor);
         let done = done_rx.await.expect("SSE client result");
         let cpu = procfs::process_cpu() - cpu0 - done.client_cpu;
         let dropped = done.dropped.max(broker_dropped(&b.broker).await);

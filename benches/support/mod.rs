@@ -1,4 +1,9 @@
 pub mod clients;
 pub mod frames;
 pub mod gateway;
+pub mod jetstream;
+// The integration tests' `nats-server -js` harness, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../tests/it/support/nats_server.rs"]
+pub mod nats_server;
 pub mod procfs;

@@ -224,6 +224,8 @@ struct Subscriber {
 }
 
 pub struct EventBroker {
+    /// The configured id of this broker's gateway (logs, metrics).
+    gateway: Arc<str>,
     next_id: u64,
     ring: VecDeque<Arc<BrokerItem>>,
     ring_cap: usize,
@@ -261,8 +263,15 @@ impl EventBroker {
         self
     }
 
+    /// The broker of gateway `id` (logs and metric labels).
+    pub fn for_gateway(mut self, id: &str) -> Self {
+        self.gateway = Arc::from(id);
+        self
+    }
+
     pub fn new(buffer: usize, subscriber_queue: usize) -> Self {
         EventBroker {
+            gateway: Arc::from(crate::config::DEFAULT_GATEWAY),
             next_id: 1,
             ring: VecDeque::with_capacity(buffer.min(65_536)),
             ring_cap: buffer.max(1),
@@ -303,7 +312,7 @@ impl EventBroker {
                 if sub.tx.capacity() < (self.queue / 2).max(2) {
                     sub.dropped += 1;
                     self.dropped_total += 1;
-                    crate::metrics::sse_dropped(1);
+                    crate::metrics::sse_dropped(&self.gateway, 1);
                     continue;
                 }
                 let gap = gap_item(from, item.id - 1, sub.dropped);
@@ -315,7 +324,7 @@ impl EventBroker {
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.dropped += 1;
                         self.dropped_total += 1;
-                        crate::metrics::sse_dropped(1);
+                        crate::metrics::sse_dropped(&self.gateway, 1);
                         continue;
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -330,8 +339,8 @@ impl EventBroker {
                     sub.lagged_from = Some(item.id);
                     sub.dropped = 1;
                     self.dropped_total += 1;
-                    crate::metrics::sse_dropped(1);
-                    tracing::warn!(event = ev::SSE_SUBSCRIBER_LAGGED, subscriber = %sub.label, subscriber_id = *sid, dropped = 1u64, queue = self.queue, "subscriber is not keeping up; skipping events for it (it gets a bridge.gap message)");
+                    crate::metrics::sse_dropped(&self.gateway, 1);
+                    tracing::warn!(gateway = %self.gateway, event = ev::SSE_SUBSCRIBER_LAGGED, subscriber = %sub.label, subscriber_id = *sid, dropped = 1u64, queue = self.queue, "subscriber is not keeping up; skipping events for it (it gets a bridge.gap message)");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*sid),
             }
@@ -340,7 +349,7 @@ impl EventBroker {
             for sid in closed {
                 self.subscribers.remove(&sid);
             }
-            crate::metrics::sse_subscribers(self.subscribers.len());
+            crate::metrics::sse_subscribers(&self.gateway, self.subscribers.len());
         }
     }
 }
@@ -462,7 +471,7 @@ impl Handler<Subscribe> for EventBroker {
                 dropped: 0,
             },
         );
-        crate::metrics::sse_subscribers(self.subscribers.len());
+        crate::metrics::sse_subscribers(&self.gateway, self.subscribers.len());
         MessageResult(Subscription { id, rx })
     }
 }
@@ -718,6 +727,6 @@ impl Handler<CloseAll> for EventBroker {
     fn handle(&mut self, _: CloseAll, _: &mut Context<Self>) {
         self.subscribers.clear();
         self.closed = true;
-        crate::metrics::sse_subscribers(0);
+        crate::metrics::sse_subscribers(&self.gateway, 0);
     }
 }

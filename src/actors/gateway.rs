@@ -65,6 +65,8 @@ pub trait DeviceSigner: std::fmt::Debug + std::marker::Send + Sync {
 /// the tokens out.
 #[derive(Clone)]
 pub struct ConnectionConfig {
+    /// The gateway's configured id (logs, metrics).
+    pub gateway: Arc<str>,
     pub url: String,
     pub token: Option<String>,
     pub device_token: Option<String>,
@@ -83,6 +85,7 @@ impl std::fmt::Debug for ConnectionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let redacted = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
         f.debug_struct("ConnectionConfig")
+            .field("gateway", &self.gateway)
             .field("url", &self.url)
             .field("token", &redacted(&self.token))
             .field("device_token", &redacted(&self.device_token))
@@ -201,6 +204,7 @@ pub struct GatewayConnection {
 impl GatewayConnection {
     pub fn new(generation: u64, cfg: Arc<ConnectionConfig>, wiring: Wiring) -> Self {
         GatewayConnection {
+            event_counters: crate::metrics::EventCounters::new(&cfg.gateway),
             generation,
             cfg,
             wiring,
@@ -221,7 +225,6 @@ impl GatewayConnection {
             handshake_timer: None,
             oversized_frames: 0,
             close_sent: false,
-            event_counters: crate::metrics::EventCounters::default(),
         }
     }
 
@@ -252,16 +255,16 @@ impl GatewayConnection {
 
     fn on_text(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
         let Ok(text) = std::str::from_utf8(&bytes) else {
-            bad_frame("text frame is not UTF-8", bytes.len());
+            bad_frame(&self.cfg.gateway, "text frame is not UTF-8", bytes.len());
             return;
         };
         match protocol::decode(text) {
             Ok(Inbound::Event(frame)) => self.on_event(frame, ctx),
             Ok(Inbound::Response(res)) => self.on_response(res, ctx),
             Ok(Inbound::Unknown { kind }) => {
-                tracing::debug!(event = ev::GATEWAY_BAD_FRAME, kind = %kind, "frame of unknown type ignored");
+                tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, kind = %kind, "frame of unknown type ignored");
             }
-            Err(e) => bad_frame(&e.to_string(), bytes.len()),
+            Err(e) => bad_frame(&self.cfg.gateway, &e.to_string(), bytes.len()),
         }
     }
 
@@ -275,7 +278,7 @@ impl GatewayConnection {
                 match challenge {
                     Some(c) => self.send_connect(c, ctx),
                     None => {
-                        bad_frame("connect.challenge without a nonce", 0);
+                        bad_frame(&self.cfg.gateway, "connect.challenge without a nonce", 0);
                         // Most likely a transient fault: back off, do not park.
                         self.fail(
                             DisconnectCause::ProtocolError {
@@ -288,15 +291,15 @@ impl GatewayConnection {
                 return;
             }
             _ => {
-                tracing::debug!(event_name = %frame.event, "event before hello-ok ignored");
+                tracing::debug!(gateway = %self.cfg.gateway, event_name = %frame.event, "event before hello-ok ignored");
                 return;
             }
         }
         if let Some(seq) = frame.seq {
             if let Some(expected) = self.expected_seq {
                 if seq > expected {
-                    crate::metrics::seq_gap();
-                    tracing::warn!(
+                    crate::metrics::seq_gap(&self.cfg.gateway);
+                    tracing::warn!(gateway = %self.cfg.gateway,
                         event = ev::GATEWAY_SEQ_GAP,
                         expected,
                         got = seq,
@@ -316,10 +319,10 @@ impl GatewayConnection {
         self.event_counters.count(&frame.event);
         let (event, warning) = GatewayEvent::from_frame(&frame);
         if let Some(w) = warning {
-            tracing::debug!(event = ev::GATEWAY_BAD_FRAME, "{w}");
+            tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, "{w}");
         }
         if let EventKind::Shutdown(s) = &event.kind {
-            tracing::info!(
+            tracing::info!(gateway = %self.cfg.gateway,
                 reason = s.reason.as_deref().unwrap_or(""),
                 restart_expected_ms = s.restart_expected_ms,
                 "gateway announced shutdown"
@@ -334,8 +337,8 @@ impl GatewayConnection {
         if for_registry {
             if let Some(r) = &self.wiring.agent_events {
                 if r.try_send(EventMsg(event.clone())).is_err() {
-                    crate::metrics::undelivered("registry");
-                    tracing::warn!(
+                    crate::metrics::undelivered(&self.cfg.gateway, "registry");
+                    tracing::warn!(gateway = %self.cfg.gateway,
                         event = ev::EVENT_UNDELIVERED,
                         to = "registry",
                         "registry mailbox full: event not applied"
@@ -345,8 +348,8 @@ impl GatewayConnection {
         }
         if let Some(b) = &self.wiring.events {
             if b.try_send(EventMsg(event)).is_err() {
-                crate::metrics::undelivered("broker");
-                tracing::warn!(
+                crate::metrics::undelivered(&self.cfg.gateway, "broker");
+                tracing::warn!(gateway = %self.cfg.gateway,
                     event = ev::EVENT_UNDELIVERED,
                     to = "broker",
                     "broker mailbox full: event dropped"
@@ -423,7 +426,7 @@ impl GatewayConnection {
             if self.finished.remove(&res.id) {
                 tracing::trace!(id = %res.id, "late answer to a finished request dropped");
             } else {
-                tracing::debug!(event = ev::GATEWAY_UNKNOWN_RESPONSE, id = %res.id, ok = res.ok, code = res.error.as_ref().map(|e| e.code.as_str()), "response for no pending request");
+                tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_UNKNOWN_RESPONSE, id = %res.id, ok = res.ok, code = res.error.as_ref().map(|e| e.code.as_str()), "response for no pending request");
             }
             return;
         };
@@ -519,7 +522,7 @@ impl GatewayConnection {
             let silent = act.last_rx.elapsed();
             if silent > limit {
                 let silent_ms = silent.as_millis() as u64;
-                tracing::warn!(
+                tracing::warn!(gateway = %act.cfg.gateway,
                     event = ev::GATEWAY_WATCHDOG_EXPIRED,
                     silent_ms,
                     limit_ms = limit.as_millis() as u64,
@@ -557,13 +560,17 @@ impl GatewayConnection {
             self.partial = Some((text, buf));
         } else {
             let Some((_, buf)) = self.partial.as_mut() else {
-                bad_frame("continuation frame without a first frame", chunk.len());
+                bad_frame(
+                    &self.cfg.gateway,
+                    "continuation frame without a first frame",
+                    chunk.len(),
+                );
                 return;
             };
             if buf.len() + chunk.len() > MAX_MESSAGE_BYTES {
                 let size = buf.len() + chunk.len();
                 self.partial = None;
-                tracing::error!(
+                tracing::error!(gateway = %self.cfg.gateway,
                     event = ev::GATEWAY_BAD_FRAME,
                     size,
                     limit = MAX_MESSAGE_BYTES,
@@ -585,7 +592,7 @@ impl GatewayConnection {
                 if is_text {
                     self.on_text(buf.freeze(), ctx);
                 } else {
-                    bad_frame("binary message ignored", buf.len());
+                    bad_frame(&self.cfg.gateway, "binary message ignored", buf.len());
                 }
             }
         }
@@ -595,7 +602,7 @@ impl GatewayConnection {
     fn report_pending(&mut self) {
         let n = self.pending.len() as f64;
         self.pending_gauge
-            .get_or_insert_with(|| metrics::gauge!(crate::metrics::PENDING_REQUESTS))
+            .get_or_insert_with(|| metrics::gauge!(crate::metrics::PENDING_REQUESTS, "gateway" => self.cfg.gateway.to_string()))
             .set(n);
     }
 
@@ -650,9 +657,10 @@ impl GatewayConnection {
     }
 }
 
-fn bad_frame(problem: &str, size: usize) {
-    crate::metrics::bad_frame("undecodable");
+fn bad_frame(gateway: &str, problem: &str, size: usize) {
+    crate::metrics::bad_frame(gateway, "undecodable");
     tracing::warn!(
+        gateway,
         event = ev::GATEWAY_BAD_FRAME,
         size,
         problem,
@@ -788,7 +796,7 @@ impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for GatewayConnec
                 self.write(WsMessage::Pong(p));
             }
             Ok(Frame::Pong(_)) => {}
-            Ok(Frame::Binary(b)) => bad_frame("binary frame ignored", b.len()),
+            Ok(Frame::Binary(b)) => bad_frame(&self.cfg.gateway, "binary frame ignored", b.len()),
             Ok(Frame::Close(reason)) => {
                 let (code, reason) = match reason {
                     Some(r) => (u16::from(r.code), r.description.unwrap_or_default()),
@@ -801,8 +809,8 @@ impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for GatewayConnec
                 // The codec skips the whole oversized frame and goes on: the
                 // event is lost, so say so loudly, but keep the session.
                 self.oversized_frames += 1;
-                crate::metrics::bad_frame("oversized");
-                tracing::error!(
+                crate::metrics::bad_frame(&self.cfg.gateway, "oversized");
+                tracing::error!(gateway = %self.cfg.gateway,
                     event = ev::GATEWAY_BAD_FRAME,
                     problem = "frame over the size limit",
                     limit = MAX_MESSAGE_BYTES,
@@ -814,7 +822,7 @@ impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for GatewayConnec
                 // Any other codec error repeats on every poll: the stream is
                 // unusable, so reconnect.
                 let error = e.to_string();
-                tracing::error!(event = ev::GATEWAY_BAD_FRAME, problem = %error, "WebSocket protocol error; reconnecting");
+                tracing::error!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, problem = %error, "WebSocket protocol error; reconnecting");
                 self.fail(DisconnectCause::ProtocolError { error }, ctx);
             }
         }

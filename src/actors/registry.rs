@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recipient};
@@ -90,6 +91,8 @@ pub struct AgentState {
     /// The gateway's `agents.list` row, as sent.
     #[serde(skip_serializing_if = "Value::is_null")]
     pub gateway: Value,
+    /// The configured id of the gateway this agent lives on.
+    pub gateway_id: Arc<str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +187,8 @@ struct AgentsListWire {
 
 #[derive(Default)]
 pub struct AgentRegistry {
+    /// The configured id of this registry's gateway (logs, `gateway_id`).
+    gateway: Arc<str>,
     agents: BTreeMap<String, AgentState>,
     /// The store's writer thread, when persistence is on.
     writer: Option<StoreWriter>,
@@ -209,12 +214,17 @@ use crate::now_ms;
 
 impl AgentRegistry {
     pub fn new() -> Self {
-        Self::default()
+        AgentRegistry {
+            gateway: Arc::from(crate::config::DEFAULT_GATEWAY),
+            ..Self::default()
+        }
     }
 
-    /// A registry that starts from persisted state and writes through.
-    pub fn with_store(p: Persisted) -> Self {
+    /// A registry for gateway `gateway` that starts from persisted state and
+    /// writes through.
+    pub fn with_store(p: Persisted, gateway: &str) -> Self {
         let mut reg = AgentRegistry {
+            gateway: Arc::from(gateway),
             writer: Some(p.writer),
             ..Self::default()
         };
@@ -236,6 +246,7 @@ impl AgentRegistry {
                     listed: true,
                     stale: true,
                     gateway: a.gateway,
+                    gateway_id: reg.gateway.clone(),
                 },
             );
         }
@@ -334,7 +345,7 @@ impl AgentRegistry {
             batch.push(Change::SetSession(s));
         }
         if !batch.is_empty() && !writer.submit(batch) {
-            tracing::warn!(
+            tracing::warn!(gateway = %self.gateway,
                 event = ev::STORE_WRITE_FAILED,
                 "store writer is full: a batch of changes was dropped"
             );
@@ -364,7 +375,7 @@ impl AgentRegistry {
             has_more: bool,
         }
         let Ok(wire) = serde_json::from_str::<Wire>(payload.get()) else {
-            tracing::warn!("sessions.list answer not understood");
+            tracing::warn!(gateway = %self.gateway, "sessions.list answer not understood");
             return;
         };
         let complete = !wire.has_more;
@@ -450,6 +461,7 @@ impl AgentRegistry {
                     listed: false,
                     stale: !self.connected,
                     gateway: Value::Null,
+                    gateway_id: self.gateway.clone(),
                 },
             );
         }
@@ -561,7 +573,7 @@ impl AgentRegistry {
         let wire: AgentsListWire = match serde_json::from_str(payload.get()) {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(
+                tracing::warn!(gateway = %self.gateway,
                     event = ev::REGISTRY_RESYNCED,
                     "agents.list answer not understood: {e}"
                 );
@@ -593,7 +605,7 @@ impl AgentRegistry {
         if self.writer.is_some() {
             self.listed_ids = Some(self.agents.keys().cloned().collect());
         }
-        tracing::info!(
+        tracing::info!(gateway = %self.gateway,
             event = ev::REGISTRY_RESYNCED,
             agents = seen.len(),
             "agent list refreshed from agents.list"
@@ -615,7 +627,7 @@ impl Actor for AgentRegistry {
         self.flush();
         if let Some(w) = self.writer.take() {
             if let Err(e) = w.close(Duration::from_secs(2)) {
-                tracing::warn!(
+                tracing::warn!(gateway = %self.gateway,
                     event = ev::STORE_WRITE_FAILED,
                     "store not flushed on stop: {e}"
                 );
@@ -632,7 +644,7 @@ impl Handler<FlushStore> for AgentRegistry {
         if let Some(w) = &self.writer {
             // Shutdown only: bounded, and the HTTP server runs elsewhere.
             if let Err(e) = w.flush(Duration::from_secs(2)) {
-                tracing::warn!(event = ev::STORE_WRITE_FAILED, "store not flushed: {e}");
+                tracing::warn!(gateway = %self.gateway, event = ev::STORE_WRITE_FAILED, "store not flushed: {e}");
             }
         }
     }

@@ -247,7 +247,7 @@ impl Supervisor {
         self.next_attempt_at = None;
         self.generation += 1;
         self.set_state(LinkState::Connecting);
-        info_or_debug!(self.in_restart_window() && self.restart_polls > 1, event = ev::GATEWAY_CONNECTING, attempt = self.attempt + 1, url = %self.cfg.connection.url, "connecting to the gateway");
+        info_or_debug!(self.in_restart_window() && self.restart_polls > 1, gateway = %self.cfg.connection.gateway, event = ev::GATEWAY_CONNECTING, attempt = self.attempt + 1, url = %self.cfg.connection.url, "connecting to the gateway");
         let me = ctx.address();
         let wiring = Wiring {
             up: me.clone().recipient(),
@@ -267,7 +267,7 @@ impl Supervisor {
 
     fn set_state(&mut self, state: LinkState) {
         self.state = state;
-        crate::metrics::set_state(state.as_str());
+        crate::metrics::set_state(&self.cfg.connection.gateway, state.as_str());
     }
 
     fn schedule(&mut self, delay: Duration, cause: &str, reason: &str, ctx: &mut Context<Self>) {
@@ -281,6 +281,7 @@ impl Supervisor {
         }
         info_or_debug!(
             quiet,
+            gateway = %self.cfg.connection.gateway,
             event = ev::GATEWAY_BACKOFF,
             delay_ms = delay.as_millis() as u64,
             attempt = self.attempt + 1,
@@ -320,20 +321,32 @@ impl Supervisor {
         let requested_at = Instant::now();
         let generation = self.generation;
         if let Some(snap) = self.out.snapshots.clone() {
-            fetch(ctx, &conn, "agents.list", move |payload| {
-                let _ = snap.try_send(AgentsSnapshot {
-                    generation,
-                    payload,
-                });
-            });
+            fetch(
+                ctx,
+                &conn,
+                self.cfg.connection.gateway.clone(),
+                "agents.list",
+                move |payload| {
+                    let _ = snap.try_send(AgentsSnapshot {
+                        generation,
+                        payload,
+                    });
+                },
+            );
         }
         if let Some(sessions) = self.out.sessions.clone() {
-            fetch(ctx, &conn, "sessions.list", move |payload| {
-                let _ = sessions.try_send(SessionsSnapshot {
-                    payload,
-                    requested_at,
-                });
-            });
+            fetch(
+                ctx,
+                &conn,
+                self.cfg.connection.gateway.clone(),
+                "sessions.list",
+                move |payload| {
+                    let _ = sessions.try_send(SessionsSnapshot {
+                        payload,
+                        requested_at,
+                    });
+                },
+            );
         }
     }
 
@@ -351,9 +364,9 @@ impl Supervisor {
                 now_ms(),
             ) {
                 Ok(()) => {
-                    tracing::info!(event = ev::DEVICE_TOKEN_STORED, path = %store.path().display(), scopes = %scopes.join(","), "device token issued by the gateway stored; later connections use it")
+                    tracing::info!(gateway = %self.cfg.connection.gateway, event = ev::DEVICE_TOKEN_STORED, path = %store.path().display(), scopes = %scopes.join(","), "device token issued by the gateway stored; later connections use it")
                 }
-                Err(e) => tracing::warn!(
+                Err(e) => tracing::warn!(gateway = %self.cfg.connection.gateway,
                     event = ev::STORE_WRITE_FAILED,
                     "could not store the device token ({e}); it is used until the bridge restarts"
                 ),
@@ -372,13 +385,13 @@ impl Supervisor {
         }
         if let Some(store) = &self.cfg.device_tokens {
             if let Err(e) = store.clear(&self.cfg.connection.url, crate::ROLE) {
-                tracing::warn!("could not remove the stored device token: {e}");
+                tracing::warn!(gateway = %self.cfg.connection.gateway, "could not remove the stored device token: {e}");
             }
         }
         let mut conn = (*self.cfg.connection).clone();
         conn.device_token = None;
         self.cfg.connection = Arc::new(conn);
-        tracing::warn!(
+        tracing::warn!(gateway = %self.cfg.connection.gateway,
             event = ev::DEVICE_TOKEN_DROPPED,
             reason = why,
             "the gateway refused the device token; dropped it, retrying with the shared token"
@@ -419,6 +432,7 @@ impl Supervisor {
 fn fetch(
     ctx: &mut Context<Supervisor>,
     conn: &Addr<GatewayConnection>,
+    gateway: Arc<str>,
     method: &'static str,
     done: impl FnOnce(Box<RawValue>) + 'static,
 ) {
@@ -426,14 +440,15 @@ fn fetch(
     ctx.spawn(actix::fut::wrap_future(async move {
         match req.await {
             Ok(Ok(payload)) => done(payload),
-            Ok(Err(e)) => resync_failed(method, &e),
+            Ok(Err(e)) => resync_failed(&gateway, method, &e),
             Err(_) => {}
         }
     }));
 }
 
-fn resync_failed(method: &str, e: &RequestError) {
+fn resync_failed(gateway: &str, method: &str, e: &RequestError) {
     tracing::warn!(
+        gateway,
         event = ev::RPC_FAILED,
         method,
         code = e.code(),
@@ -461,7 +476,7 @@ impl Handler<ConnectionUp> for Supervisor {
         }
         let h = msg.hello;
         self.set_state(LinkState::Connected);
-        crate::metrics::connected();
+        crate::metrics::connected(&self.cfg.connection.gateway);
         // A new session always refetches at once.
         self.last_resync = None;
         self.restart_window_until = None;
@@ -475,7 +490,7 @@ impl Handler<ConnectionUp> for Supervisor {
             connected_since: Some(now_ms()),
             scopes: h.scopes.clone(),
         };
-        tracing::info!(
+        tracing::info!(gateway = %self.cfg.connection.gateway,
             event = ev::GATEWAY_CONNECTED,
             server_version = %h.server.version,
             protocol = h.protocol,
@@ -490,7 +505,7 @@ impl Handler<ConnectionUp> for Supervisor {
             (Some(old), Some(new)) if old != new
         );
         if restarted {
-            tracing::info!(
+            tracing::info!(gateway = %self.cfg.connection.gateway,
                 event = ev::GATEWAY_RESTARTED,
                 boot_id = h.server.boot_id.as_deref().unwrap_or(""),
                 "the gateway restarted since the last session (new bootId)"
@@ -528,11 +543,11 @@ impl Handler<ConnectionDown> for Supervisor {
             ctx.cancel_future(h);
         }
         let cause = msg.cause;
-        crate::metrics::pending(0);
-        crate::metrics::disconnected(&cause.code());
+        crate::metrics::pending(&self.cfg.connection.gateway, 0);
+        crate::metrics::disconnected(&self.cfg.connection.gateway, &cause.code());
         let was_connected = msg.connected_for.is_some();
         if was_connected {
-            tracing::warn!(
+            tracing::warn!(gateway = %self.cfg.connection.gateway,
                 event = ev::GATEWAY_DISCONNECTED,
                 close_code = cause.close_code(),
                 reason = %cause.message(),
@@ -599,6 +614,7 @@ impl Handler<ConnectionDown> for Supervisor {
                 // Logged once per parked situation; repeats go to debug.
                 warn_or_debug!(
                     repeat,
+                    gateway = %self.cfg.connection.gateway,
                     event = ev::GATEWAY_REJECTED,
                     code = %error.code,
                     details_code = error.details_code().unwrap_or(""),
@@ -642,10 +658,10 @@ impl Handler<ConnectionDown> for Supervisor {
                     if let DisconnectCause::Rejected { error } = &cause {
                         if error.details_code() == Some("PAIRING_REQUIRED") {
                             let id = error.detail_str("requestId").unwrap_or("");
-                            tracing::warn!(event = ev::GATEWAY_PAIRING_REQUIRED, request_id = id, approve_command = %format!("openclaw devices approve {id}"), "this device must be approved on the gateway");
+                            tracing::warn!(gateway = %self.cfg.connection.gateway, event = ev::GATEWAY_PAIRING_REQUIRED, request_id = id, approve_command = %format!("openclaw devices approve {id}"), "this device must be approved on the gateway");
                         }
                     }
-                    tracing::error!(event = ev::GATEWAY_PARKED, code = %code, action = %action, retry_in_ms = delay.as_millis() as u64, "a retry cannot fix this; retrying slowly until the operator acts (SIGHUP retries at once)");
+                    tracing::error!(gateway = %self.cfg.connection.gateway, event = ev::GATEWAY_PARKED, code = %code, action = %action, retry_in_ms = delay.as_millis() as u64, "a retry cannot fix this; retrying slowly until the operator acts (SIGHUP retries at once)");
                     self.parked_code = Some(park_key.clone());
                 }
                 delay
@@ -688,6 +704,7 @@ impl Handler<Send> for Supervisor {
 
     fn handle(&mut self, msg: Send, _ctx: &mut Context<Self>) -> Self::Result {
         let method = msg.method.clone();
+        let gateway = self.cfg.connection.gateway.clone();
         let started = Instant::now();
         let fut: Result<_, RequestError> = match (&self.conn, self.state) {
             (_, LinkState::Stopping) => Err(RequestError::ShuttingDown),
@@ -712,9 +729,14 @@ impl Handler<Send> for Supervisor {
                 Ok(_) => "ok",
                 Err(e) => e.code(),
             };
-            crate::metrics::request_done(&method, outcome, started.elapsed().as_secs_f64());
+            crate::metrics::request_done(
+                &gateway,
+                &method,
+                outcome,
+                started.elapsed().as_secs_f64(),
+            );
             if let Err(e) = &result {
-                tracing::info!(event = ev::RPC_FAILED, method = %method, code = e.code(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed: {e}");
+                tracing::info!(gateway = %gateway, event = ev::RPC_FAILED, method = %method, code = e.code(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed: {e}");
             }
             result
         })
@@ -757,7 +779,7 @@ impl Handler<RetryNow> for Supervisor {
 
     fn handle(&mut self, _: RetryNow, ctx: &mut Context<Self>) {
         if self.conn.is_none() && self.state != LinkState::Stopping {
-            tracing::info!("retrying the gateway now (SIGHUP)");
+            tracing::info!(gateway = %self.cfg.connection.gateway, "retrying the gateway now (SIGHUP)");
             self.parked_code = None;
             self.connect_now(ctx);
         }

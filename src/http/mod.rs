@@ -7,7 +7,6 @@ mod sse;
 
 use std::net::SocketAddr;
 
-use actix::Addr;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpRequest, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -15,8 +14,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 pub use error::ApiError;
 pub use routes::parse_rpc_body;
 
-use crate::actors::{AgentRegistry, EventBroker, Supervisor};
 use crate::config::Secret;
+use crate::GatewayStack;
 
 /// Request bodies larger than this get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -24,11 +23,64 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Shared, read-only state of the handlers.
 #[derive(Clone)]
 pub struct ApiState {
-    pub supervisor: Addr<Supervisor>,
-    pub registry: Addr<AgentRegistry>,
-    pub broker: Addr<EventBroker>,
+    pub gateways: std::sync::Arc<Gateways>,
     pub token: Option<Secret>,
     pub metrics: Option<PrometheusHandle>,
+}
+
+/// The configured gateways, in configuration order, and which one the
+/// routes without a gateway id serve.
+pub struct Gateways {
+    list: Vec<GatewayStack>,
+    primary: Option<String>,
+}
+
+impl Gateways {
+    pub fn new(list: Vec<GatewayStack>, primary: Option<String>) -> Self {
+        Gateways { list, primary }
+    }
+
+    pub fn list(&self) -> &[GatewayStack] {
+        &self.list
+    }
+
+    /// The id the routes without a gateway id serve, if any.
+    pub fn primary(&self) -> Option<&str> {
+        self.primary.as_deref()
+    }
+
+    /// The gateway a request is for: `{gw}` in `/v1/gateways/{gw}/…`, else
+    /// the primary one.
+    pub fn resolve(&self, req: &HttpRequest) -> Result<&GatewayStack, ApiError> {
+        match req.match_info().get("gw") {
+            Some(id) => self.by_id(id),
+            None => match &self.primary {
+                Some(id) => self.by_id(id),
+                None => Err(ApiError::NotFound(format!(
+                    "several gateways are configured and none has id \"default\": use /v1/gateways/{{id}}{} (ids: {})",
+                    req.path().strip_prefix("/v1").unwrap_or(req.path()),
+                    self.ids()
+                ))),
+            },
+        }
+    }
+
+    pub fn by_id(&self, id: &str) -> Result<&GatewayStack, ApiError> {
+        self.list.iter().find(|g| &*g.id == id).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no gateway {id:?}; configured gateways: {}",
+                self.ids()
+            ))
+        })
+    }
+
+    fn ids(&self) -> String {
+        self.list
+            .iter()
+            .map(|g| g.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl ApiState {

@@ -18,21 +18,27 @@ use crate::actors::supervisor::GetStatus;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Each path is one resource: a known path with another method is a JSON
-    // 405 naming the allowed method, not a 404.
+    // 405 naming the allowed method, not a 404. The routes of one gateway
+    // exist twice: under `/v1/gateways/{gw}/` and, for the primary gateway,
+    // under `/v1/` (the single-gateway routes).
     cfg.service(get("/healthz").route(web::get().to(healthz)))
         .service(get("/readyz").route(web::get().to(readyz)))
         .service(get("/metrics").route(web::get().to(metrics)))
-        .service(get("/v1/agents").route(web::get().to(agents)))
-        .service(get("/v1/agents/{id}").route(web::get().to(agent)))
-        .service(get("/v1/events").route(web::get().to(super::sse::events)))
-        .service(
-            web::resource("/v1/rpc")
-                .route(web::post().to(rpc))
-                .default_service(web::to(|| async {
-                    Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" })
-                })),
-        )
-        .default_service(web::to(not_found));
+        .service(get("/v1/gateways").route(web::get().to(gateways)))
+        .service(get("/v1/gateways/{gw}").route(web::get().to(gateway)));
+    for prefix in ["/v1", "/v1/gateways/{gw}"] {
+        cfg.service(get(&format!("{prefix}/agents")).route(web::get().to(agents)))
+            .service(get(&format!("{prefix}/agents/{{id}}")).route(web::get().to(agent)))
+            .service(get(&format!("{prefix}/events")).route(web::get().to(super::sse::events)))
+            .service(
+                web::resource(format!("{prefix}/rpc"))
+                    .route(web::post().to(rpc))
+                    .default_service(web::to(|| async {
+                        Err::<HttpResponse, _>(ApiError::MethodNotAllowed { allow: "POST" })
+                    })),
+            );
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 /// A resource answering GET only.
@@ -78,18 +84,89 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// One gateway's status as JSON: the `/readyz` body of a single gateway,
+/// plus its id, whether it is required and whether it is ready.
+async fn gateway_status(g: &crate::GatewayStack) -> Result<serde_json::Value, ApiError> {
+    let status = g.supervisor.send(GetStatus).await.map_err(|_| {
+        ApiError::Internal(format!(
+            "the supervisor of gateway {:?} is not running",
+            g.id
+        ))
+    })?;
+    let ready = status.state == LinkState::Connected;
+    let mut v = serde_json::to_value(status)
+        .map_err(|e| ApiError::Internal(format!("status not serializable: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), json!(g.id));
+        o.insert("required".into(), json!(g.required));
+        o.insert("ready".into(), json!(ready));
+    }
+    Ok(v)
+}
+
+/// 200 when every required gateway is connected, else 503. The body keeps
+/// the single-gateway fields (`state`, `gateway`, `last_error`,
+/// `next_attempt_in_ms`) for the primary gateway (or, without one, the
+/// first required gateway that is not ready) and adds `ready` and
+/// `gateways`: each gateway's status by id.
 async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let status = state
-        .supervisor
-        .send(GetStatus)
-        .await
-        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))?;
-    let mut res = if status.state == LinkState::Connected {
+    let list = state.gateways.list();
+    let mut all = serde_json::Map::new();
+    let mut statuses = Vec::with_capacity(list.len());
+    for g in list {
+        let v = gateway_status(g).await?;
+        all.insert(g.id.to_string(), v.clone());
+        statuses.push((g, v));
+    }
+    let is_ready = |v: &serde_json::Value| v["ready"].as_bool().unwrap_or(false);
+    let ready = statuses.iter().all(|(g, v)| !g.required || is_ready(v));
+    let top = state
+        .gateways
+        .primary()
+        .and_then(|p| statuses.iter().find(|(g, _)| g.id.as_ref() == p))
+        .or_else(|| statuses.iter().find(|(g, v)| g.required && !is_ready(v)))
+        .or(statuses.first())
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| json!({}));
+    let mut body = serde_json::Map::new();
+    for key in [
+        "state",
+        "gateway",
+        "last_error",
+        "next_attempt_in_ms",
+        "attempt",
+    ] {
+        body.insert(
+            key.into(),
+            top.get(key).cloned().unwrap_or(serde_json::Value::Null),
+        );
+    }
+    body.insert("ready".into(), json!(ready));
+    body.insert("gateways".into(), serde_json::Value::Object(all));
+    let mut res = if ready {
         HttpResponse::Ok()
     } else {
         HttpResponse::ServiceUnavailable()
     };
-    Ok(res.json(status))
+    Ok(res.json(body))
+}
+
+/// `GET /v1/gateways`: every gateway's status, in configuration order.
+async fn gateways(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, false)?;
+    let mut out = Vec::new();
+    for g in state.gateways.list() {
+        out.push(gateway_status(g).await?);
+    }
+    Ok(HttpResponse::Ok().json(out))
+}
+
+/// `GET /v1/gateways/{gw}`: one gateway's status (200 whether or not it is
+/// connected; `ready` says).
+async fn gateway(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, false)?;
+    let g = state.gateways.resolve(&req)?;
+    Ok(HttpResponse::Ok().json(gateway_status(g).await?))
 }
 
 async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
@@ -106,6 +183,8 @@ async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
 async fn agents(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
     let list = state
+        .gateways
+        .resolve(&req)?
         .registry
         .send(ListAgents)
         .await
@@ -113,14 +192,12 @@ async fn agents(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(list.agents))
 }
 
-async fn agent(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<ApiState>,
-) -> Result<HttpResponse, ApiError> {
+async fn agent(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
-    let id = path.into_inner();
+    let id = req.match_info().get("id").unwrap_or_default().to_owned();
     let detail = state
+        .gateways
+        .resolve(&req)?
         .registry
         .send(GetAgent(id.clone()))
         .await
@@ -201,6 +278,7 @@ async fn rpc(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
+    let gateway = state.gateways.resolve(&req)?;
     if let Some(len) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -232,7 +310,7 @@ async fn rpc(
         return Err(ApiError::UnsupportedMediaType);
     }
     let msg = parse_rpc_body(&body)?;
-    let result = state
+    let result = gateway
         .supervisor
         .send(msg)
         .await

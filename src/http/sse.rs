@@ -85,6 +85,7 @@ pub async fn events(
     state: web::Data<ApiState>,
 ) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, true)?;
+    let gateway = state.gateways.resolve(&req)?;
     let q = web::Query::<EventsQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest(format!("bad query: {e}")))?
         .into_inner();
@@ -125,7 +126,7 @@ pub async fn events(
     let label = req
         .peer_addr()
         .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let sub = state
+    let sub = gateway
         .broker
         .send(Subscribe {
             filter,

@@ -141,6 +141,12 @@ pub fn event_levels(name: &str) -> String {
         .join(".")
 }
 
+/// The KV key of an agent: `<gateway>.<agent>` (watch `<gateway>.>` for
+/// one gateway's agents, `>` for all).
+pub fn agent_key(gateway: &str, agent_id: &str) -> String {
+    format!("{gateway}.{}", kv_key(agent_id))
+}
+
 /// A KV key for an agent id: `[-/_=.a-zA-Z0-9]`, no leading or trailing `.`.
 pub fn kv_key(agent_id: &str) -> String {
     let mut k: String = agent_id
@@ -263,6 +269,7 @@ impl Shared {
 
 /// The broker side: numbers epochs, notices seq gaps, queues with `try_send`.
 pub struct NatsSink {
+    gateway: Arc<str>,
     tx: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
     epoch: u64,
@@ -282,11 +289,11 @@ impl NatsSink {
                 match o {
                     Outgoing::Event { item, .. } => {
                         self.shared.lose(item.id);
-                        crate::metrics::nats_dropped("queue_full", 1);
+                        crate::metrics::nats_dropped(&self.gateway, "queue_full", 1);
                         self.dropped_unlogged += 1;
                         self.dropped_total += 1;
                         if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-                            tracing::warn!(event = ev::NATS_DROPPED, dropped = self.dropped_unlogged, dropped_total = self.dropped_total, reason = "queue_full", "NATS is down or slow and its publish queue is full; events are dropped for NATS (announced in the stream once it is back; SSE is not affected)");
+                            tracing::warn!(gateway = %self.gateway, event = ev::NATS_DROPPED, dropped = self.dropped_unlogged, dropped_total = self.dropped_total, reason = "queue_full", "NATS is down or slow and its publish queue is full; events are dropped for NATS (announced in the stream once it is back; SSE is not affected)");
                             self.dropped_unlogged = 0;
                             self.last_log = Some(Instant::now());
                         }
@@ -418,6 +425,7 @@ fn marker_body(subjects: &Subjects, epoch: u64, payload: &Value) -> Bytes {
 /// bridge never waits for NATS.
 pub fn start(
     settings: &NatsSettings,
+    gateway: &str,
     supervisor: Addr<Supervisor>,
     registry: Addr<AgentRegistry>,
 ) -> (NatsSink, NatsHandle) {
@@ -427,15 +435,18 @@ pub fn start(
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = watch::channel(false);
-    crate::metrics::nats_state(false);
+    let gw: Arc<str> = Arc::from(gateway);
+    crate::metrics::nats_state(&gw, false);
     let cfg = settings.clone();
+    let task_gw = gw.clone();
     let task_shared = shared.clone();
     actix_rt::spawn(async move {
-        run(cfg, rx, task_shared, supervisor, registry, stop_rx).await;
+        run(cfg, task_gw, rx, task_shared, supervisor, registry, stop_rx).await;
         let _ = done_tx.send(true);
     });
     (
         NatsSink {
+            gateway: gw,
             tx,
             shared,
             epoch: 0,
@@ -452,26 +463,30 @@ pub fn start(
     )
 }
 
-async fn connect(cfg: &NatsSettings) -> Result<async_nats::Client, String> {
+async fn connect(cfg: &NatsSettings, gw: &Arc<str>) -> Result<async_nats::Client, String> {
+    let cb_gw = gw.clone();
     let mut opts = async_nats::ConnectOptions::new()
-        .name(format!("openclaw-bridge/{}", cfg.gateway_id))
+        .name(format!("openclaw-bridge/{gw}"))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
         .reconnect_delay_callback(|n| {
             Duration::from_millis(100u64.saturating_mul(1 << n.min(5)).min(2000))
         })
-        .event_callback(|e| async move {
+        .event_callback(move |e| {
+            let gw = cb_gw.clone();
+            async move {
             match e {
                 async_nats::Event::Connected => {
-                    crate::metrics::nats_state(true);
-                    tracing::info!(event = ev::NATS_CONNECTED, "connected to NATS");
+                    crate::metrics::nats_state(&gw, true);
+                    tracing::info!(gateway = %gw, event = ev::NATS_CONNECTED, "connected to NATS");
                 }
                 async_nats::Event::Disconnected => {
-                    crate::metrics::nats_state(false);
-                    tracing::warn!(event = ev::NATS_UNAVAILABLE, "lost the NATS connection; events queue up (bounded) and SSE keeps working; reconnecting");
+                    crate::metrics::nats_state(&gw, false);
+                    tracing::warn!(gateway = %gw, event = ev::NATS_UNAVAILABLE, "lost the NATS connection; events queue up (bounded) and SSE keeps working; reconnecting");
                 }
-                other => tracing::debug!(event = "nats.event", "NATS: {other}"),
+                other => tracing::debug!(gateway = %gw, event = "nats.event", "NATS: {other}"),
+            }
             }
         });
     if let Some(t) = &cfg.token {
@@ -488,11 +503,34 @@ async fn connect(cfg: &NatsSettings) -> Result<async_nats::Client, String> {
         .map_err(|e| format!("cannot connect to NATS at {}: {e}", cfg.url))
 }
 
-/// Create the stream if missing (an existing one is used as it is).
-async fn ensure_stream(js: &jetstream::Context, cfg: &NatsSettings, subjects: &Subjects) -> bool {
+/// Whether NATS subject filter `filter` (with `*` and `>`) covers `subject`.
+pub fn filter_covers(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut t = subject.split('.');
+    loop {
+        match (f.next(), t.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Create the stream if missing; an existing one is used with its limits,
+/// and our subjects are added to it when it does not capture them yet (one
+/// stream shared by the bridges of several gateways).
+async fn ensure_stream(
+    js: &jetstream::Context,
+    gw: &str,
+    cfg: &NatsSettings,
+    subjects: &Subjects,
+) -> bool {
+    let ours = subjects.stream_filter();
     let sc = jetstream::stream::Config {
         name: cfg.stream.clone(),
-        subjects: vec![subjects.stream_filter()],
+        subjects: vec![ours.clone()],
         max_age: cfg.max_age,
         max_bytes: i64::try_from(cfg.max_bytes).unwrap_or(i64::MAX),
         storage: jetstream::stream::StorageType::File,
@@ -500,10 +538,43 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &NatsSettings, subjects: &S
         description: Some("openclaw-bridge: gateway events".into()),
         ..Default::default()
     };
-    match js.get_or_create_stream(sc).await {
-        Ok(_) => true,
+    let mut stream = match js.get_or_create_stream(sc).await {
+        Ok(s) => s,
         Err(e) => {
-            tracing::warn!(event = ev::NATS_UNAVAILABLE, stream = %cfg.stream, "cannot create or find the JetStream stream (is JetStream enabled, -js?): {e}");
+            tracing::warn!(gateway = gw, event = ev::NATS_UNAVAILABLE, stream = %cfg.stream, "cannot create or find the JetStream stream (is JetStream enabled, -js?): {e}");
+            return false;
+        }
+    };
+    let info = match stream.info().await {
+        Ok(i) => i.clone(),
+        Err(e) => {
+            tracing::debug!(
+                gateway = gw,
+                event = ev::NATS_UNAVAILABLE,
+                "stream info: {e}"
+            );
+            return false;
+        }
+    };
+    // A subject of ours: `P.G.x` (a filter such as `P.>` or `P.*.>` covers it).
+    let sample = format!("{}.{}.x", subjects.prefix, subjects.gateway);
+    if info
+        .config
+        .subjects
+        .iter()
+        .any(|f| *f == ours || filter_covers(f, &sample))
+    {
+        return true;
+    }
+    let mut config = info.config;
+    config.subjects.push(ours.clone());
+    match js.update_stream(&config).await {
+        Ok(_) => {
+            tracing::info!(gateway = gw, stream = %cfg.stream, subject = %ours, "added this gateway's subjects to the existing JetStream stream");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(gateway = gw, event = ev::NATS_UNAVAILABLE, stream = %cfg.stream, "the JetStream stream does not capture {ours} and could not be updated: {e}");
             false
         }
     }
@@ -512,6 +583,7 @@ async fn ensure_stream(js: &jetstream::Context, cfg: &NatsSettings, subjects: &S
 /// The KV bucket, created if missing.
 async fn ensure_bucket(
     js: &jetstream::Context,
+    gw: &str,
     cfg: &NatsSettings,
 ) -> Option<jetstream::kv::Store> {
     if let Ok(s) = js.get_key_value(cfg.kv_bucket.as_str()).await {
@@ -533,7 +605,7 @@ async fn ensure_bucket(
             match js.get_key_value(cfg.kv_bucket.as_str()).await {
                 Ok(s) => Some(s),
                 Err(_) => {
-                    tracing::warn!(event = ev::NATS_UNAVAILABLE, bucket = %cfg.kv_bucket, "cannot create the KV bucket: {e}");
+                    tracing::warn!(gateway = gw, event = ev::NATS_UNAVAILABLE, bucket = %cfg.kv_bucket, "cannot create the KV bucket: {e}");
                     None
                 }
             }
@@ -543,17 +615,19 @@ async fn ensure_bucket(
 
 async fn run(
     cfg: NatsSettings,
+    gw: Arc<str>,
     mut rx: mpsc::Receiver<Outgoing>,
     shared: Arc<Shared>,
     supervisor: Addr<Supervisor>,
     registry: Addr<AgentRegistry>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let subjects = Subjects::new(&cfg.subject_prefix, &cfg.gateway_id);
-    let client = match connect(&cfg).await {
+    let subjects = Subjects::new(&cfg.subject_prefix, &gw);
+    let client = match connect(&cfg, &gw).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(
+                gateway = %gw,
                 event = ev::NATS_UNAVAILABLE,
                 "{e}; NATS publishing is off (SSE keeps working)"
             );
@@ -565,7 +639,7 @@ async fn run(
     actix_rt::spawn(rpc_task(
         client.clone(),
         subjects.rpc(),
-        cfg.gateway_id.clone(),
+        gw.to_string(),
         supervisor,
         stop.clone(),
     ));
@@ -573,6 +647,7 @@ async fn run(
         client.clone(),
         js.clone(),
         cfg.clone(),
+        gw.clone(),
         registry,
         stop.clone(),
     ));
@@ -590,12 +665,12 @@ async fn run(
         if !connected {
             ready = false;
         } else if !ready {
-            ready = ensure_stream(&js, &cfg, &subjects).await;
+            ready = ensure_stream(&js, &gw, &cfg, &subjects).await;
         }
         if connected && ready {
-            announce_loss(&js, &subjects, &shared, epoch).await;
+            announce_loss(&js, &gw, &subjects, &shared, epoch).await;
         }
-        crate::metrics::nats_queue(rx.len());
+        crate::metrics::nats_queue(&gw, rx.len());
         if stopping && rx.is_empty() {
             break;
         }
@@ -615,7 +690,9 @@ async fn run(
             match rx.try_recv() {
                 Ok(o) => Some(o),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    settle_front(&mut inflight, &shared).await;
+                    if !settle_front(&gw, &mut inflight, &shared).await {
+                        ready = false;
+                    }
                     continue;
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
@@ -633,6 +710,7 @@ async fn run(
             }
             if last_unavailable_log.is_none_or(|t| t.elapsed() >= LOG_EVERY * 2) {
                 tracing::warn!(
+                    gateway = %gw,
                     event = ev::NATS_UNAVAILABLE,
                     queued = rx.len() + 1,
                     "NATS is unavailable; holding events in the bounded queue (SSE keeps working)"
@@ -645,7 +723,7 @@ async fn run(
                 _ = stop.changed() => {}
             }
             if client.connection_state() == State::Connected && !ready {
-                ready = ensure_stream(&js, &cfg, &subjects).await;
+                ready = ensure_stream(&js, &gw, &cfg, &subjects).await;
             }
         }
         if stopping && client.connection_state() != State::Connected {
@@ -661,65 +739,82 @@ async fn run(
             break;
         }
         if waited {
-            announce_loss(&js, &subjects, &shared, epoch).await;
+            announce_loss(&js, &gw, &subjects, &shared, epoch).await;
         }
         let (subject, id, body) = render(&subjects, &out);
         match js.publish(subject, body).await {
             Ok(ack) => inflight.push_back((id, ack)),
             Err(e) => {
-                tracing::debug!(event = ev::NATS_DROPPED, "publish failed: {e}");
-                lose(&shared, id, "publish_failed");
+                tracing::debug!(gateway = %gw, event = ev::NATS_DROPPED, "publish failed: {e}");
+                lose(&gw, &shared, id, "publish_failed");
                 ready = false;
             }
         }
-        if inflight.len() >= WINDOW {
-            settle_front(&mut inflight, &shared).await;
+        if inflight.len() >= WINDOW && !settle_front(&gw, &mut inflight, &shared).await {
+            ready = false;
         }
     }
     while !inflight.is_empty() {
-        settle_front(&mut inflight, &shared).await;
+        settle_front(&gw, &mut inflight, &shared).await;
     }
     if client.connection_state() == State::Connected {
-        announce_loss(&js, &subjects, &shared, epoch).await;
+        announce_loss(&js, &gw, &subjects, &shared, epoch).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     }
     let left = shared.take();
     if !left.is_empty() {
-        tracing::warn!(event = ev::NATS_DROPPED, dropped = left.count, missed = ?left.ranges, "stopping with events that did not reach NATS");
+        tracing::warn!(gateway = %gw, event = ev::NATS_DROPPED, dropped = left.count, missed = ?left.ranges, "stopping with events that did not reach NATS");
     }
 }
 
-fn lose(shared: &Shared, id: Option<u64>, reason: &'static str) {
+fn lose(gw: &str, shared: &Shared, id: Option<u64>, reason: &'static str) {
     if let Some(id) = id {
         shared.lose(id);
-        crate::metrics::nats_dropped(reason, 1);
+        crate::metrics::nats_dropped(gw, reason, 1);
     }
 }
 
+/// Await the oldest acknowledgement; false when JetStream refused or never
+/// answered (the stream may be gone or no longer capture our subjects).
 async fn settle_front(
+    gw: &str,
     inflight: &mut VecDeque<(Option<u64>, jetstream::context::PublishAckFuture)>,
     shared: &Shared,
-) {
+) -> bool {
     let Some((id, ack)) = inflight.pop_front() else {
-        return;
+        return true;
     };
     match tokio::time::timeout(ACK_TIMEOUT + Duration::from_secs(1), ack.into_future()).await {
-        Ok(Ok(_)) => crate::metrics::nats_published(1),
+        Ok(Ok(_)) => {
+            crate::metrics::nats_published(gw, 1);
+            true
+        }
         Ok(Err(e)) => {
             tracing::debug!(
+                gateway = gw,
                 event = ev::NATS_DROPPED,
                 bridge_id = id,
                 "no JetStream ack: {e}"
             );
-            lose(shared, id, "publish_failed");
+            lose(gw, shared, id, "publish_failed");
+            false
         }
-        Err(_) => lose(shared, id, "publish_failed"),
+        Err(_) => {
+            lose(gw, shared, id, "publish_failed");
+            false
+        }
     }
 }
 
 /// Publish an `events_lost` marker for what was lost, if anything; on failure
 /// the loss is kept for the next attempt.
-async fn announce_loss(js: &jetstream::Context, subjects: &Subjects, shared: &Shared, epoch: u64) {
+async fn announce_loss(
+    js: &jetstream::Context,
+    gw: &str,
+    subjects: &Subjects,
+    shared: &Shared,
+    epoch: u64,
+) {
     let lost = shared.take();
     if lost.is_empty() {
         return;
@@ -734,8 +829,8 @@ async fn announce_loss(js: &jetstream::Context, subjects: &Subjects, shared: &Sh
         Err(_) => false,
     };
     if ok {
-        crate::metrics::nats_published(1);
-        tracing::warn!(event = ev::NATS_RESYNC, reason = "events_lost", dropped = lost.count, missed = ?lost.ranges, "announced events that did not reach NATS (bridge.resync marker)");
+        crate::metrics::nats_published(gw, 1);
+        tracing::warn!(gateway = gw, event = ev::NATS_RESYNC, reason = "events_lost", dropped = lost.count, missed = ?lost.ranges, "announced events that did not reach NATS (bridge.resync marker)");
     } else {
         shared.put_back(lost);
     }
@@ -747,6 +842,7 @@ async fn kv_task(
     client: async_nats::Client,
     js: jetstream::Context,
     cfg: NatsSettings,
+    gw: Arc<str>,
     registry: Addr<AgentRegistry>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -765,9 +861,16 @@ async fn kv_task(
         let Some(kv) = (match &store {
             Some(s) => Some(s.clone()),
             None => {
-                let s = ensure_bucket(&js, &cfg).await;
-                // A (re)created bucket: put everything again.
+                let s = ensure_bucket(&js, &gw, &cfg).await;
+                // A (re)created bucket: put everything again, and treat this
+                // gateway's keys already there (an earlier run's) as ours,
+                // so agents that vanished meanwhile are deleted.
                 last.clear();
+                if let Some(kv) = &s {
+                    for k in gateway_keys(kv, &gw).await {
+                        last.insert(k, Bytes::new());
+                    }
+                }
                 store = s.clone();
                 s
             }
@@ -780,7 +883,7 @@ async fn kv_task(
         let mut seen = std::collections::HashSet::new();
         let mut failed = false;
         for a in &list.agents {
-            let key = kv_key(&a.id);
+            let key = agent_key(&gw, &a.id);
             seen.insert(key.clone());
             let Ok(v) = serde_json::to_vec(a) else {
                 continue;
@@ -794,7 +897,7 @@ async fn kv_task(
                     last.insert(key, v);
                 }
                 Err(e) => {
-                    tracing::debug!(event = ev::NATS_UNAVAILABLE, key, "KV put failed: {e}");
+                    tracing::debug!(gateway = %gw, event = ev::NATS_UNAVAILABLE, key, "KV put failed: {e}");
                     failed = true;
                     break;
                 }
@@ -817,6 +920,25 @@ async fn kv_task(
     }
 }
 
+/// The keys of gateway `gw` in the bucket (`<gw>.…`), bounded in time.
+async fn gateway_keys(kv: &jetstream::kv::Store, gw: &str) -> Vec<String> {
+    let prefix = format!("{gw}.");
+    let list = async {
+        let mut out = Vec::new();
+        if let Ok(mut keys) = kv.keys().await {
+            while let Some(Ok(k)) = keys.next().await {
+                if k.starts_with(&prefix) {
+                    out.push(k);
+                }
+            }
+        }
+        out
+    };
+    tokio::time::timeout(Duration::from_secs(5), list)
+        .await
+        .unwrap_or_default()
+}
+
 /// RPC over NATS request–reply on `P.rpc.G`: the body and answers of
 /// `POST /v1/rpc`, failures with the HTTP status they would have.
 async fn rpc_task(
@@ -833,6 +955,7 @@ async fn rpc_task(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(
+                gateway = %gateway,
                 event = ev::NATS_UNAVAILABLE,
                 subject,
                 "cannot subscribe for RPC over NATS: {e}"
@@ -966,6 +1089,7 @@ mod tests {
             lost: Mutex::new(Lost::default()),
         });
         let mut sink = NatsSink {
+            gateway: Arc::from("default"),
             tx,
             shared: shared.clone(),
             epoch: 0,

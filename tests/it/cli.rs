@@ -117,3 +117,91 @@ fn healthcheck_exits_nonzero_when_nothing_answers() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }
+
+/// A config file with two gateways: `a` (unreachable) and `b` at `b_url`.
+fn two_gateways(dir: &std::path::Path, b_url: &str, b_token: &str, a_id: &str) -> String {
+    let cfg = dir.join("two.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[gateways]]\nid = {a_id:?}\nurl = \"ws://127.0.0.1:9/\"\ntoken = \"secret-of-a\"\n\
+             [[gateways]]\nid = \"b\"\nurl = {b_url:?}\ntoken = {b_token:?}\nrequired = false\n\
+             [state]\ndir = {:?}\n",
+            dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    cfg.display().to_string()
+}
+
+#[test]
+fn check_config_and_call_with_several_gateways() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_gateways(dir.path(), "ws://127.0.0.1:10/", "secret-of-b", "a");
+    let out = bridge(&["check-config", "--config", &cfg], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let t: toml::Table = toml::from_str(&text).expect("valid TOML");
+    let gws = t["gateways"].as_array().expect("[[gateways]]");
+    assert_eq!(gws.len(), 2, "{text}");
+    assert_eq!(gws[0]["id"].as_str(), Some("a"));
+    assert_eq!(gws[1]["id"].as_str(), Some("b"));
+    assert_eq!(gws[1]["required"].as_bool(), Some(false));
+    assert_eq!(gws[1]["token"].as_str(), Some("<redacted>"));
+    assert!(!text.contains("secret-of-"), "{text}");
+
+    // No gateway called default: `call` must be told which one.
+    let out = bridge(&["call", "health", "--config", &cfg], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--gateway ID") && err.contains("a, b"),
+        "{err}"
+    );
+    let out = bridge(
+        &["call", "health", "--gateway", "zz", "--config", &cfg],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no gateway \"zz\"") && err.contains("a, b"),
+        "{err}"
+    );
+}
+
+#[test]
+fn call_reaches_the_gateway_named_by_gateway_flag() {
+    use crate::support::real_gateway::{shared, RealGateway};
+    if !RealGateway::available() {
+        return;
+    }
+    let gw = shared();
+    let dir = tempfile::tempdir().unwrap();
+    // `default` is unreachable; `--gateway b` is the real one.
+    let cfg = two_gateways(dir.path(), &gw.url(), gw.token(), "default");
+    let out = bridge(
+        &["call", "agents.list", "--gateway", "b", "--config", &cfg],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["defaultId"], "main", "{v}");
+    // Without the flag: the default gateway, which is not there (exit 3).
+    let out = bridge(&["call", "health", "--timeout", "2", "--config", &cfg], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"));
+}

@@ -29,15 +29,15 @@ async fn client(server: &NatsServer) -> async_nats::Client {
 
 /// One message read back from the stream.
 #[derive(Debug, Clone)]
-struct Got {
-    subject: String,
-    stream_seq: u64,
-    env: Value,
+pub struct Got {
+    pub subject: String,
+    pub stream_seq: u64,
+    pub env: Value,
 }
 
 /// Read messages matching `filter` from stream sequence `from` on, until
 /// `until` says enough or `within` passes (bounded).
-async fn read(
+pub async fn read(
     js: &jetstream::Context,
     filter: &str,
     from: u64,
@@ -194,8 +194,9 @@ async fn a_late_consumer_gets_the_registry_from_kv_and_resumes_from_a_stream_seq
     let deadline = Instant::now() + T;
     let (main, ops) = loop {
         if let Ok(kv) = js.get_key_value("openclaw_agents").await {
-            let main = kv.get("main").await.ok().flatten();
-            let ops = kv.get("ops").await.ok().flatten();
+            // Keys are `<gateway>.<agent>`.
+            let main = kv.get("default.main").await.ok().flatten();
+            let ops = kv.get("default.ops").await.ok().flatten();
             if let (Some(m), Some(o)) = (main, ops) {
                 let m: Value = serde_json::from_slice(&m).unwrap();
                 let o: Value = serde_json::from_slice(&o).unwrap();
@@ -424,5 +425,46 @@ async fn rpc_over_nats_answers_like_post_v1_rpc() {
             "same error object for {body}"
         );
     }
+    app.stop().await;
+}
+
+#[actix_rt::test]
+async fn kv_keys_of_vanished_agents_are_deleted_and_other_gateways_keys_kept() {
+    let server = NatsServer::start();
+    let js = jetstream::new(client(&server).await);
+    // What an earlier run left: an agent that no longer exists, and a key of
+    // another bridge's gateway.
+    let kv = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: "openclaw_agents".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("bucket");
+    kv.put("default.ghost", "{}".into()).await.expect("put");
+    kv.put("other-gw.main", "{}".into()).await.expect("put");
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = app_with_nats(&gw, &server, "").await;
+    let deadline = Instant::now() + T;
+    loop {
+        let main = kv.get("default.main").await.ok().flatten();
+        let ghost = kv.get("default.ghost").await.ok().flatten();
+        if main.is_some() && ghost.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "main {main:?} ghost {ghost:?}: the mirror did not catch up"
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let main: Value =
+        serde_json::from_slice(&kv.get("default.main").await.unwrap().unwrap()).unwrap();
+    assert_eq!(main["gateway_id"], "default");
+    assert!(
+        kv.get("other-gw.main").await.ok().flatten().is_some(),
+        "another gateway's key must be left alone"
+    );
     app.stop().await;
 }

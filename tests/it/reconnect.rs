@@ -9,6 +9,7 @@ use openclaw_bridge::actors::supervisor::RetryNow;
 use openclaw_bridge::actors::Send;
 use serde_json::json;
 
+use crate::http_api::metric;
 use crate::support::app::{spawn_app, spawn_app_env, TestApp};
 use crate::support::fake_gateway::{ConnectMode, FakeGateway, FakeOptions};
 
@@ -215,7 +216,12 @@ async fn an_oversized_frame_is_counted_and_the_session_goes_on() {
     while Instant::now() < deadline {
         let mut res = app.client.get(app.url("/metrics")).send().await.unwrap();
         metrics = String::from_utf8_lossy(&res.body().limit(16 << 20).await.unwrap()).into_owned();
-        if metrics.contains("openclaw_bridge_bad_frames_total{kind=\"oversized\"}")
+        if metric(
+            &metrics,
+            "openclaw_bridge_bad_frames_total",
+            &["kind=\"oversized\""],
+        )
+        .is_some()
             && metrics.contains("event=\"after.big\"")
         {
             break;
@@ -223,11 +229,19 @@ async fn an_oversized_frame_is_counted_and_the_session_goes_on() {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        metrics.contains("openclaw_bridge_bad_frames_total{kind=\"oversized\"}"),
+        metric(
+            &metrics,
+            "openclaw_bridge_bad_frames_total",
+            &["gateway=\"default\"", "kind=\"oversized\""]
+        ) == Some(1.0),
         "{metrics}"
     );
     assert!(
-        metrics.contains("openclaw_bridge_events_total{event=\"after.big\"}"),
+        metric(
+            &metrics,
+            "openclaw_bridge_events_total",
+            &["gateway=\"default\"", "event=\"after.big\""]
+        ) == Some(1.0),
         "the next event still arrives"
     );
     assert_eq!(gw.handshakes_total(), 1, "no reconnect needed");

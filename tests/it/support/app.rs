@@ -147,9 +147,14 @@ impl TestApp {
     }
 
     pub async fn rpc(&self, body: Value) -> (u16, Value) {
+        self.post("/v1/rpc", body).await
+    }
+
+    /// POST `body` as JSON to `path`; the status and the JSON answer.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let mut res = self
             .client
-            .post(self.url("/v1/rpc"))
+            .post(self.url(path))
             .send_json(&body)
             .await
             .expect("POST reaches the bridge");
@@ -174,4 +179,44 @@ pub async fn spawn_app_env(url: &str, token: Option<&str>, env: &[(&str, &str)])
 /// Test settings with `env` (e.g. `("OPENCLAW_BRIDGE__RECONNECT__MAX_MS", "5")`).
 pub fn settings_env(url: &str, token: Option<&str>, env: &[(&str, &str)]) -> Settings {
     build_settings(url, token, "", env)
+}
+
+/// One `[[gateways]]` entry for [`multi_settings`].
+pub struct Gw<'a> {
+    pub id: &'a str,
+    pub url: String,
+    pub token: Option<&'a str>,
+    pub required: bool,
+}
+
+/// Test settings with several gateways (`[[gateways]]`), the test timings
+/// of [`test_settings`] and `extra_toml` appended.
+pub fn multi_settings(gateways: &[Gw<'_>], extra_toml: &str) -> Settings {
+    let dir = state_dir();
+    let path = dir.join("bridge.toml");
+    let mut toml = String::from(
+        "[gateway]\nhandshake_timeout_ms = 2000\nrequest_timeout_ms = 5000\n\
+         [reconnect]\ninitial_ms = 20\nmax_ms = 300\nstable_after_ms = 1000\npark_retry_ms = 60000\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    toml.push_str(&format!("[state]\ndir = {:?}\n", dir.display().to_string()));
+    for g in gateways {
+        toml.push_str(&format!(
+            "[[gateways]]\nid = {:?}\nurl = {:?}\nrequired = {}\n",
+            g.id, g.url, g.required
+        ));
+        if let Some(t) = g.token {
+            toml.push_str(&format!("token = {t:?}\n"));
+        }
+    }
+    toml.push_str(extra_toml);
+    std::fs::write(&path, toml).expect("write config");
+    match Settings::load_from(&Sources {
+        system_file: None,
+        file: Some(path),
+        env: Default::default(),
+    }) {
+        Ok(s) => s,
+        Err(e) => panic!("test settings invalid: {e}"),
+    }
 }
