@@ -296,12 +296,16 @@ fn reload(
         }
     };
     let mut changed: Vec<String> = Vec::new();
-    for g in &current.gateways {
-        let Some(n) = next.gateway(&g.id) else {
+    let mut restart_needed: Vec<String> = Vec::new();
+    let multi = gateways.len() > 1 || next.multi_gateway();
+    // Compared for the gateways that run: a gateway added or removed since
+    // the start needs a restart, however many reloads ago that was.
+    for stack in gateways {
+        let (Some(g), Some(n)) = (current.gateway(&stack.id), next.gateway(&stack.id)) else {
             continue;
         };
         let name = |what: &str| {
-            if current.multi_gateway() {
+            if multi {
                 format!("{what} ({})", g.id)
             } else {
                 what.to_owned()
@@ -323,12 +327,12 @@ fn reload(
         if g.request_timeout != n.request_timeout || g.handshake_timeout != n.handshake_timeout {
             changed.push(name("gateway timeouts"));
         }
+        if stack.required != n.required {
+            restart_needed.push(name("gateway.required"));
+        }
     }
-    let same_ids = current.gateways.len() == next.gateways.len()
-        && current
-            .gateways
-            .iter()
-            .all(|g| next.gateway(&g.id).is_some());
+    let same_ids = gateways.len() == next.gateways.len()
+        && gateways.iter().all(|s| next.gateway(&s.id).is_some());
     let (r, m) = (&current.reconnect, &next.reconnect);
     if r.backoff != m.backoff || r.stable_after != m.stable_after || r.park_retry != m.park_retry {
         changed.push("reconnect".into());
@@ -339,22 +343,23 @@ fn reload(
             Err(e) => tracing::warn!("SIGHUP: log.level not changed: {e}"),
         }
     }
-    let restart_needed: Vec<&str> = [
-        ("http.listen", current.http.listen != next.http.listen),
-        ("http.token", current.http.token != next.http.token),
-        ("state.dir", current.state.dir != next.state.dir),
-        (
-            "events",
-            current.events.buffer != next.events.buffer
-                || current.events.subscriber_queue != next.events.subscriber_queue,
-        ),
-        ("log.format", current.log.format != next.log.format),
-        ("gateways added or removed", !same_ids),
-        ("nats", nats_changed(current, &next)),
-    ]
-    .into_iter()
-    .filter_map(|(k, c)| c.then_some(k))
-    .collect();
+    restart_needed.extend(
+        [
+            ("http.listen", current.http.listen != next.http.listen),
+            ("http.token", current.http.token != next.http.token),
+            ("state.dir", current.state.dir != next.state.dir),
+            (
+                "events",
+                current.events.buffer != next.events.buffer
+                    || current.events.subscriber_queue != next.events.subscriber_queue,
+            ),
+            ("log.format", current.log.format != next.log.format),
+            ("gateways added or removed", !same_ids),
+            ("nats", nats_changed(current, &next)),
+        ]
+        .into_iter()
+        .filter_map(|(k, c)| c.then_some(k.to_owned())),
+    );
     // Every running gateway's new settings must be usable before any is applied.
     let mut apply = Vec::new();
     for stack in gateways {
@@ -509,7 +514,7 @@ fn identity_show(settings: &Settings) -> u8 {
             "no"
         };
         println!(
-            "{:<17}{yes} (gateway.device_identity = {mode})",
+            "{:<16} {yes} (gateway.device_identity = {mode})",
             label("used_for_gateway", g)
         );
     };
@@ -529,7 +534,7 @@ fn identity_show(settings: &Settings) -> u8 {
                     Ok(None) => "no".to_owned(),
                     Err(e) => format!("unreadable: {e}"),
                 };
-                println!("{:<17}{token} (for {})", label("device_token", g), g.url);
+                println!("{:<16} {token} (for {})", label("device_token", g), g.url);
                 used(g);
             }
             EXIT_OK

@@ -90,6 +90,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "url",
             "stream",
             "subject_prefix",
+            "gateway_id",
             "max_age_s",
             "max_bytes",
             "kv_bucket",
@@ -496,6 +497,13 @@ fn read_gateways(r: &mut Reader, env_token: Option<&str>, env_url: bool) -> Vec<
             "applies to a single [gateway] only; with [[gateways]] give each entry its url",
         );
     }
+    if env_token.is_some() {
+        // One gateway's secret must not be sent to every other gateway.
+        r.err(
+            "OPENCLAW_GATEWAY_TOKEN",
+            "applies to a single [gateway] only; with [[gateways]] give each entry its token_file (or token), or a shared one in [gateway]",
+        );
+    }
     // [gateway].url would silently not be used: say so.
     let default_url = Config::builder()
         .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
@@ -572,6 +580,8 @@ fn read_gateway(
     check_gateway_url(r, &k, &url);
     let (token, token_file) = if prefix != "gateway" && (has(r, "token") || has(r, "token_file")) {
         r.secret(prefix, None)
+    } else if prefix != "gateway" {
+        r.secret("gateway", None)
     } else {
         r.secret("gateway", env_token)
     };
@@ -1129,6 +1139,12 @@ fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
             format!("{subject_prefix:?} is not allowed; use dot-separated tokens of letters, digits, _ and - (no *, >, spaces or empty tokens)"),
         );
     }
+    if r.opt_string("nats.gateway_id").is_some() {
+        r.err(
+            "nats.gateway_id",
+            "was replaced by the gateway's own id: set gateway.id (or the id of each [[gateways]] entry); it names the gateway in subjects and KV keys",
+        );
+    }
     let kv_bucket = or(r, "nats.kv_bucket", "openclaw_agents");
     if !nats_name_ok(&kv_bucket, false) {
         r.err(
@@ -1481,7 +1497,7 @@ mod tests {
             "nats.url: \"http://x\" is not allowed",
             "nats.subject_prefix: \"a.*\" is not allowed",
             // The gateway's id names it in subjects now (gateway.id / [[gateways]] id).
-            "nats.gateway_id: unknown key",
+            "nats.gateway_id: was replaced by the gateway's own id: set gateway.id",
             "nats.stream: \"A B\" is not allowed",
             "nats.buffer: \"0\" is not allowed",
             "nats.bogus: unknown key",
@@ -1557,8 +1573,12 @@ mod tests {
              [[gateways]]\nid = \"b\"\nurl = \"http://x/\"\nurll = 1\n\
              [[gateways]]\nid = \"b\"\nurl = \"ws://127.0.0.1:2/\"\n\
              [[gateways]]\nid = \"c d\"\nurl = \"ws://127.0.0.1:3/\"\nrequired = \"maybe\"\n",
-            &[("OPENCLAW_GATEWAY_URL", "ws://127.0.0.1:5/")],
+            &[
+                ("OPENCLAW_GATEWAY_URL", "ws://127.0.0.1:5/"),
+                ("OPENCLAW_GATEWAY_TOKEN", "one-gateways-secret"),
+            ],
         );
+        assert!(!p.contains("one-gateways-secret"), "{p}");
         for want in [
             "gateways[0].id: is required",
             "gateways[1].url: is required",
@@ -1568,6 +1588,7 @@ mod tests {
             "gateways[4].id: \"c d\" is not allowed",
             "gateway.url: is not used when [[gateways]] entries are present",
             "OPENCLAW_GATEWAY_URL: applies to a single [gateway] only",
+            "OPENCLAW_GATEWAY_TOKEN: applies to a single [gateway] only",
         ] {
             assert!(p.contains(want), "{want} in {p}");
         }

@@ -318,12 +318,18 @@ impl Application {
                 source,
             })?;
         let server_handle = server.handle();
+        // `gateway_url` as before (the primary gateway's, else the first's);
+        // `gateway_urls` names every gateway's.
+        let primary_url = settings
+            .primary()
+            .or(settings.gateways.first())
+            .map_or("", |g| g.url.as_str());
         let urls: Vec<String> = settings
             .gateways
             .iter()
             .map(|g| format!("{}={}", g.id, g.url))
             .collect();
-        tracing::info!(event = ev::BRIDGE_STARTED, version = env!("CARGO_PKG_VERSION"), listen = %http_addr, gateway_url = %urls.join(" "), gateways = settings.gateways.len(), "openclaw-bridge started");
+        tracing::info!(event = ev::BRIDGE_STARTED, version = env!("CARGO_PKG_VERSION"), listen = %http_addr, gateway_url = %primary_url, gateway_urls = %urls.join(" "), gateways = settings.gateways.len(), "openclaw-bridge started");
         Ok(Application {
             gateways,
             supervisor: first.supervisor,

@@ -174,6 +174,10 @@ pub struct AgentDetail {
 pub struct AgentList {
     pub agents: Vec<AgentState>,
     pub stale: bool,
+    /// An `agents.list` answer arrived since the link last came up: the
+    /// list is the gateway's, not what the store or events suggested.
+    #[serde(skip)]
+    pub synced: bool,
 }
 
 #[derive(Deserialize)]
@@ -207,6 +211,8 @@ pub struct AgentRegistry {
     /// run skip those lookups.
     last_applied: Option<(String, String)>,
     connected: bool,
+    /// See [`AgentList::synced`].
+    synced: bool,
     resync: Option<Recipient<RequestResync>>,
 }
 
@@ -580,6 +586,7 @@ impl AgentRegistry {
                 return;
             }
         };
+        self.synced = self.connected;
         let mut seen = Vec::new();
         for row in wire.agents {
             let Some(id) = row.get("id").and_then(Value::as_str).map(str::to_owned) else {
@@ -741,6 +748,7 @@ impl Handler<LinkChanged> for AgentRegistry {
 
     fn handle(&mut self, msg: LinkChanged, _: &mut Context<Self>) {
         self.connected = msg.connected;
+        self.synced = false;
         if msg.connected && self.writer.is_some() {
             let d = &msg.detail;
             let text = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -773,6 +781,7 @@ impl Handler<ListAgents> for AgentRegistry {
         MessageResult(AgentList {
             agents: self.agents.values().cloned().collect(),
             stale: !self.connected,
+            synced: self.synced,
         })
     }
 }

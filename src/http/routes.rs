@@ -192,9 +192,19 @@ async fn agents(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResp
     Ok(HttpResponse::Ok().json(list.agents))
 }
 
-async fn agent(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+/// `{id}` of `…/agents/{id}`, percent-decoded (an agent id may hold `/`).
+#[derive(Deserialize)]
+struct AgentPath {
+    id: String,
+}
+
+async fn agent(
+    req: HttpRequest,
+    path: web::Path<AgentPath>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
-    let id = req.match_info().get("id").unwrap_or_default().to_owned();
+    let id = path.into_inner().id;
     let detail = state
         .gateways
         .resolve(&req)?

@@ -503,31 +503,44 @@ async fn connect(cfg: &NatsSettings, gw: &Arc<str>) -> Result<async_nats::Client
         .map_err(|e| format!("cannot connect to NATS at {}: {e}", cfg.url))
 }
 
-/// Whether NATS subject filter `filter` (with `*` and `>`) covers `subject`.
-pub fn filter_covers(filter: &str, subject: &str) -> bool {
+/// Whether stream subject filter `filter` (with `*` and `>`) captures every
+/// subject under `tokens.>` (e.g. `openclaw.*.>` captures `openclaw.eu-1.>`;
+/// `openclaw.eu-1.*` does not: events have several levels).
+pub fn filter_covers_tree(filter: &str, tokens: &[&str]) -> bool {
     let mut f = filter.split('.');
-    let mut t = subject.split('.');
-    loop {
-        match (f.next(), t.next()) {
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
+    for t in tokens {
+        match f.next() {
+            Some(">") => return true,
+            Some("*") => {}
+            Some(x) if x == *t => {}
             _ => return false,
         }
     }
+    f.next() == Some(">") && f.next().is_none()
 }
+
+/// Serializes stream checks and updates of the gateways of this process, so
+/// two of them never read the subject list at once and each drop the other's
+/// addition.
+static STREAM_UPDATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Create the stream if missing; an existing one is used with its limits,
 /// and our subjects are added to it when it does not capture them yet (one
-/// stream shared by the bridges of several gateways).
+/// stream shared by the bridges of several gateways). `Err` says why the
+/// stream cannot be used yet (the caller logs it, rate-limited, and retries).
 async fn ensure_stream(
     js: &jetstream::Context,
     gw: &str,
     cfg: &NatsSettings,
     subjects: &Subjects,
-) -> bool {
+) -> Result<(), String> {
+    let _one_at_a_time = STREAM_UPDATE.lock().await;
     let ours = subjects.stream_filter();
+    let tokens: Vec<&str> = subjects
+        .prefix
+        .split('.')
+        .chain(std::iter::once(subjects.gateway.as_str()))
+        .collect();
     let sc = jetstream::stream::Config {
         name: cfg.stream.clone(),
         subjects: vec![ours.clone()],
@@ -538,43 +551,58 @@ async fn ensure_stream(
         description: Some("openclaw-bridge: gateway events".into()),
         ..Default::default()
     };
-    let mut stream = match js.get_or_create_stream(sc).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(gateway = gw, event = ev::NATS_UNAVAILABLE, stream = %cfg.stream, "cannot create or find the JetStream stream (is JetStream enabled, -js?): {e}");
-            return false;
-        }
-    };
-    let info = match stream.info().await {
-        Ok(i) => i.clone(),
-        Err(e) => {
-            tracing::debug!(
-                gateway = gw,
-                event = ev::NATS_UNAVAILABLE,
-                "stream info: {e}"
-            );
-            return false;
-        }
-    };
-    // A subject of ours: `P.G.x` (a filter such as `P.>` or `P.*.>` covers it).
-    let sample = format!("{}.{}.x", subjects.prefix, subjects.gateway);
-    if info
-        .config
-        .subjects
-        .iter()
-        .any(|f| *f == ours || filter_covers(f, &sample))
-    {
-        return true;
+    let mut stream = js.get_or_create_stream(sc).await.map_err(|e| {
+        format!(
+            "cannot create or find the JetStream stream {} (is JetStream enabled, -js?): {e}",
+            cfg.stream
+        )
+    })?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| format!("cannot read the JetStream stream {}: {e}", cfg.stream))?
+        .clone();
+    let covered = |subjects: &[String]| subjects.iter().any(|f| filter_covers_tree(f, &tokens));
+    if covered(&info.config.subjects) {
+        return Ok(());
     }
     let mut config = info.config;
     config.subjects.push(ours.clone());
-    match js.update_stream(&config).await {
-        Ok(_) => {
-            tracing::info!(gateway = gw, stream = %cfg.stream, subject = %ours, "added this gateway's subjects to the existing JetStream stream");
-            true
-        }
+    let updated = js.update_stream(&config).await.map_err(|e| {
+        format!(
+            "the JetStream stream {} does not capture {ours} and could not be updated: {e}",
+            cfg.stream
+        )
+    })?;
+    if !covered(&updated.config.subjects) {
+        return Err(format!(
+            "the JetStream stream {} still does not capture {ours} after an update",
+            cfg.stream
+        ));
+    }
+    tracing::info!(gateway = gw, stream = %cfg.stream, subject = %ours, "added this gateway's subjects to the existing JetStream stream");
+    Ok(())
+}
+
+/// [`ensure_stream`], its failures logged at most every [`LOG_EVERY`].
+async fn stream_ready(
+    js: &jetstream::Context,
+    gw: &str,
+    cfg: &NatsSettings,
+    subjects: &Subjects,
+    last_log: &mut Option<Instant>,
+) -> bool {
+    match ensure_stream(js, gw, cfg, subjects).await {
+        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(gateway = gw, event = ev::NATS_UNAVAILABLE, stream = %cfg.stream, "the JetStream stream does not capture {ours} and could not be updated: {e}");
+            if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+                tracing::warn!(
+                    gateway = gw,
+                    event = ev::NATS_UNAVAILABLE,
+                    "{e}; events wait in the bounded queue"
+                );
+                *last_log = Some(Instant::now());
+            }
             false
         }
     }
@@ -659,13 +687,14 @@ async fn run(
     let mut ready = false; // stream ensured on the current connection
     let mut epoch = 0u64;
     let mut last_unavailable_log: Option<Instant> = None;
+    let mut last_stream_log: Option<Instant> = None;
     let mut stopping = false;
     loop {
         let connected = client.connection_state() == State::Connected;
         if !connected {
             ready = false;
         } else if !ready {
-            ready = ensure_stream(&js, &gw, &cfg, &subjects).await;
+            ready = stream_ready(&js, &gw, &cfg, &subjects, &mut last_stream_log).await;
         }
         if connected && ready {
             announce_loss(&js, &gw, &subjects, &shared, epoch).await;
@@ -723,7 +752,7 @@ async fn run(
                 _ = stop.changed() => {}
             }
             if client.connection_state() == State::Connected && !ready {
-                ready = ensure_stream(&js, &gw, &cfg, &subjects).await;
+                ready = stream_ready(&js, &gw, &cfg, &subjects, &mut last_stream_log).await;
             }
         }
         if stopping && client.connection_state() != State::Connected {
@@ -903,7 +932,10 @@ async fn kv_task(
                 }
             }
         }
-        if !failed {
+        // Deletions only from the gateway's own list: right after a start
+        // the registry holds what the store had, which may lack agents
+        // that still exist.
+        if !failed && list.synced {
             let gone: Vec<String> = last
                 .keys()
                 .filter(|k| !seen.contains(*k))
@@ -934,9 +966,17 @@ async fn gateway_keys(kv: &jetstream::kv::Store, gw: &str) -> Vec<String> {
         }
         out
     };
-    tokio::time::timeout(Duration::from_secs(5), list)
-        .await
-        .unwrap_or_default()
+    match tokio::time::timeout(Duration::from_secs(5), list).await {
+        Ok(keys) => keys,
+        Err(_) => {
+            tracing::warn!(
+                gateway = gw,
+                event = ev::NATS_UNAVAILABLE,
+                "listing the KV bucket took over 5 s; keys of agents that vanished while the bridge was down stay until they change"
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// RPC over NATS request–reply on `P.rpc.G`: the body and answers of
@@ -1014,6 +1054,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stream_filters_that_capture_a_gateway() {
+        let t = ["openclaw", "eu-1"];
+        for f in [
+            "openclaw.eu-1.>",
+            "openclaw.*.>",
+            "openclaw.>",
+            ">",
+            "*.eu-1.>",
+        ] {
+            assert!(filter_covers_tree(f, &t), "{f}");
+        }
+        for f in [
+            "openclaw.eu-1.*",
+            "openclaw.eu-2.>",
+            "openclaw.eu-1",
+            "openclaw.eu-1.agent.>",
+            "other.>",
+            "openclaw.*.*",
+        ] {
+            assert!(!filter_covers_tree(f, &t), "{f}");
+        }
+    }
+
+    #[test]
     fn subjects_are_sanitized_and_levelled() {
         let s = Subjects::new("openclaw", "default");
         assert_eq!(
@@ -1033,6 +1097,7 @@ mod tests {
         assert_eq!(s.resync(), "openclaw.default.bridge.resync");
         assert_eq!(s.rpc(), "openclaw.rpc.default");
         assert_eq!(s.stream_filter(), "openclaw.default.>");
+        assert_eq!(agent_key("eu-1", "a.b"), "eu-1.a.b");
         assert_eq!(kv_key("main"), "main");
         assert_eq!(kv_key(".a b*"), "_a_b_");
         assert_eq!(kv_key("x."), "x_");

@@ -279,3 +279,20 @@ async fn without_a_default_gateway_the_old_routes_say_which_to_use() {
     assert_eq!(status, 200);
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn agent_ids_are_percent_decoded_under_both_routes() {
+    let a = fake("team/alpha");
+    let app = spawn_with(multi_settings(&[gw("default", a.url(), true)], "")).await;
+    let (status, list) = get_until(&app, "/v1/agents", |s, v| s == 200 && !ids(v).is_empty()).await;
+    assert_eq!((status, ids(&list)), (200, vec!["team/alpha".to_owned()]));
+    for path in [
+        "/v1/agents/team%2Falpha",
+        "/v1/gateways/default/agents/team%2Falpha",
+    ] {
+        let (status, agent) = app.get(path).await;
+        assert_eq!(status, 200, "{path}: {agent}");
+        assert_eq!(agent["id"], "team/alpha");
+    }
+    app.stop().await;
+}

@@ -174,6 +174,18 @@ async fn two_real_gateways_each_run_is_attributed_to_its_gateway_everywhere() {
             got.iter().any(|m| m.env["run_id"] == run.as_str()),
             "{gw}: run {run} not on {subject}"
         );
+        // In order: bridge ids and (within a gateway session) gateway seqs rise.
+        let num = |v: &Value, k: &str| {
+            v[k].as_u64()
+                .unwrap_or_else(|| panic!("{k} missing in {v}"))
+        };
+        for pair in got.windows(2) {
+            let (x, y) = (&pair[0].env, &pair[1].env);
+            assert!(num(x, "bridge_id") < num(y, "bridge_id"), "{x} then {y}");
+            if x["epoch"] == y["epoch"] {
+                assert!(num(x, "seq") < num(y, "seq"), "{x} then {y}");
+            }
+        }
         for m in &got {
             assert_eq!(m.subject, subject);
             assert_eq!(m.env["gateway"], gw, "{:?}", m.env);
