@@ -214,7 +214,7 @@ fn open_store(settings: &Settings, id: &str) -> Result<actors::registry::Persist
     for a in &agents {
         runs.extend(store.load_runs(&a.id, 20).map_err(err)?);
     }
-    let writer = store::StoreWriter::spawn(store).map_err(err)?;
+    let writer = store::StoreWriter::spawn_for(store, id).map_err(err)?;
     Ok(actors::registry::Persisted {
         agents,
         runs,

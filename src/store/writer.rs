@@ -175,8 +175,22 @@ impl StoreWriter {
         Self::spawn_with_limit(store, DEFAULT_MAX_PENDING)
     }
 
+    /// Start the writer thread of gateway `gateway`'s store (its id is in
+    /// the thread name and the `store.write_failed` lines).
+    pub fn spawn_for(store: Store, gateway: &str) -> Result<StoreWriter, StoreError> {
+        Self::spawn_inner(store, DEFAULT_MAX_PENDING, gateway)
+    }
+
     /// Start the writer thread; at most `max_pending` live changes wait.
     pub fn spawn_with_limit(store: Store, max_pending: usize) -> Result<StoreWriter, StoreError> {
+        Self::spawn_inner(store, max_pending, crate::config::DEFAULT_GATEWAY)
+    }
+
+    fn spawn_inner(
+        store: Store,
+        max_pending: usize,
+        gateway: &str,
+    ) -> Result<StoreWriter, StoreError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: Pending::default(),
@@ -191,9 +205,10 @@ impl StoreWriter {
             max_pending: max_pending.max(1),
         });
         let for_thread = shared.clone();
+        let gateway = gateway.to_owned();
         let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || run(store, for_thread))
+            .name(format!("store-writer-{gateway}"))
+            .spawn(move || run(store, for_thread, gateway))
             .map_err(StoreError::Spawn)?;
         Ok(StoreWriter {
             shared,
@@ -291,7 +306,7 @@ impl Drop for ExitGuard {
     }
 }
 
-fn run(mut store: Store, shared: Arc<Shared>) {
+fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
     let _guard = ExitGuard(shared.clone());
     loop {
         let (batch, upto) = {
@@ -315,7 +330,7 @@ fn run(mut store: Store, shared: Arc<Shared>) {
             Err(e) => {
                 st.stats.write_failures += 1;
                 st.stats.last_error = Some(e.to_string());
-                tracing::warn!(event = STORE_WRITE_FAILED, error = %e, changes = batch.len(), path = %store.path().display(), "store write failed; these changes are not stored");
+                tracing::warn!(gateway = %gateway, event = STORE_WRITE_FAILED, error = %e, changes = batch.len(), path = %store.path().display(), "store write failed; these changes are not stored");
             }
         }
         st.done_through = upto;

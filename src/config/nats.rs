@@ -1,0 +1,126 @@
+//! `[nats]`: optional; absent means off.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{NatsSettings, Reader, Secret};
+
+/// A NATS subject token (or a dotted run of tokens when `dots`): ASCII
+/// letters, digits, `_` and `-` only, no empty token.
+pub(super) fn nats_name_ok(s: &str, dots: bool) -> bool {
+    let ok_token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if dots {
+        s.split('.').all(ok_token)
+    } else {
+        ok_token(s)
+    }
+}
+
+pub(super) fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
+    // The section is off unless it names a URL (or any key at all: then the
+    // missing URL is reported).
+    let present = matches!(r.cfg.get_table("nats"), Ok(t) if !t.is_empty());
+    if !present {
+        return None;
+    }
+    let url = r.string("nats.url");
+    let lower = url.to_ascii_lowercase();
+    if url.trim().is_empty() {
+        r.err(
+            "nats.url",
+            "is required when [nats] is present; e.g. nats://127.0.0.1:4222",
+        );
+    } else if !["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+        || url.parse::<async_nats::ServerAddr>().is_err()
+    {
+        r.err(
+            "nats.url",
+            format!("{url:?} is not allowed; use nats://HOST:PORT (or tls://HOST:PORT)"),
+        );
+    }
+    let or = |r: &mut Reader, key: &str, default: &str| {
+        r.opt_string(key)
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let stream = or(r, "nats.stream", "OPENCLAW");
+    if !nats_name_ok(&stream, false) {
+        r.err(
+            "nats.stream",
+            format!("{stream:?} is not allowed; use letters, digits, _ and - only"),
+        );
+    }
+    let subject_prefix = or(r, "nats.subject_prefix", "openclaw");
+    if !nats_name_ok(&subject_prefix, true) {
+        r.err(
+            "nats.subject_prefix",
+            format!("{subject_prefix:?} is not allowed; use dot-separated tokens of letters, digits, _ and - (no *, >, spaces or empty tokens)"),
+        );
+    }
+    if r.opt_string("nats.gateway_id").is_some() {
+        r.err(
+            "nats.gateway_id",
+            "was replaced by the gateway's own id: set gateway.id (or the id of each [[gateways]] entry); it names the gateway in subjects and KV keys",
+        );
+    }
+    let kv_bucket = or(r, "nats.kv_bucket", "openclaw_agents");
+    if !nats_name_ok(&kv_bucket, false) {
+        r.err(
+            "nats.kv_bucket",
+            format!("{kv_bucket:?} is not allowed; use letters, digits, _ and - only"),
+        );
+    }
+    let num = |r: &mut Reader, key: &str, default: u64, min: u64, max: u64| {
+        if r.opt_string(key).is_none() {
+            default
+        } else {
+            r.number(key, min, max)
+        }
+    };
+    let max_age = Duration::from_secs(num(r, "nats.max_age_s", 86_400, 1, 315_360_000));
+    let max_bytes = num(r, "nats.max_bytes", 1 << 30, 1 << 20, 1 << 50);
+    let buffer = num(r, "nats.buffer", 10_000, 1, 10_000_000) as usize;
+    let credentials_file = r
+        .opt_string("nats.credentials_file")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    if let Some(p) = &credentials_file {
+        if let Err(e) = std::fs::metadata(p) {
+            r.err(
+                "nats.credentials_file",
+                format!("cannot read {}: {e}; give a NATS .creds file", p.display()),
+            );
+        }
+    }
+    let token = match r.opt_string("nats.token") {
+        Some(t) if t.trim().is_empty() => {
+            r.err("nats.token", "is empty; remove the key or give the token");
+            None
+        }
+        Some(t) => Some(Secret::new(t.trim())),
+        None => None,
+    };
+    if token.is_some() && credentials_file.is_some() {
+        r.err(
+            "nats.token",
+            "set nats.token or nats.credentials_file, not both",
+        );
+    }
+    Some(NatsSettings {
+        url,
+        stream,
+        subject_prefix,
+        max_age,
+        max_bytes,
+        kv_bucket,
+        buffer,
+        credentials_file,
+        token,
+    })
+}

@@ -1,0 +1,85 @@
+//! RPC over NATS request–reply on `P.rpc.G`.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{watch, Semaphore};
+
+use crate::actors::Supervisor;
+use crate::http::ApiError;
+use crate::telemetry::events as ev;
+
+/// Requests over NATS handled at once.
+const RPC_CONCURRENCY: usize = 256;
+
+/// RPC over NATS request–reply on `P.rpc.G`: the body and answers of
+/// `POST /v1/rpc`, failures with the HTTP status they would have.
+pub(super) async fn rpc_task(
+    client: async_nats::Client,
+    subject: String,
+    gateway: String,
+    supervisor: Addr<Supervisor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sub = match client
+        .queue_subscribe(subject.clone(), format!("openclaw-bridge.{gateway}"))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(
+                gateway = %gateway,
+                event = ev::NATS_UNAVAILABLE,
+                subject,
+                "cannot subscribe for RPC over NATS: {e}"
+            );
+            return;
+        }
+    };
+    let permits = Arc::new(Semaphore::new(RPC_CONCURRENCY));
+    loop {
+        let msg = tokio::select! {
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            _ = stop.changed() => {
+                let _ = sub.unsubscribe().await;
+                return;
+            }
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let client = client.clone();
+        let supervisor = supervisor.clone();
+        actix_rt::spawn(async move {
+            let body = rpc_answer(&supervisor, &msg.payload).await;
+            if let Err(e) = client.publish(reply.clone(), body).await {
+                let v = ApiError::Internal(format!("the answer could not be sent over NATS: {e}"))
+                    .rpc_reply();
+                let _ = client.publish(reply, Bytes::from(v.to_string())).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The reply to one RPC request body.
+pub async fn rpc_answer(supervisor: &Addr<Supervisor>, body: &[u8]) -> Bytes {
+    let err = |e: ApiError| Bytes::from(e.rpc_reply().to_string());
+    let msg = match crate::http::parse_rpc_body(body) {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    match supervisor.send(msg).await {
+        Err(_) => err(ApiError::Internal("the supervisor is not running".into())),
+        Ok(Err(e)) => err(ApiError::from(e)),
+        Ok(Ok(payload)) => Bytes::from(format!("{{\"ok\":true,\"payload\":{}}}", payload.get())),
+    }
+}
