@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge, histogram, Counter};
+use metrics::{counter, gauge, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTION_STATE: &str = "openclaw_bridge_connection_state";
@@ -188,12 +188,41 @@ fn outcome_label(outcome: &str) -> &'static str {
     bounded_label(outcome)
 }
 
-pub fn request_done(gw: &str, method: &str, outcome: &str, seconds: f64) {
-    let m = method_label(method);
-    let outcome = outcome_label(outcome);
-    counter!(REQUESTS, "gateway" => gw.to_owned(), "method" => m, "outcome" => outcome)
-        .increment(1);
-    histogram!(REQUEST_DURATION, "gateway" => gw.to_owned(), "method" => m).record(seconds);
+/// Request counters and latency histograms of one gateway, cached by label
+/// set: the request path then does no label building or registry lookup
+/// (labels are bounded, so the cache is too: at most every known method ×
+/// every bounded outcome).
+pub struct RequestMetrics {
+    gateway: String,
+    counters: HashMap<(&'static str, &'static str), Counter>,
+    histograms: HashMap<&'static str, Histogram>,
+}
+
+impl RequestMetrics {
+    pub fn new(gateway: &str) -> Self {
+        RequestMetrics {
+            gateway: gateway.to_owned(),
+            counters: HashMap::new(),
+            histograms: HashMap::new(),
+        }
+    }
+
+    /// One request ended: `outcome` is `ok` or its error code.
+    pub fn done(&mut self, method: &str, outcome: &str, seconds: f64) {
+        let m = method_label(method);
+        let o = outcome_label(outcome);
+        let gw = &self.gateway;
+        self.counters
+            .entry((m, o))
+            .or_insert_with(
+                || counter!(REQUESTS, "gateway" => gw.clone(), "method" => m, "outcome" => o),
+            )
+            .increment(1);
+        self.histograms
+            .entry(m)
+            .or_insert_with(|| histogram!(REQUEST_DURATION, "gateway" => gw.clone(), "method" => m))
+            .record(seconds);
+    }
 }
 
 pub fn pending(gw: &str, n: usize) {

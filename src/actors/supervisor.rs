@@ -140,12 +140,18 @@ pub struct Supervisor {
     resync_scheduled: bool,
     waiters: Vec<oneshot::Sender<Result<(), ReadyError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
+    /// Shared with the futures of in-flight requests (same thread).
+    request_metrics: std::rc::Rc<std::cell::RefCell<crate::metrics::RequestMetrics>>,
 }
 
 impl Supervisor {
     pub fn new(cfg: SupervisorConfig, out: Outputs) -> Self {
         let url = cfg.connection.url.clone();
+        let request_metrics = std::rc::Rc::new(std::cell::RefCell::new(
+            crate::metrics::RequestMetrics::new(&cfg.connection.gateway),
+        ));
         Supervisor {
+            request_metrics,
             cfg,
             out,
             conn: None,

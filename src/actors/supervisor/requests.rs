@@ -107,6 +107,7 @@ impl Handler<Send> for Supervisor {
     fn handle(&mut self, msg: Send, _ctx: &mut Context<Self>) -> Self::Result {
         let method = msg.method.clone();
         let gateway = self.cfg.connection.gateway.clone();
+        let metrics = self.request_metrics.clone();
         let started = Instant::now();
         let fut: Result<_, RequestError> = match (&self.conn, self.state) {
             (_, LinkState::Stopping) => Err(RequestError::ShuttingDown),
@@ -131,12 +132,9 @@ impl Handler<Send> for Supervisor {
                 Ok(_) => "ok",
                 Err(e) => e.code(),
             };
-            crate::metrics::request_done(
-                &gateway,
-                &method,
-                outcome,
-                started.elapsed().as_secs_f64(),
-            );
+            metrics
+                .borrow_mut()
+                .done(&method, outcome, started.elapsed().as_secs_f64());
             if let Err(e) = &result {
                 tracing::info!(gateway = %gateway, event = ev::RPC_FAILED, method = %method, code = e.code(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed: {e}");
             }
