@@ -321,6 +321,12 @@ fn fmt_rate(x: f64) -> String {
     }
 }
 
+/// `min–max` of rates, each as [`fmt_rate`] writes it.
+fn rate_range(v: &[f64]) -> String {
+    let (lo, hi) = min_max(v);
+    format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
+}
+
 fn list(v: &[f64]) -> String {
     v.iter()
         .map(|x| format!("{x:.2}"))
@@ -355,14 +361,28 @@ impl Results {
             })
             .unwrap_or_default()
     }
+    /// A number of an ingest variant's every round: the reference client
+    /// reports its ingest under `flood/`.
+    fn ingest(&self, k: &str, field: &str) -> Vec<f64> {
+        if k == "peer" {
+            self.series(k, &format!("flood/{field}"))
+        } else {
+            self.series(k, field)
+        }
+    }
+    /// Events per second of an ingest variant, per round.
     fn eps(&self, k: &str) -> Vec<f64> {
-        let (prefix, k) = match k.strip_prefix("peer") {
-            Some(_) => ("flood/", "peer"),
-            None => ("", k),
-        };
-        let ev = self.series(k, &format!("{prefix}events"));
-        let secs = self.series(k, &format!("{prefix}secs"));
+        let ev = self.ingest(k, "events");
+        let secs = self.ingest(k, "secs");
         ev.iter().zip(&secs).map(|(e, s)| e / s).collect()
+    }
+    /// CPU seconds per million events of an ingest variant (median of the
+    /// rounds).
+    fn cpu_s_per_1m(&self, k: &str) -> f64 {
+        median(&Self::ratios(
+            &self.ingest(k, "cpu"),
+            &self.ingest(k, "events"),
+        )) * 1e6
     }
     /// Per-round ratio a / b of a series (rounds where both ran).
     fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
@@ -587,15 +607,13 @@ fn run(plan: &Plan) {
             println!("metric {name} {v:.2}");
         }
     };
-    let cpu_per_m = |k: &str| {
-        let cpu = res.series(k, "cpu");
-        let ev = res.series(k, "events");
-        median(&Results::ratios(&cpu, &ev)) * 1e6
-    };
-    metric("ingest_actor_cpu_s_per_1m", cpu_per_m("ingest_actor"));
-    metric("ingest_sse_cpu_s_per_1m", cpu_per_m("ingest_sse"));
-    metric("ingest_raw_cpu_s_per_1m", cpu_per_m("ingest_raw"));
-    metric("ingest_nats_cpu_s_per_1m", cpu_per_m(NATS_ROW));
+    metric(
+        "ingest_actor_cpu_s_per_1m",
+        res.cpu_s_per_1m("ingest_actor"),
+    );
+    metric("ingest_sse_cpu_s_per_1m", res.cpu_s_per_1m("ingest_sse"));
+    metric("ingest_raw_cpu_s_per_1m", res.cpu_s_per_1m("ingest_raw"));
+    metric("ingest_nats_cpu_s_per_1m", res.cpu_s_per_1m(NATS_ROW));
     metric("idle_rss_mib", footprint.0 / 1024.0);
     metric("start_to_ready_ms", footprint.1);
     metric("reconnect_announced_ms", reconnect.0);
@@ -626,22 +644,17 @@ fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
             continue;
         }
         let eps = res.eps(k);
-        let p = if k == "peer" { "flood/" } else { "" };
-        let cpu = res.series(k, &format!("{p}cpu"));
-        let ev = res.series(k, &format!("{p}events"));
-        let cpu_m = median(&Results::ratios(&cpu, &ev)) * 1e6;
         let peak = res
             .series(k, "peak_kib")
             .iter()
             .fold(0.0f64, |a, b| a.max(*b));
-        let dropped: f64 = res.series(k, &format!("{p}dropped")).iter().sum();
-        let (lo, hi) = min_max(&eps);
+        let dropped: f64 = res.ingest(k, "dropped").iter().sum();
         println!(
             "{:<34} {:>10} {:>17} {:>12.2} {:>7.1} MiB {:>8}",
             label,
             fmt_rate(median(&eps)),
-            format!("{}–{}", fmt_rate(lo), fmt_rate(hi)),
-            cpu_m,
+            rate_range(&eps),
+            res.cpu_s_per_1m(k),
             peak / 1024.0,
             dropped
         );
@@ -650,10 +663,10 @@ fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
     if res.has(NATS_ROW) {
         println!("(JetStream: events stored and acknowledged by nats-server -js, file store, counted by polling a consumer; the bridge process's CPU only, the counter thread's subtracted)");
     }
-    let raw = res.eps("ingest_raw");
+    let (raw, actor) = (res.eps("ingest_raw"), res.eps("ingest_actor"));
     println!(
         "per-round actor/raw: {}",
-        list(&Results::ratios(&res.eps("ingest_actor"), &raw))
+        list(&Results::ratios(&actor, &raw))
     );
     println!(
         "per-round sse/raw:   {}",
@@ -662,16 +675,13 @@ fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
     if res.has(NATS_ROW) {
         println!(
             "per-round nats/actor: {}",
-            list(&Results::ratios(
-                &res.eps(NATS_ROW),
-                &res.eps("ingest_actor")
-            ))
+            list(&Results::ratios(&res.eps(NATS_ROW), &actor))
         );
     }
     if res.has("peer") {
         println!(
             "per-round actor/reference: {}",
-            list(&Results::ratios(&res.eps("ingest_actor"), &res.eps("peer")))
+            list(&Results::ratios(&actor, &res.eps("peer")))
         );
     }
 }
@@ -694,13 +704,12 @@ fn report_rpc(res: &Results) {
             if rps.is_empty() {
                 continue;
             }
-            let (lo, hi) = min_max(&rps);
             println!(
                 "{:<34} {:>9} {:>10} {:>17} {:>9.0} {:>9.0}",
                 label,
                 &k[1..],
                 fmt_rate(median(&rps)),
-                format!("{}–{}", fmt_rate(lo), fmt_rate(hi)),
+                rate_range(&rps),
                 median(&res.series(v, &format!("{k}/p50_us"))),
                 median(&res.series(v, &format!("{k}/p99_us")))
             );

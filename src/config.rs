@@ -218,7 +218,7 @@ pub struct LogSettings {
 
 /// `[nats]`: publish events to NATS JetStream, mirror the registry to a KV
 /// bucket, serve RPC over request–reply. Absent: off.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NatsSettings {
     pub url: String,
     pub stream: String,

@@ -212,7 +212,11 @@ fn open_store(settings: &Settings, id: &str) -> Result<actors::registry::Persist
     let agents = store.load_agents().map_err(err)?;
     let mut runs = Vec::new();
     for a in &agents {
-        runs.extend(store.load_runs(&a.id, 20).map_err(err)?);
+        runs.extend(
+            store
+                .load_runs(&a.id, actors::registry::RUNS_KEPT)
+                .map_err(err)?,
+        );
     }
     let writer = store::StoreWriter::spawn_for(store, id).map_err(err)?;
     Ok(actors::registry::Persisted {

@@ -249,7 +249,12 @@ pub fn nats_published(gw: &str, n: u64) {
 /// Events that did not reach JetStream: `reason` is `queue_full` (NATS down
 /// or slow, the bounded queue was full) or `publish_failed` (no ack).
 pub fn nats_dropped(gw: &str, reason: &'static str, n: u64) {
-    counter!(NATS_DROPPED, "gateway" => gw.to_owned(), "reason" => reason).increment(n);
+    nats_dropped_counter(gw, reason).increment(n);
+}
+
+/// The counter behind [`nats_dropped`], for a caller on a hot path to keep.
+pub fn nats_dropped_counter(gw: &str, reason: &'static str) -> Counter {
+    counter!(NATS_DROPPED, "gateway" => gw.to_owned(), "reason" => reason)
 }
 
 /// One-hot NATS connection state: `connected`, `disconnected`.

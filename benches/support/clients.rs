@@ -44,6 +44,18 @@ pub fn emit(v: Value) {
     println!("RESULT {v}");
 }
 
+/// The `RESULT` of an ingest child, with the peak RSS of its process.
+/// `client_cpu`: the CPU of the bench's own consumer thread, where there is
+/// one, already taken out of `cpu`.
+pub fn emit_ingest(events: u64, dropped: u64, secs: f64, cpu: f64, client_cpu: Option<f64>) {
+    let mut v = json!({"events": events, "dropped": dropped, "secs": secs, "cpu": cpu,
+        "peak_kib": procfs::peak_rss_kib()});
+    if let Some(c) = client_cpu {
+        v["client_cpu"] = json!(c);
+    }
+    emit(v);
+}
+
 // ------------------------------------------------------------ the raw limit
 
 type Ws = Framed<BoxedSocket, Codec>;
@@ -159,9 +171,9 @@ pub fn ingest_raw(url: &str, n: u64) {
     run_system(async {
         let mut ws = raw_connect(url).await;
         let (mut events, mut gaps, mut expected) = (0u64, 0u64, 1u64);
+        let req = format!(r#"{{"type":"req","id":"flood-1","method":"{FLOOD_METHOD}"}}"#);
         let cpu0 = procfs::process_cpu();
         let t0 = Instant::now();
-        let req = format!(r#"{{"type":"req","id":"flood-1","method":"{FLOOD_METHOD}"}}"#);
         ws.send(Message::Text(req.into())).await.expect("send");
         while events < n {
             let b = next_text(&mut ws).await;
@@ -182,78 +194,100 @@ pub fn ingest_raw(url: &str, n: u64) {
         }
         let secs = t0.elapsed().as_secs_f64();
         let cpu = procfs::process_cpu() - cpu0;
-        emit(
-            json!({"events": events, "dropped": gaps, "secs": secs, "cpu": cpu,
-            "peak_kib": procfs::peak_rss_kib()}),
-        );
+        emit_ingest(events, gaps, secs, cpu, None);
     });
 }
 
-/// Requests with `k` in flight over one socket; latencies in µs.
-async fn raw_rpc_run(ws: &mut Ws, k: usize, total: usize, next_id: &mut u64) -> Vec<u32> {
-    let mut pending: HashMap<String, Instant> = HashMap::with_capacity(k * 2);
-    let mut lat = Vec::with_capacity(total);
-    let mut sent = 0usize;
-    while lat.len() < total {
-        while pending.len() < k && sent < total {
-            *next_id += 1;
-            let id = next_id.to_string();
-            let req = format!(
-                r#"{{"type":"req","id":"{id}","method":"{ECHO_METHOD}","params":{{"i":{sent}}}}}"#
-            );
-            ws.feed(Message::Text(req.into())).await.expect("feed");
-            pending.insert(id, Instant::now());
-            sent += 1;
-        }
-        ws.flush().await.expect("flush");
-        // Take one answer, then whatever else is already here.
-        let mut first = true;
-        loop {
-            let item = if first {
-                first = false;
-                ws.next().await
-            } else {
-                match ws.next().now_or_never() {
-                    Some(i) => i,
-                    None => break,
-                }
-            };
-            let Some(Ok(Frame::Text(b))) = item else {
-                if matches!(item, Some(Ok(_))) {
+// ------------------------------------------------------------ RPC
+
+/// A client of the RPC rows.
+trait RpcClient {
+    /// `total` `bench.echo` requests with `k` in flight; latencies in µs.
+    async fn run(&mut self, k: usize, total: usize) -> Vec<u32>;
+}
+
+/// The `RESULT` of an RPC child: at 1 and at 256 in flight, a warm-up run
+/// and then a timed one.
+async fn measure_rpc(client: &mut impl RpcClient, total1: usize, total256: usize) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, total) in [(1usize, total1), (256, total256)] {
+        client.run(k, warmup(k, total)).await;
+        let t0 = Instant::now();
+        let lat = client.run(k, total).await;
+        out.insert(format!("k{k}"), rpc_stats(lat, t0.elapsed()));
+    }
+    Value::Object(out)
+}
+
+/// The raw limit: requests pipelined over one socket, answers matched by id
+/// in a `HashMap`.
+struct RawRpc {
+    ws: Ws,
+    next_id: u64,
+}
+
+impl RpcClient for RawRpc {
+    async fn run(&mut self, k: usize, total: usize) -> Vec<u32> {
+        let Self { ws, next_id } = self;
+        let mut pending: HashMap<String, Instant> = HashMap::with_capacity(k * 2);
+        let mut lat = Vec::with_capacity(total);
+        let mut sent = 0usize;
+        while lat.len() < total {
+            while pending.len() < k && sent < total {
+                *next_id += 1;
+                let id = next_id.to_string();
+                let req = format!(
+                    r#"{{"type":"req","id":"{id}","method":"{ECHO_METHOD}","params":{{"i":{sent}}}}}"#
+                );
+                ws.feed(Message::Text(req.into())).await.expect("feed");
+                pending.insert(id, Instant::now());
+                sent += 1;
+            }
+            ws.flush().await.expect("flush");
+            // Take one answer, then whatever else is already here.
+            let mut first = true;
+            loop {
+                let item = if first {
+                    first = false;
+                    ws.next().await
+                } else {
+                    match ws.next().now_or_never() {
+                        Some(i) => i,
+                        None => break,
+                    }
+                };
+                let Some(Ok(Frame::Text(b))) = item else {
+                    if matches!(item, Some(Ok(_))) {
+                        continue;
+                    }
+                    panic!("raw rpc: socket ended");
+                };
+                let r: WireRes<'_> = serde_json::from_slice(&b).expect("res decodes");
+                if r.kind != "res" {
                     continue;
                 }
-                panic!("raw rpc: socket ended");
-            };
-            let r: WireRes<'_> = serde_json::from_slice(&b).expect("res decodes");
-            if r.kind != "res" {
-                continue;
-            }
-            if let Some(t) = r.id.as_deref().and_then(|id| pending.remove(id)) {
-                assert_eq!(r.ok, Some(true));
-                let owned: Option<Box<RawValue>> = r.payload.map(ToOwned::to_owned);
-                std::hint::black_box(owned);
-                lat.push(t.elapsed().as_micros() as u32);
-            }
-            if lat.len() >= total {
-                break;
+                if let Some(t) = r.id.as_deref().and_then(|id| pending.remove(id)) {
+                    assert_eq!(r.ok, Some(true));
+                    let owned: Option<Box<RawValue>> = r.payload.map(ToOwned::to_owned);
+                    std::hint::black_box(owned);
+                    lat.push(t.elapsed().as_micros() as u32);
+                }
+                if lat.len() >= total {
+                    break;
+                }
             }
         }
+        lat
     }
-    lat
 }
 
 pub fn rpc_raw(url: &str, total1: usize, total256: usize) {
     run_system(async {
-        let mut ws = raw_connect(url).await;
-        let mut id = 0u64;
-        let mut out = serde_json::Map::new();
-        for (k, total) in [(1usize, total1), (256, total256)] {
-            raw_rpc_run(&mut ws, k, warmup(k, total), &mut id).await;
-            let t0 = Instant::now();
-            let lat = raw_rpc_run(&mut ws, k, total, &mut id).await;
-            out.insert(format!("k{k}"), rpc_stats(lat, t0.elapsed()));
-        }
-        emit(Value::Object(out));
+        let mut raw = RawRpc {
+            ws: raw_connect(url).await,
+            next_id: 0,
+        };
+        emit(measure_rpc(&mut raw, total1, total256).await);
     });
 }
 
@@ -422,10 +456,7 @@ pub fn ingest_actor(url: &str, n: u64) {
         .expect("subscriber task");
         let secs = last.duration_since(t0).as_secs_f64();
         let cpu = procfs::process_cpu() - cpu0;
-        emit(
-            json!({"events": events, "dropped": dropped, "secs": secs, "cpu": cpu,
-            "peak_kib": procfs::peak_rss_kib()}),
-        );
+        emit_ingest(events, dropped, secs, cpu, None);
         std::process::exit(0);
     });
 }
@@ -526,19 +557,34 @@ pub fn ingest_sse(url: &str, n: u64) {
         let done = done_rx.await.expect("SSE client result");
         let cpu = procfs::process_cpu() - cpu0 - done.client_cpu;
         let dropped = done.dropped.max(broker_dropped(&b.broker).await);
-        emit(json!({"events": done.events, "dropped": dropped,
-            "secs": done.end.duration_since(t0).as_secs_f64(), "cpu": cpu,
-            "client_cpu": done.client_cpu, "peak_kib": procfs::peak_rss_kib()}));
+        let secs = done.end.duration_since(t0).as_secs_f64();
+        emit_ingest(done.events, dropped, secs, cpu, Some(done.client_cpu));
         std::process::exit(0);
     });
 }
 
-async fn actor_rpc_run(sup: &Addr<Supervisor>, k: usize, total: usize) -> Vec<u32> {
+/// A bridge path that takes many requests at once: every request in flight
+/// is a task of its own ([`run_concurrent`]).
+trait ConcurrentEcho: Clone + 'static {
+    /// Send the `i`th `bench.echo` request and wait for its answer.
+    async fn echo(&self, i: usize);
+}
+
+impl<C: ConcurrentEcho> RpcClient for C {
+    async fn run(&mut self, k: usize, total: usize) -> Vec<u32> {
+        run_concurrent(self, k, total).await
+    }
+}
+
+/// `total` requests from `k` tasks, each sending its next as soon as its last
+/// is answered; latencies in µs, from before the request is built to its
+/// answer.
+async fn run_concurrent(path: &impl ConcurrentEcho, k: usize, total: usize) -> Vec<u32> {
     let next = Rc::new(Cell::new(0usize));
     let lat = Rc::new(RefCell::new(Vec::with_capacity(total)));
     let mut tasks = Vec::new();
     for _ in 0..k {
-        let (sup, next, lat) = (sup.clone(), next.clone(), lat.clone());
+        let (path, next, lat) = (path.clone(), next.clone(), lat.clone());
         tasks.push(actix_rt::spawn(async move {
             loop {
                 let i = next.get();
@@ -547,12 +593,7 @@ async fn actor_rpc_run(sup: &Addr<Supervisor>, k: usize, total: usize) -> Vec<u3
                 }
                 next.set(i + 1);
                 let t = Instant::now();
-                let r = sup
-                    .send(Send::new(ECHO_METHOD, Some(json!({ "i": i }))))
-                    .await
-                    .expect("supervisor alive");
-                let payload = r.expect("echo answered");
-                std::hint::black_box(payload);
+                path.echo(i).await;
                 lat.borrow_mut().push(t.elapsed().as_micros() as u32);
             }
         }));
@@ -563,58 +604,50 @@ async fn actor_rpc_run(sup: &Addr<Supervisor>, k: usize, total: usize) -> Vec<u3
     Rc::try_unwrap(lat)
         .map(RefCell::into_inner)
         .unwrap_or_default()
+}
+
+/// `Send` to the Supervisor, in-process.
+impl ConcurrentEcho for Addr<Supervisor> {
+    async fn echo(&self, i: usize) {
+        let r = self
+            .send(Send::new(ECHO_METHOD, Some(json!({ "i": i }))))
+            .await
+            .expect("supervisor alive");
+        let payload = r.expect("echo answered");
+        std::hint::black_box(payload);
+    }
 }
 
 pub fn rpc_actor(url: &str, total1: usize, total256: usize) {
     run_system(async {
-        let b = start_bridge(url, &[]).await;
-        let mut out = serde_json::Map::new();
-        for (k, total) in [(1usize, total1), (256, total256)] {
-            actor_rpc_run(&b.supervisor, k, warmup(k, total)).await;
-            let t0 = Instant::now();
-            let lat = actor_rpc_run(&b.supervisor, k, total).await;
-            out.insert(format!("k{k}"), rpc_stats(lat, t0.elapsed()));
-        }
-        emit(Value::Object(out));
+        let mut b = start_bridge(url, &[]).await;
+        emit(measure_rpc(&mut b.supervisor, total1, total256).await);
         std::process::exit(0);
     });
 }
 
-async fn http_rpc_run(client: &awc::Client, url: &str, k: usize, total: usize) -> Vec<u32> {
-    let next = Rc::new(Cell::new(0usize));
-    let lat = Rc::new(RefCell::new(Vec::with_capacity(total)));
-    let mut tasks = Vec::new();
-    for _ in 0..k {
-        let (client, url, next, lat) = (client.clone(), url.to_owned(), next.clone(), lat.clone());
-        tasks.push(actix_rt::spawn(async move {
-            loop {
-                let i = next.get();
-                if i >= total {
-                    return;
-                }
-                next.set(i + 1);
-                let t = Instant::now();
-                let mut res = client
-                    .post(&url)
-                    .insert_header(("content-type", "application/json"))
-                    .send_body(format!(
-                        r#"{{"method":"{ECHO_METHOD}","params":{{"i":{i}}}}}"#
-                    ))
-                    .await
-                    .expect("POST /v1/rpc");
-                let body = res.body().await.expect("rpc body");
-                assert_eq!(res.status().as_u16(), 200, "{body:?}");
-                std::hint::black_box(body);
-                lat.borrow_mut().push(t.elapsed().as_micros() as u32);
-            }
-        }));
+/// `POST /v1/rpc` by an awc client.
+#[derive(Clone)]
+struct HttpRpc {
+    client: awc::Client,
+    url: String,
+}
+
+impl ConcurrentEcho for HttpRpc {
+    async fn echo(&self, i: usize) {
+        let mut res = self
+            .client
+            .post(&self.url)
+            .insert_header(("content-type", "application/json"))
+            .send_body(format!(
+                r#"{{"method":"{ECHO_METHOD}","params":{{"i":{i}}}}}"#
+            ))
+            .await
+            .expect("POST /v1/rpc");
+        let body = res.body().await.expect("rpc body");
+        assert_eq!(res.status().as_u16(), 200, "{body:?}");
+        std::hint::black_box(body);
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    Rc::try_unwrap(lat)
-        .map(RefCell::into_inner)
-        .unwrap_or_default()
 }
 
 pub fn rpc_http(url: &str, total1: usize, total256: usize) {
@@ -624,22 +657,17 @@ pub fn rpc_http(url: &str, total1: usize, total256: usize) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let client = awc::Client::builder()
-                    .connector(awc::Connector::new().limit(1024))
-                    .timeout(Duration::from_secs(60))
-                    .finish();
-                let mut out = serde_json::Map::new();
-                for (k, total) in [(1usize, total1), (256, total256)] {
-                    http_rpc_run(&client, &rpc_url, k, warmup(k, total)).await;
-                    let t0 = Instant::now();
-                    let lat = http_rpc_run(&client, &rpc_url, k, total).await;
-                    out.insert(format!("k{k}"), rpc_stats(lat, t0.elapsed()));
-                }
-                let _ = tx.send(out);
+                let mut http = HttpRpc {
+                    client: awc::Client::builder()
+                        .connector(awc::Connector::new().limit(1024))
+                        .timeout(Duration::from_secs(60))
+                        .finish(),
+                    url: rpc_url,
+                };
+                let _ = tx.send(measure_rpc(&mut http, total1, total256).await);
             });
         });
-        let out = rx.await.expect("HTTP client result");
-        emit(Value::Object(out));
+        emit(rx.await.expect("HTTP client result"));
         std::process::exit(0);
     });
 }

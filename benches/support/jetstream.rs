@@ -16,9 +16,8 @@ use async_nats::jetstream::{self, consumer};
 use openclaw_bridge::actors::broker::AddSink;
 use openclaw_bridge::config::NatsSettings;
 use openclaw_bridge::nats::{self, NatsHandle};
-use serde_json::json;
 
-use super::clients::{emit, run_system, start_bridge, start_flood, Bridge};
+use super::clients::{emit_ingest, run_system, start_bridge, start_flood, Bridge};
 use super::nats_server::NatsServer;
 use super::procfs;
 
@@ -260,9 +259,14 @@ pub fn ingest_nats(url: &str, n: u64, nats_url: &str) {
             }
         };
         let cpu = procfs::process_cpu() - cpu0 - done.client_cpu;
-        emit(json!({"events": done.events, "dropped": n - done.events,
-            "secs": done.end.duration_since(t0).as_secs_f64(), "cpu": cpu,
-            "client_cpu": done.client_cpu, "peak_kib": procfs::peak_rss_kib()}));
+        let secs = done.end.duration_since(t0).as_secs_f64();
+        emit_ingest(
+            done.events,
+            n - done.events,
+            secs,
+            cpu,
+            Some(done.client_cpu),
+        );
         std::process::exit(0);
     });
 }

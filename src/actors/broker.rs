@@ -24,7 +24,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::messages::{EventMsg, LinkChanged};
-use crate::protocol::GatewayEvent;
 use crate::telemetry::events as ev;
 
 /// An immutable string shared without copying: the name, ids and data line
@@ -302,6 +301,8 @@ impl EventBroker {
             sink.offer(&item);
         }
         let mut closed = Vec::new();
+        // Drops are counted here and reported to metrics once per event.
+        let dropped_before = self.dropped_total;
         for (sid, sub) in self.subscribers.iter_mut() {
             if !sub.filter.matches(&item) {
                 continue;
@@ -312,7 +313,6 @@ impl EventBroker {
                 if sub.tx.capacity() < (self.queue / 2).max(2) {
                     sub.dropped += 1;
                     self.dropped_total += 1;
-                    crate::metrics::sse_dropped(&self.gateway, 1);
                     continue;
                 }
                 let gap = gap_item(from, item.id - 1, sub.dropped);
@@ -324,7 +324,6 @@ impl EventBroker {
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.dropped += 1;
                         self.dropped_total += 1;
-                        crate::metrics::sse_dropped(&self.gateway, 1);
                         continue;
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -339,11 +338,13 @@ impl EventBroker {
                     sub.lagged_from = Some(item.id);
                     sub.dropped = 1;
                     self.dropped_total += 1;
-                    crate::metrics::sse_dropped(&self.gateway, 1);
                     tracing::warn!(gateway = %self.gateway, event = ev::SSE_SUBSCRIBER_LAGGED, subscriber = %sub.label, subscriber_id = *sid, dropped = 1u64, queue = self.queue, "subscriber is not keeping up; skipping events for it (it gets a bridge.gap message)");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*sid),
             }
+        }
+        if self.dropped_total > dropped_before {
+            crate::metrics::sse_dropped(&self.gateway, self.dropped_total - dropped_before);
         }
         if !closed.is_empty() {
             for sid in closed {
@@ -364,11 +365,6 @@ fn gap_item(from: u64, to: u64, dropped: u64) -> BrokerItem {
             .to_string()
             .into(),
     }
-}
-
-/// `{"seq":N|null,"payload":…}` without re-parsing the payload.
-pub fn render_data(event: &GatewayEvent) -> String {
-    event.data().as_str().to_owned()
 }
 
 impl Actor for EventBroker {

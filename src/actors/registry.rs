@@ -37,7 +37,7 @@ mod runs;
 mod snapshots;
 
 /// Recent runs kept per agent.
-const RUNS_KEPT: usize = 20;
+pub(crate) const RUNS_KEPT: usize = 20;
 /// How often dirty agents and runs are handed to the store's writer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
@@ -45,7 +45,6 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct AgentsSnapshot {
-    pub generation: u64,
     pub payload: Box<RawValue>,
 }
 

@@ -120,7 +120,7 @@ fn reload(
             ),
             ("log.format", current.log.format != next.log.format),
             ("gateways added or removed", !same_ids),
-            ("nats", nats_changed(current, &next)),
+            ("nats", current.nats != next.nats),
         ]
         .into_iter()
         .filter_map(|(k, c)| c.then_some(k.to_owned())),
@@ -144,23 +144,4 @@ fn reload(
     }
     tracing::info!(event = ev::CONFIG_RELOADED, changed = %changed.join(", "), restart_needed = %restart_needed.join(", "), "SIGHUP: configuration reloaded");
     Some(next)
-}
-
-/// Whether `[nats]` differs (applied at the next start only).
-fn nats_changed(a: &Settings, b: &Settings) -> bool {
-    match (&a.nats, &b.nats) {
-        (None, None) => false,
-        (Some(x), Some(y)) => {
-            x.url != y.url
-                || x.stream != y.stream
-                || x.subject_prefix != y.subject_prefix
-                || x.kv_bucket != y.kv_bucket
-                || x.max_age != y.max_age
-                || x.max_bytes != y.max_bytes
-                || x.buffer != y.buffer
-                || x.token != y.token
-                || x.credentials_file != y.credentials_file
-        }
-        _ => true,
-    }
 }

@@ -1,27 +1,9 @@
 use super::*;
-use crate::protocol::{ClientInfo, ConnectAuth};
 use std::os::unix::fs::PermissionsExt;
 
 fn params(token: Option<&str>, device_token: Option<&str>) -> ConnectParams {
-    ConnectParams {
-        min_protocol: 4,
-        max_protocol: 4,
-        client: ClientInfo {
-            id: "gateway-client".into(),
-            version: "0.1.0".into(),
-            platform: " Linux ".into(),
-            mode: "backend".into(),
-            display_name: Some("openclaw-bridge".into()),
-            device_family: None,
-        },
-        role: "operator".into(),
-        scopes: vec!["operator.read".into(), "operator.write".into()],
-        auth: ConnectAuth {
-            token: token.map(Into::into),
-            device_token: device_token.map(Into::into),
-        },
-        device: None,
-    }
+    // An untidy platform string: the v3 payload normalizes it.
+    ConnectParams::sample(" Linux ", token, device_token)
 }
 
 fn mode_of(p: &Path) -> u32 {

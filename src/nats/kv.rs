@@ -124,7 +124,9 @@ pub(super) async fn kv_task(
         // Deletions only from the gateway's own list: right after a start
         // the registry holds what the store had, which may lack agents
         // that still exist.
-        if !failed && list.synced {
+        if failed {
+            store = None;
+        } else if list.synced {
             let gone: Vec<String> = last
                 .keys()
                 .filter(|k| !seen.contains(*k))
@@ -135,8 +137,6 @@ pub(super) async fn kv_task(
                     last.remove(&k);
                 }
             }
-        } else {
-            store = None;
         }
     }
 }

@@ -25,6 +25,14 @@ pub struct Lost {
 impl Lost {
     pub fn add(&mut self, id: u64) {
         self.count += 1;
+        // Ids are lost in order while NATS is down: extend the last range
+        // in place (no sort, no allocation per event).
+        if let Some(last) = self.ranges.last_mut() {
+            if last.0 <= id && id <= last.1.saturating_add(1) {
+                last.1 = last.1.max(id);
+                return;
+            }
+        }
         self.add_range(id, id);
     }
 
@@ -115,11 +123,14 @@ pub struct NatsSink {
     dropped_unlogged: u64,
     dropped_total: u64,
     last_log: Option<Instant>,
+    /// `openclaw_bridge_nats_dropped_total{reason="queue_full"}`, looked up once.
+    queue_full: metrics::Counter,
 }
 
 impl NatsSink {
     pub(super) fn new(gateway: Arc<str>, tx: mpsc::Sender<Outgoing>, shared: Arc<Shared>) -> Self {
         NatsSink {
+            queue_full: crate::metrics::nats_dropped_counter(&gateway, "queue_full"),
             gateway,
             tx,
             shared,
@@ -139,7 +150,7 @@ impl NatsSink {
                 match o {
                     Outgoing::Event { item, .. } => {
                         self.shared.lose(item.id);
-                        crate::metrics::nats_dropped(&self.gateway, "queue_full", 1);
+                        self.queue_full.increment(1);
                         self.dropped_unlogged += 1;
                         self.dropped_total += 1;
                         if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {

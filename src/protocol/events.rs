@@ -66,6 +66,8 @@ pub struct AgentEvent {
     /// `data.phase` for `lifecycle` / `run_status`.
     pub data_phase: Option<String>,
     pub phase: RunPhase,
+    /// `data.aborted` of a `lifecycle` event: the run was cancelled.
+    pub aborted: bool,
 }
 
 /// A `chat` event (§6).
@@ -111,6 +113,9 @@ struct AgentWire<'a> {
 struct PhaseWire {
     #[serde(default)]
     phase: Option<String>,
+    /// `lifecycle` `end` of a cancelled run (PROTOCOL.md §6).
+    #[serde(default)]
+    aborted: bool,
 }
 
 #[derive(Deserialize)]
@@ -307,11 +312,14 @@ fn typed(frame: &EventFrame<'_>) -> Result<EventKind, String> {
                 None => parse(frame.payload)?,
             };
             let stream = w.stream.map_or(Text::from_static(""), |s| known(&s.0));
-            let data_phase = match (stream.as_str(), w.data) {
-                ("lifecycle" | "run_status", Some(d)) => serde_json::from_str::<PhaseWire>(d.get())
-                    .ok()
-                    .and_then(|p| p.phase),
-                _ => None,
+            let (data_phase, aborted) = match (stream.as_str(), w.data) {
+                ("lifecycle" | "run_status", Some(d)) => {
+                    match serde_json::from_str::<PhaseWire>(d.get()) {
+                        Ok(p) => (p.phase, p.aborted && stream.as_str() == "lifecycle"),
+                        Err(_) => (None, false),
+                    }
+                }
+                _ => (None, false),
             };
             let phase = match (stream.as_str(), data_phase.as_deref()) {
                 ("lifecycle", Some("end")) => RunPhase::Ended,
@@ -326,6 +334,7 @@ fn typed(frame: &EventFrame<'_>) -> Result<EventKind, String> {
                 ts: w.ts,
                 data_phase,
                 phase,
+                aborted,
             })
         }
         "chat" => {
@@ -372,6 +381,25 @@ mod tests {
             Inbound::Event(f) => GatewayEvent::from_frame(&f),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn aborted_is_read_from_data_not_found_by_text() {
+        let aborted = |text: &str| match ev(text).0.kind {
+            EventKind::Agent(a) => a.aborted,
+            k => panic!("{k:?}"),
+        };
+        // Spaced as a pretty-printing gateway would send it.
+        assert!(aborted(
+            r#"{"type":"event","event":"agent","payload":{"runId":"r","stream":"lifecycle","data":{"phase" : "end", "aborted" : true}}}"#
+        ));
+        // The words inside the run's output are not the flag.
+        assert!(!aborted(
+            r#"{"type":"event","event":"agent","payload":{"runId":"r","stream":"lifecycle","data":{"phase":"end","aborted":false,"terminalReply":{"text":"\"aborted\":true"}}}}"#
+        ));
+        assert!(!aborted(
+            r#"{"type":"event","event":"agent","payload":{"runId":"r","stream":"assistant","data":{"aborted":true}}}"#
+        ));
     }
 
     #[test]

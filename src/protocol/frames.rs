@@ -106,13 +106,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     }
 }
 
-/// The envelope as first read: the payload is walked once, its keys noted
-/// ([`Captured`]) instead of being scanned again later by the typed view.
-// `id`, `ok` and `error` are not used for events, but read as `Envelope`
-// reads them so that the same frames are accepted and refused.
+/// A frame's envelope. `P` is how the payload is read: [`Captured`] on the
+/// first, one-pass try (its keys noted instead of being scanned again by the
+/// typed view), `&RawValue` on the plain fallback. Both read every field the
+/// same way, so the same frames are accepted and refused.
 #[derive(Deserialize)]
-#[allow(dead_code)]
-struct Envelope1<'a> {
+#[serde(bound(deserialize = "P: Deserialize<'de>"))]
+struct Envelope<'a, P> {
     #[serde(rename = "type", borrow, default)]
     kind: Option<Str<'a>>,
     #[serde(borrow, default)]
@@ -123,8 +123,8 @@ struct Envelope1<'a> {
     ok: Option<bool>,
     #[serde(default)]
     seq: Option<u64>,
-    #[serde(borrow, default)]
-    payload: Option<Captured<'a>>,
+    #[serde(default)]
+    payload: Option<P>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
 }
@@ -251,24 +251,6 @@ fn object_span<'a>(text: &'a str, c: &Captured<'_>) -> Option<&'a str> {
     text.get(start..=close)
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    event: Option<Str<'a>>,
-    #[serde(default)]
-    ok: Option<bool>,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    error: Option<&'a RawValue>,
-}
-
 /// Decode one text frame.
 pub fn decode(text: &str) -> Result<Inbound<'_>, DecodeError> {
     // One pass over the payload for the common case: an event whose payload
@@ -277,7 +259,7 @@ pub fn decode(text: &str) -> Result<Inbound<'_>, DecodeError> {
     if text.starts_with(r#"{"type":"res""#) {
         return decode_plain(text);
     }
-    if let Ok(env) = serde_json::from_str::<Envelope1<'_>>(text) {
+    if let Ok(env) = serde_json::from_str::<Envelope<'_, Captured<'_>>>(text) {
         if let (Some(kind), Some(event), Some(p)) = (&env.kind, env.event, env.payload) {
             if kind.0 == "event" {
                 if let Some(span) = object_span(text, &p) {
@@ -295,7 +277,7 @@ pub fn decode(text: &str) -> Result<Inbound<'_>, DecodeError> {
 }
 
 fn decode_plain(text: &str) -> Result<Inbound<'_>, DecodeError> {
-    let env: Envelope<'_> =
+    let env: Envelope<'_, &RawValue> =
         serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     let kind = env.kind.ok_or(DecodeError::MissingType)?.0;
     // `"payload": null` is the same as no payload.

@@ -250,6 +250,32 @@ pub fn missing_scopes(granted: &[String], requested: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The connect params the bridge sends, for tests elsewhere in the crate.
+#[cfg(test)]
+impl ConnectParams {
+    pub(crate) fn sample(platform: &str, token: Option<&str>, device_token: Option<&str>) -> Self {
+        ConnectParams {
+            min_protocol: 4,
+            max_protocol: 4,
+            client: ClientInfo {
+                id: "gateway-client".into(),
+                version: "0.1.0".into(),
+                platform: platform.into(),
+                mode: "backend".into(),
+                display_name: Some("openclaw-bridge".into()),
+                device_family: None,
+            },
+            role: "operator".into(),
+            scopes: vec!["operator.read".into(), "operator.write".into()],
+            auth: ConnectAuth {
+                token: token.map(Into::into),
+                device_token: device_token.map(Into::into),
+            },
+            device: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,25 +324,7 @@ mod tests {
 
     #[test]
     fn connect_params_serialise_as_the_gateway_expects_and_debug_hides_token() {
-        let p = ConnectParams {
-            min_protocol: 4,
-            max_protocol: 4,
-            client: ClientInfo {
-                id: "gateway-client".into(),
-                version: "0.1.0".into(),
-                platform: "linux".into(),
-                mode: "backend".into(),
-                display_name: Some("openclaw-bridge".into()),
-                device_family: None,
-            },
-            role: "operator".into(),
-            scopes: vec!["operator.read".into(), "operator.write".into()],
-            auth: ConnectAuth {
-                token: Some("sekrit".into()),
-                device_token: None,
-            },
-            device: None,
-        };
+        let p = ConnectParams::sample("linux", Some("sekrit"), None);
         let v = serde_json::to_value(&p).unwrap();
         assert_eq!(
             v,

@@ -15,6 +15,15 @@ fn bridge(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run openclaw-bridge")
 }
 
+/// The command exited 0 (its stderr in the failure message).
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn check_config_prints_the_effective_config_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
@@ -36,11 +45,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
             ("OPENCLAW_BRIDGE__EVENTS__BUFFER", "42"),
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     let t: toml::Table = toml::from_str(&text).expect("valid TOML");
     assert_eq!(t["gateway"]["token"].as_str(), Some("<redacted>"));
@@ -86,6 +91,11 @@ fn a_bad_value_exits_2_naming_the_key_and_what_is_allowed() {
         &[("OPENCLAW_BRIDGE__HTTP__LISTEN", "0.0.0.0:18800")],
     );
     assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"event\":\"config.invalid\"") && err.contains("\"key\":\"http.token\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -139,11 +149,7 @@ fn check_config_and_call_with_several_gateways() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = two_gateways(dir.path(), "ws://127.0.0.1:10/", "secret-of-b", "a");
     let out = bridge(&["check-config", "--config", &cfg], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     let t: toml::Table = toml::from_str(&text).expect("valid TOML");
     let gws = t["gateways"].as_array().expect("[[gateways]]");
@@ -188,11 +194,7 @@ fn call_reaches_the_gateway_named_by_gateway_flag() {
         &["call", "agents.list", "--gateway", "b", "--config", &cfg],
         &[],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["defaultId"], "main", "{v}");
     // Without the flag: the default gateway, which is not there (exit 3).

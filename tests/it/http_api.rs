@@ -13,7 +13,7 @@ use bytes::Bytes;
 use openclaw_bridge::config::Secret;
 use serde_json::{json, Value};
 
-use crate::support::app::{spawn_app, spawn_with, test_settings, TestApp};
+use crate::support::app::{spawn_app, spawn_app_env, spawn_with, test_settings, TestApp};
 use crate::support::fake_gateway::{ConnectMode, FakeGateway, FakeOptions, Reply};
 
 const T: Duration = Duration::from_secs(10);
@@ -21,6 +21,16 @@ const T: Duration = Duration::from_secs(10);
 async fn connected() -> (FakeGateway, TestApp) {
     let gw = FakeGateway::start(FakeOptions::default());
     let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
+    (gw, app)
+}
+
+/// Connected, with gateway id `id`: the metrics recorder is shared by every
+/// test in the process, and a unique gateway label makes this app's series
+/// its own, so counts can be exact.
+async fn connected_as(id: &str) -> (FakeGateway, TestApp) {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app_env(&gw.url(), None, &[("OPENCLAW_BRIDGE__GATEWAY__ID", id)]).await;
     assert!(app.wait_connected(T).await, "{:?}", app.status().await);
     (gw, app)
 }
@@ -539,13 +549,14 @@ async fn without_a_token_everything_is_open() {
 
 #[actix_rt::test]
 async fn metrics_show_the_traffic() {
-    let (gw, app) = connected().await;
+    let (gw, app) = connected_as("metrics-traffic").await;
+    const GW: &str = r#"gateway="metrics-traffic""#;
     let before = metrics_text(&app, None).await;
     let health_ok = |t: &str| {
         metric(
             t,
             "openclaw_bridge_requests_total",
-            &[r#"method="health""#, r#"outcome="ok""#],
+            &[GW, r#"method="health""#, r#"outcome="ok""#],
         )
         .unwrap_or(0.0)
     };
@@ -553,12 +564,13 @@ async fn metrics_show_the_traffic() {
         metric(
             t,
             "openclaw_bridge_events_total",
-            &[r#"event="metrics.test.event""#],
+            &[GW, r#"event="metrics.test.event""#],
         )
         .unwrap_or(0.0)
     };
-    let connects = |t: &str| metric(t, "openclaw_bridge_connects_total", &[]).unwrap_or(0.0);
-    let disconnects = |t: &str| metric(t, "openclaw_bridge_disconnects_total", &[]).unwrap_or(0.0);
+    let connects = |t: &str| metric(t, "openclaw_bridge_connects_total", &[GW]).unwrap_or(0.0);
+    let disconnects =
+        |t: &str| metric(t, "openclaw_bridge_disconnects_total", &[GW]).unwrap_or(0.0);
 
     gw.set_responder(|r| match r.method.as_str() {
         "nope" => Reply::error("INVALID_REQUEST", "no"),
@@ -594,31 +606,23 @@ async fn metrics_show_the_traffic() {
     assert!(app.wait_connected(T).await);
     let after_reconnect = metrics_text(&app, None).await;
 
+    assert_eq!(health_ok(&before), 0.0, "this app's own series");
     assert!(
-        health_ok(&after) - health_ok(&before) >= 3.0,
+        health_ok(&after) - health_ok(&before) == 3.0,
         "requests_total{{method=health,outcome=ok}}: {} -> {}",
         health_ok(&before),
         health_ok(&after)
     );
-    assert!(
+    assert_eq!(
         metric(
             &after,
             "openclaw_bridge_requests_total",
-            &[r#"outcome="INVALID_REQUEST""#]
-        )
-        .is_some()
-            || metric(
-                &after,
-                "openclaw_bridge_requests_total",
-                &[r#"method="other""#]
-            )
-            .is_some(),
+            &[GW, r#"method="other""#, r#"outcome="INVALID_REQUEST""#]
+        ),
+        Some(1.0),
         "a failed request is counted by outcome:\n{after}"
     );
-    assert!(
-        events_named(&after) - events_named(&before) >= 5.0,
-        "{after}"
-    );
+    assert_eq!(events_named(&after) - events_named(&before), 5.0, "{after}");
     assert!(
         connects(&after_reconnect) > connects(&after),
         "connects counted"
@@ -783,8 +787,15 @@ async fn agents_live_then_running_then_idle_then_stale() {
 
 #[actix_rt::test]
 async fn metrics_count_seq_gaps() {
-    let (gw, app) = connected().await;
-    let gaps = |t: &str| metric(t, "openclaw_bridge_seq_gaps_total", &[]).unwrap_or(0.0);
+    let (gw, app) = connected_as("metrics-gaps").await;
+    let gaps = |t: &str| {
+        metric(
+            t,
+            "openclaw_bridge_seq_gaps_total",
+            &[r#"gateway="metrics-gaps""#],
+        )
+        .unwrap_or(0.0)
+    };
     let before = gaps(&metrics_text(&app, None).await);
     gw.send_event("tick", json!({"ts": 1}));
     gw.send_event_with_seq("tick", json!({"ts": 2}), Some(1000));
@@ -793,7 +804,7 @@ async fn metrics_count_seq_gaps() {
     assert!(gw.next_request_for("agents.list", T).await.is_some());
     let after = metrics_text(&app, None).await;
     assert!(
-        gaps(&after) > before,
+        gaps(&after) - before == 1.0,
         "openclaw_bridge_seq_gaps_total did not increase after a seq gap:\n{after}"
     );
     app.stop().await;

@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use openclaw_bridge::actors::broker::{Filter, Subscribe};
 use serde_json::{json, Value};
 
+use crate::http_api::metric;
 use crate::support::app::{spawn_app, TestApp};
 use crate::support::fake_gateway::{FakeGateway, FakeOptions, Reply};
 use crate::support::nats_server::NatsServer;
@@ -358,12 +359,24 @@ async fn nats_killed_under_a_flood_sse_keeps_working_and_the_gap_is_announced() 
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&metrics);
+    // Samples with values, not only the HELP/TYPE lines.
+    let value = |name: &str, labels: &[&str]| metric(&text, name, labels).unwrap_or(0.0);
+    let gw_label = r#"gateway="default""#;
     assert!(
-        text.contains("openclaw_bridge_nats_dropped_total"),
+        value(
+            "openclaw_bridge_nats_dropped_total",
+            &[gw_label, r#"reason="queue_full""#]
+        ) > 0.0,
         "{text}"
     );
-    assert!(text.contains("openclaw_bridge_nats_published_total"));
-    assert!(text.contains("openclaw_bridge_nats_connection_state"));
+    assert!(
+        value("openclaw_bridge_nats_published_total", &[gw_label]) > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "openclaw_bridge_nats_connection_state", &[gw_label]).is_some(),
+        "{text}"
+    );
     app.stop().await;
 }
 

@@ -90,6 +90,15 @@ impl Logs {
             .collect()
     }
 
+    /// The first `n` lines of `dump_since(mark)`.
+    fn head_since(&self, mark: usize, n: usize) -> String {
+        self.dump_since(mark)
+            .lines()
+            .take(n)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The operator-facing lines since `mark`, compact, for reports.
     fn dump_since(&self, mark: usize) -> String {
         let mut out = String::new();
@@ -175,6 +184,44 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// `until` the bridge is no longer connected (within `WAIT`), or panic
+    /// with `what` and the timeline.
+    async fn until_down(&mut self, what: &str) -> (Instant, Status) {
+        self.until(WAIT, |s| !connected(s))
+            .await
+            .unwrap_or_else(|| panic!("{what}\n{}", self.show()))
+    }
+
+    /// `until` `pred` holds (within `timeout`), or panic saying the bridge is
+    /// not back after `what`, with the timeline, the bridge's log since
+    /// `mark` and the gateway's log tail.
+    async fn until_back(
+        &mut self,
+        timeout: Duration,
+        pred: impl FnMut(&Status) -> bool,
+        what: &str,
+        (logs, mark): (&Logs, usize),
+        gw: &RealGateway,
+    ) -> (Instant, Status) {
+        self.until(timeout, pred).await.unwrap_or_else(|| {
+            panic!(
+                "bridge not back after {what}\n{}\n{}\n{}",
+                self.show(),
+                logs.dump_since(mark),
+                gw.log_tail()
+            )
+        })
+    }
+
+    /// The bridge never went to `parked` while watched.
+    fn assert_never_parked(&self, msg: &str) {
+        assert!(
+            !self.states_seen.iter().any(|s| s == "parked"),
+            "{msg}: {}",
+            self.show()
+        );
+    }
+
     fn show(&self) -> String {
         format!("bridge timeline:\n  {}", self.timeline.join("\n  "))
     }
@@ -244,6 +291,26 @@ impl Drop for ContOnDrop {
 }
 
 // ------------------------------------------------------------------ common checks
+
+/// The bridge's log captured on this thread (while the guard lives), then a
+/// private gateway started with `opts`, then a bridge connected to it:
+/// `(logs, guard, gateway, its hello-ok, its start time, bridge)`.
+async fn rig(
+    opts: GatewayOptions,
+) -> (
+    Logs,
+    tracing::subscriber::DefaultGuard,
+    Arc<RealGateway>,
+    Value,
+    Duration,
+    TestApp,
+) {
+    let logs = Logs::default();
+    let log_guard = logs.install();
+    let (gw, hello, started) = private_gateway(opts).await;
+    let app = connected_app(&gw).await;
+    (logs, log_guard, gw, hello, started, app)
+}
 
 /// Bridge up against `gw` with `main` listed (not stale) in `/v1/agents`.
 async fn connected_app(gw: &RealGateway) -> TestApp {
@@ -332,6 +399,42 @@ fn since(t0: Instant, t: Instant) -> String {
     format!("{:.3}s", t.saturating_duration_since(t0).as_secs_f64())
 }
 
+/// `since(t0, …)` of the probe's hello-ok, or `?` when it never came.
+fn since_probe(t0: Instant, probed: &Option<(Instant, Value)>) -> String {
+    probed
+        .as_ref()
+        .map(|(t, _)| since(t0, *t))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Starts the exited gateway again and waits (up to 90 s) for the bridge to
+/// be connected to a new boot, never parking meanwhile. Returns when the
+/// start began, when the bridge was back (and its status then), and the
+/// gateway's own first hello-ok on the new boot.
+async fn start_again_until_back(
+    gw: &Arc<RealGateway>,
+    boot1: &Value,
+    watch: &mut Watch<'_>,
+    log_since: (&Logs, usize),
+    what: &str,
+) -> (Instant, Instant, Status, Option<(Instant, Value)>) {
+    let t_start = Instant::now();
+    gw.start_again();
+    let probe = probe_gateway(gw.clone(), Some(boot1.clone()), Duration::from_secs(90));
+    let (bridge_at, up) = watch
+        .until_back(
+            Duration::from_secs(90),
+            |s| connected(s) && boot_of(s).as_deref() != boot1.as_str(),
+            what,
+            log_since,
+            gw,
+        )
+        .await;
+    let gw_ready = off_thread(move || probe.join().expect("probe thread")).await;
+    watch.assert_never_parked("never parked");
+    (t_start, bridge_at, up, gw_ready)
+}
+
 fn code_of(s: &Status) -> String {
     s.last_error
         .as_ref()
@@ -349,11 +452,8 @@ async fn usr2_restart_reconnects_within_2s_of_the_gateway() {
     if !RealGateway::available() {
         return;
     }
-    let logs = Logs::default();
-    let _log_guard = logs.install();
-    let (gw, hello, started) = private_gateway(GatewayOptions::default()).await;
+    let (logs, _log_guard, gw, hello, started, app) = rig(GatewayOptions::default()).await;
     let boot1 = hello["server"]["bootId"].clone();
-    let app = connected_app(&gw).await;
     assert_eq!(
         boot_of(&app.status().await).as_deref(),
         boot1.as_str(),
@@ -366,10 +466,7 @@ async fn usr2_restart_reconnects_within_2s_of_the_gateway() {
     let probe = probe_gateway(gw.clone(), Some(boot1.clone()), WAIT);
     let mut watch = Watch::new(&app, t0);
 
-    let (down_at, down) = watch
-        .until(WAIT, |s| !connected(s))
-        .await
-        .unwrap_or_else(|| panic!("bridge never noticed the restart\n{}", watch.show()));
+    let (down_at, down) = watch.until_down("bridge never noticed the restart").await;
     let err = down.last_error.clone().expect("last_error while down");
     assert_eq!(err.code, "close_1012", "{err:?}\n{}", watch.show());
     assert_eq!(err.close_code, Some(1012), "{err:?}");
@@ -380,18 +477,14 @@ async fn usr2_restart_reconnects_within_2s_of_the_gateway() {
     let down_summary = check_down_behaviour(&app).await;
 
     let (bridge_at, up) = watch
-        .until(WAIT, |s| {
-            connected(s) && boot_of(s).as_deref() != boot1.as_str()
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "bridge not back after USR2\n{}\n{}\n{}",
-                watch.show(),
-                logs.dump_since(mark),
-                gw.log_tail()
-            )
-        });
+        .until_back(
+            WAIT,
+            |s| connected(s) && boot_of(s).as_deref() != boot1.as_str(),
+            "USR2",
+            (&logs, mark),
+            &gw,
+        )
+        .await;
     let (gw_at, gw_hello) = off_thread(move || probe.join().expect("probe thread"))
         .await
         .unwrap_or_else(|| panic!("gateway not ready after USR2\n{}", gw.log_tail()));
@@ -422,11 +515,7 @@ async fn usr2_restart_reconnects_within_2s_of_the_gateway() {
         watch.show(),
         logs.dump_since(mark)
     );
-    assert!(
-        !watch.states_seen.iter().any(|s| s == "parked"),
-        "a restart must not park: {}",
-        watch.show()
-    );
+    watch.assert_never_parked("a restart must not park");
 
     // What the operator reads.
     let disc = logs.named_since(mark, "gateway.disconnected");
@@ -451,20 +540,14 @@ async fn term_then_start_again_reconnects_by_itself() {
     if !RealGateway::available() {
         return;
     }
-    let logs = Logs::default();
-    let _log_guard = logs.install();
-    let (gw, hello, started) = private_gateway(GatewayOptions::default()).await;
+    let (logs, _log_guard, gw, hello, started, app) = rig(GatewayOptions::default()).await;
     let boot1 = hello["server"]["bootId"].clone();
-    let app = connected_app(&gw).await;
     let mark = logs.mark();
 
     let t0 = Instant::now();
     gw.signal("TERM");
     let mut watch = Watch::new(&app, t0);
-    let (down_at, down) = watch
-        .until(WAIT, |s| !connected(s))
-        .await
-        .unwrap_or_else(|| panic!("bridge never noticed SIGTERM\n{}", watch.show()));
+    let (down_at, down) = watch.until_down("bridge never noticed SIGTERM").await;
     let err = down.last_error.clone().expect("last_error while down");
     assert_eq!(err.code, "close_1012", "{err:?}\n{}", watch.show());
     assert!(err.message.contains("service restart"), "{err:?}");
@@ -506,28 +589,8 @@ async fn term_then_start_again_reconnects_by_itself() {
     );
     check_down_behaviour(&app).await;
 
-    let t_start = Instant::now();
-    gw.start_again();
-    let probe = probe_gateway(gw.clone(), Some(boot1.clone()), Duration::from_secs(90));
-    let (bridge_at, up) = watch
-        .until(Duration::from_secs(90), |s| {
-            connected(s) && boot_of(s).as_deref() != boot1.as_str()
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "bridge not back after TERM + start again\n{}\n{}\n{}",
-                watch.show(),
-                logs.dump_since(mark),
-                gw.log_tail()
-            )
-        });
-    let gw_ready = off_thread(move || probe.join().expect("probe thread")).await;
-    assert!(
-        !watch.states_seen.iter().any(|s| s == "parked"),
-        "never parked: {}",
-        watch.show()
-    );
+    let (t_start, bridge_at, up, gw_ready) =
+        start_again_until_back(&gw, &boot1, &mut watch, (&logs, mark), "TERM + start again").await;
     let backoffs = logs.named_since(mark, "gateway.backoff");
     let max_delay = backoffs
         .iter()
@@ -546,20 +609,13 @@ async fn term_then_start_again_reconnects_by_itself() {
         since(t0, down_at),
         since(t0, exit_at),
         since(t0, t_start),
-        gw_ready
-            .as_ref()
-            .map(|(t, _)| since(t0, *t))
-            .unwrap_or_else(|| "?".into()),
+        since_probe(t0, &gw_ready),
         since(t0, bridge_at),
         boot_of(&up),
         logs.named_since(mark, "gateway.connecting").len(),
         backoffs.len(),
         watch.show(),
-        logs.dump_since(mark)
-            .lines()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
+        logs.head_since(mark, 40)
     );
     check_back(&app, "term").await;
     app.stop().await;
@@ -573,11 +629,8 @@ async fn kill_then_start_again_fails_in_flight_and_reconnects() {
     if !RealGateway::available() {
         return;
     }
-    let logs = Logs::default();
-    let _log_guard = logs.install();
-    let (gw, hello, started) = private_gateway(GatewayOptions::default()).await;
+    let (logs, _log_guard, gw, hello, started, app) = rig(GatewayOptions::default()).await;
     let boot1 = hello["server"]["bootId"].clone();
-    let app = connected_app(&gw).await;
     let mark = logs.mark();
 
     // A long agent run (~30 s of streaming), waiting for its final answer.
@@ -631,10 +684,7 @@ async fn kill_then_start_again_fails_in_flight_and_reconnects() {
         "the in-flight run failed only after {in_flight_after:?}"
     );
 
-    let (down_at, down) = watch
-        .until(WAIT, |s| !connected(s))
-        .await
-        .unwrap_or_else(|| panic!("bridge never noticed SIGKILL\n{}", watch.show()));
+    let (down_at, down) = watch.until_down("bridge never noticed SIGKILL").await;
     let first_code = code_of(&down);
     assert!(
         ["connection_lost", "protocol_error", "connect_failed"].contains(&first_code.as_str()),
@@ -659,28 +709,8 @@ async fn kill_then_start_again_fails_in_flight_and_reconnects() {
     assert!(exited.is_some(), "gateway did not die on SIGKILL");
     let down_summary = check_down_behaviour(&app).await;
 
-    let t_start = Instant::now();
-    gw.start_again();
-    let probe = probe_gateway(gw.clone(), Some(boot1.clone()), Duration::from_secs(90));
-    let (bridge_at, up) = watch
-        .until(Duration::from_secs(90), |s| {
-            connected(s) && boot_of(s).as_deref() != boot1.as_str()
-        })
-        .await
-        .unwrap_or_else(|| {
-            panic!(
-                "bridge not back after KILL + start again\n{}\n{}\n{}",
-                watch.show(),
-                logs.dump_since(mark),
-                gw.log_tail()
-            )
-        });
-    let gw_ready = off_thread(move || probe.join().expect("probe thread")).await;
-    assert!(
-        !watch.states_seen.iter().any(|s| s == "parked"),
-        "never parked: {}",
-        watch.show()
-    );
+    let (t_start, bridge_at, up, gw_ready) =
+        start_again_until_back(&gw, &boot1, &mut watch, (&logs, mark), "KILL + start again").await;
     eprintln!(
         "RESILIENCE kill: gateway started in {started:?}; in-flight agent run failed {in_flight_after:?} after SIGKILL \
          with {}; bridge down at {} ({first_code}); start_again at {}, gateway ready at {}, bridge ready at {} \
@@ -688,18 +718,11 @@ async fn kill_then_start_again_fails_in_flight_and_reconnects() {
         body["error"]["message"],
         since(t0, down_at),
         since(t0, t_start),
-        gw_ready
-            .as_ref()
-            .map(|(t, _)| since(t0, *t))
-            .unwrap_or_else(|| "?".into()),
+        since_probe(t0, &gw_ready),
         since(t0, bridge_at),
         boot_of(&up),
         watch.show(),
-        logs.dump_since(mark)
-            .lines()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n")
+        logs.head_since(mark, 30)
     );
     check_back(&app, "kill").await;
     app.stop().await;
@@ -714,16 +737,13 @@ async fn stop_past_two_ticks_trips_the_watchdog_then_cont_reconnects() {
     if !RealGateway::available() {
         return;
     }
-    let logs = Logs::default();
-    let _log_guard = logs.install();
-    let (gw, hello, started) = private_gateway(GatewayOptions {
+    let (logs, _log_guard, gw, hello, started, app) = rig(GatewayOptions {
         tick_interval_ms: Some(1000),
         ..Default::default()
     })
     .await;
     assert_eq!(hello["policy"]["tickIntervalMs"], 1000, "tick patch active");
     let boot1 = hello["server"]["bootId"].clone();
-    let app = connected_app(&gw).await;
     let mark = logs.mark();
 
     let cont = ContOnDrop(gw.pid());
@@ -745,10 +765,7 @@ async fn stop_past_two_ticks_trips_the_watchdog_then_cont_reconnects() {
         "in-flight request failed only after {in_flight_after:?}"
     );
 
-    let (down_at, down) = watch
-        .until(WAIT, |s| !connected(s))
-        .await
-        .unwrap_or_else(|| panic!("watchdog never fired\n{}", watch.show()));
+    let (down_at, down) = watch.until_down("watchdog never fired").await;
     let err = down.last_error.clone().expect("last_error");
     assert_eq!(
         err.code,
@@ -793,25 +810,16 @@ async fn stop_past_two_ticks_trips_the_watchdog_then_cont_reconnects() {
     let t_cont = Instant::now();
     drop(cont);
     let probe = probe_gateway(gw.clone(), None, WAIT);
-    let (bridge_at, up) = watch.until(WAIT, connected).await.unwrap_or_else(|| {
-        panic!(
-            "bridge not back after SIGCONT\n{}\n{}\n{}",
-            watch.show(),
-            logs.dump_since(mark),
-            gw.log_tail()
-        )
-    });
+    let (bridge_at, up) = watch
+        .until_back(WAIT, connected, "SIGCONT", (&logs, mark), &gw)
+        .await;
     let gw_ready = off_thread(move || probe.join().expect("probe thread")).await;
     assert_eq!(
         boot_of(&up).as_deref(),
         boot1.as_str(),
         "a paused gateway is the same boot"
     );
-    assert!(
-        !watch.states_seen.iter().any(|s| s == "parked"),
-        "never parked: {}",
-        watch.show()
-    );
+    watch.assert_never_parked("never parked");
     eprintln!(
         "RESILIENCE stop: gateway started in {started:?}; after SIGSTOP: in-flight health failed after \
          {in_flight_after:?} (sent at +0.2s), watchdog at {}; SIGCONT at {}, gateway hello-ok at {}, \
@@ -820,10 +828,7 @@ async fn stop_past_two_ticks_trips_the_watchdog_then_cont_reconnects() {
          bridge log:\n{}",
         since(t0, down_at),
         since(t0, t_cont),
-        gw_ready
-            .as_ref()
-            .map(|(t, _)| since(t0, *t))
-            .unwrap_or_else(|| "?".into()),
+        since_probe(t0, &gw_ready),
         since(t0, bridge_at),
         since(t_cont, bridge_at),
         watch.show(),

@@ -23,11 +23,24 @@ async fn last_error_code(app: &TestApp) -> String {
         .unwrap_or_default()
 }
 
+/// A fake gateway started with `opts` and a bridge pointed at it, `env`
+/// applied over the test settings.
+async fn fake_and_bridge(opts: FakeOptions, env: &[(&str, &str)]) -> (FakeGateway, TestApp) {
+    let gw = FakeGateway::start(opts);
+    let app = spawn_app_env(&gw.url(), None, env).await;
+    (gw, app)
+}
+
+/// A default fake gateway and a bridge that has connected to it.
+async fn connected_bridge() -> (FakeGateway, TestApp) {
+    let (gw, app) = fake_and_bridge(FakeOptions::default(), &[]).await;
+    assert!(app.wait_connected(T).await);
+    (gw, app)
+}
+
 #[actix_rt::test]
 async fn an_abrupt_drop_reconnects_and_says_why() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected_bridge().await;
     gw.drop_tcp();
     assert!(gw.wait_handshakes(2, T).await, "reconnected by itself");
     assert!(app.wait_connected(T).await);
@@ -37,9 +50,7 @@ async fn an_abrupt_drop_reconnects_and_says_why() {
 
 #[actix_rt::test]
 async fn every_close_code_is_reported_and_retried() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected_bridge().await;
     let mut n = 1;
     for (code, reason) in [
         (1000, ""),
@@ -108,10 +119,8 @@ async fn accept_then_drop_loops_follow_the_jittered_schedule() {
 
 #[actix_rt::test]
 async fn a_session_that_drops_at_once_does_not_reset_the_backoff_but_a_stable_one_does() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app_env(
-        &gw.url(),
-        None,
+    let (gw, app) = fake_and_bridge(
+        FakeOptions::default(),
         &[("OPENCLAW_BRIDGE__RECONNECT__STABLE_AFTER_MS", "300")],
     )
     .await;
@@ -138,13 +147,11 @@ async fn a_session_that_drops_at_once_does_not_reset_the_backoff_but_a_stable_on
 
 #[actix_rt::test]
 async fn challenge_never_sent_times_out_and_retries() {
-    let gw = FakeGateway::start(FakeOptions {
-        send_challenge: false,
-        ..Default::default()
-    });
-    let app = spawn_app_env(
-        &gw.url(),
-        None,
+    let (gw, app) = fake_and_bridge(
+        FakeOptions {
+            send_challenge: false,
+            ..Default::default()
+        },
         &[("OPENCLAW_BRIDGE__GATEWAY__HANDSHAKE_TIMEOUT_MS", "200")],
     )
     .await;
@@ -158,13 +165,11 @@ async fn challenge_never_sent_times_out_and_retries() {
 
 #[actix_rt::test]
 async fn hello_never_sent_times_out_and_retries() {
-    let gw = FakeGateway::start(FakeOptions {
-        answer_connect: ConnectMode::Never,
-        ..Default::default()
-    });
-    let app = spawn_app_env(
-        &gw.url(),
-        None,
+    let (gw, app) = fake_and_bridge(
+        FakeOptions {
+            answer_connect: ConnectMode::Never,
+            ..Default::default()
+        },
         &[("OPENCLAW_BRIDGE__GATEWAY__HANDSHAKE_TIMEOUT_MS", "200")],
     )
     .await;
@@ -204,9 +209,7 @@ async fn silence_trips_the_watchdog() {
 
 #[actix_rt::test]
 async fn an_oversized_frame_is_counted_and_the_session_goes_on() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected_bridge().await;
     let huge = "x".repeat(65 * 1024 * 1024);
     gw.send_event("agent", json!({"runId": "big", "data": {"text": huge}}));
     drop(huge);
@@ -250,10 +253,8 @@ async fn an_oversized_frame_is_counted_and_the_session_goes_on() {
 
 #[actix_rt::test]
 async fn an_announced_restart_is_retried_right_after_the_expected_time() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app_env(
-        &gw.url(),
-        None,
+    let (gw, app) = fake_and_bridge(
+        FakeOptions::default(),
         &[
             ("OPENCLAW_BRIDGE__RECONNECT__MAX_MS", "30000"),
             ("OPENCLAW_BRIDGE__RECONNECT__INITIAL_MS", "5000"),
@@ -312,13 +313,11 @@ async fn a_rate_limit_is_never_retried_sooner_than_retry_after() {
         close_code: 1008,
         reason: "unauthorized: too many failed authentication attempts (retry later)".into(),
     };
-    let gw = FakeGateway::start(FakeOptions {
-        answer_connect: mode,
-        ..Default::default()
-    });
-    let app = spawn_app_env(
-        &gw.url(),
-        None,
+    let (gw, app) = fake_and_bridge(
+        FakeOptions {
+            answer_connect: mode,
+            ..Default::default()
+        },
         &[("OPENCLAW_BRIDGE__RECONNECT__PARK_RETRY_MS", "100")],
     )
     .await;
@@ -368,10 +367,8 @@ async fn pairing_required_parks_with_the_approve_command_and_sighup_retries() {
 /// resolves exactly once, none outlives its timeout, the state recovers.
 #[actix_rt::test]
 async fn chaos_every_request_resolves_exactly_once() {
-    let gw = Arc::new(FakeGateway::start(FakeOptions::default()));
-    let app = spawn_app_env(
-        &gw.url(),
-        None,
+    let (gw, app) = fake_and_bridge(
+        FakeOptions::default(),
         &[
             ("OPENCLAW_BRIDGE__RECONNECT__INITIAL_MS", "1"),
             ("OPENCLAW_BRIDGE__RECONNECT__MAX_MS", "4"),
@@ -490,9 +487,7 @@ fn rss_kib() -> u64 {
 async fn a_plain_stop_backs_off_but_an_announced_restart_polls() {
     // Announced: shutdown with restartExpectedMs, then 1012 — polls, the
     // backoff exponent stays 0.
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected_bridge().await;
     gw.send_event(
         "shutdown",
         json!({"reason": "gateway restarting", "restartExpectedMs": 100}),
@@ -511,9 +506,7 @@ async fn a_plain_stop_backs_off_but_an_announced_restart_polls() {
     app.stop().await;
 
     // Plain stop: 1012 with no restartExpectedMs — ordinary backoff.
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected_bridge().await;
     gw.send_event("shutdown", json!({"reason": "gateway stopping"}));
     gw.stop_listening();
     gw.close_all(1012, "service restart");

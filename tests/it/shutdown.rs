@@ -97,7 +97,12 @@ async fn sigterm_and_sigint_exit_0_after_closing_with_1000() {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|v| v["event"].as_str().map(str::to_owned))
             .collect();
-        let pos = |e: &str| events.iter().position(|x| x == e);
+        let pos = |e: &str| {
+            events
+                .iter()
+                .position(|x| x == e)
+                .unwrap_or_else(|| panic!("no {e} in {events:?}"))
+        };
         assert!(
             pos("bridge.started") < pos("gateway.connected"),
             "{events:?}"

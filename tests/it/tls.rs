@@ -14,9 +14,11 @@ use crate::support::fake_gateway::{FakeGateway, FakeOptions};
 
 /// A CA and a server certificate for 127.0.0.1/localhost, made with openssl.
 fn make_certs(dir: &Path) {
-    let run = |args: &[&str]| {
+    // Each command is one line of whitespace-separated arguments.
+    let run = |cmdline: &str| {
+        let args: Vec<&str> = cmdline.split_whitespace().collect();
         let out = Command::new("openssl")
-            .args(args)
+            .args(&args)
             .current_dir(dir)
             .output()
             .expect("openssl runs");
@@ -26,59 +28,21 @@ fn make_certs(dir: &Path) {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=bridge-test-ca",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "srv.key",
-        "-out",
-        "srv.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
+    run(
+        "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+         -keyout ca.key -out ca.pem -days 2 -subj /CN=bridge-test-ca",
+    );
+    run("req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+         -keyout srv.key -out srv.csr -subj /CN=localhost");
     std::fs::write(
         dir.join("ext"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "srv.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "srv.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    ]);
+    run(
+        "x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+         -out srv.pem -days 2 -extfile ext",
+    );
 }
 
 /// A TLS terminator in front of `backend_port`; returns its port.

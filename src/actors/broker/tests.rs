@@ -1,5 +1,5 @@
 use super::*;
-use crate::protocol::{decode, Inbound};
+use crate::protocol::{decode, GatewayEvent, Inbound};
 use actix::Actor;
 
 fn ev(name: &str, agent: &str, run: &str) -> EventMsg {
@@ -12,28 +12,35 @@ fn ev(name: &str, agent: &str, run: &str) -> EventMsg {
     }
 }
 
+async fn subscribe(
+    b: &actix::Addr<EventBroker>,
+    filter: Filter,
+    since: Option<u64>,
+    label: &str,
+) -> Subscription {
+    b.send(Subscribe {
+        filter,
+        since,
+        label: label.into(),
+    })
+    .await
+    .unwrap()
+}
+
 #[actix_rt::test]
 async fn filters_and_order() {
     let b = EventBroker::new(100, 10).start();
-    let mut all = b
-        .send(Subscribe {
-            filter: Filter::default(),
-            since: None,
-            label: "all".into(),
-        })
-        .await
-        .unwrap();
-    let mut only_b = b
-        .send(Subscribe {
-            filter: Filter {
-                agent: Some("b".into()),
-                ..Default::default()
-            },
-            since: None,
-            label: "b".into(),
-        })
-        .await
-        .unwrap();
+    let mut all = subscribe(&b, Filter::default(), None, "all").await;
+    let mut only_b = subscribe(
+        &b,
+        Filter {
+            agent: Some("b".into()),
+            ..Default::default()
+        },
+        None,
+        "b",
+    )
+    .await;
     for (a, r) in [("a", "r1"), ("b", "r2"), ("a", "r1"), ("b", "r3")] {
         b.send(ev("agent", a, r)).await.unwrap();
     }
@@ -52,22 +59,8 @@ async fn filters_and_order() {
 #[actix_rt::test]
 async fn stalled_subscriber_is_skipped_then_told_the_gap() {
     let b = EventBroker::new(100, 2).start();
-    let mut slow = b
-        .send(Subscribe {
-            filter: Filter::default(),
-            since: None,
-            label: "slow".into(),
-        })
-        .await
-        .unwrap();
-    let mut fast = b
-        .send(Subscribe {
-            filter: Filter::default(),
-            since: None,
-            label: "fast".into(),
-        })
-        .await
-        .unwrap();
+    let mut slow = subscribe(&b, Filter::default(), None, "slow").await;
+    let mut fast = subscribe(&b, Filter::default(), None, "fast").await;
     for i in 0..5 {
         b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
         // the fast one keeps up
@@ -93,25 +86,11 @@ async fn resume_from_buffer_and_gap_when_evicted() {
         b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
     }
     // ids 3,4,5 are buffered
-    let mut s = b
-        .send(Subscribe {
-            filter: Filter::default(),
-            since: Some(3),
-            label: "x".into(),
-        })
-        .await
-        .unwrap();
+    let mut s = subscribe(&b, Filter::default(), Some(3), "x").await;
     assert_eq!(s.rx.try_recv().unwrap().id, 4);
     assert_eq!(s.rx.try_recv().unwrap().id, 5);
     assert!(s.rx.try_recv().is_err());
-    let mut s = b
-        .send(Subscribe {
-            filter: Filter::default(),
-            since: Some(0),
-            label: "y".into(),
-        })
-        .await
-        .unwrap();
+    let mut s = subscribe(&b, Filter::default(), Some(0), "y").await;
     let gap = s.rx.try_recv().unwrap();
     assert_eq!(gap.name, "bridge.gap");
     let v: Value = serde_json::from_str(&gap.data).unwrap();
@@ -127,14 +106,7 @@ async fn resume_from_an_id_never_issued_replays_all_with_a_marker() {
         b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
     }
     for asked in [99, u64::MAX] {
-        let mut s = b
-            .send(Subscribe {
-                filter: Filter::default(),
-                since: Some(asked),
-                label: "x".into(),
-            })
-            .await
-            .unwrap();
+        let mut s = subscribe(&b, Filter::default(), Some(asked), "x").await;
         let first = s.rx.try_recv().unwrap();
         assert_eq!(first.name, "bridge.gap");
         let v: Value = serde_json::from_str(&first.data).unwrap();
@@ -174,14 +146,7 @@ async fn an_id_from_a_previous_process_is_announced_not_misread() {
         b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
     }
     // The old process had issued up to 500; this one started at 1000.
-    let mut s = b
-        .send(Subscribe {
-            filter: Filter::default(),
-            since: Some(500),
-            label: "x".into(),
-        })
-        .await
-        .unwrap();
+    let mut s = subscribe(&b, Filter::default(), Some(500), "x").await;
     let first = s.rx.try_recv().unwrap();
     let v: Value = serde_json::from_str(&first.data).unwrap();
     assert_eq!(
@@ -193,14 +158,7 @@ async fn an_id_from_a_previous_process_is_announced_not_misread() {
         .collect();
     assert_eq!(ids, vec![1_000, 1_001, 1_002]);
     // since=0: everything buffered, no gap (nothing evicted yet).
-    let mut s = b
-        .send(Subscribe {
-            filter: Filter::default(),
-            since: Some(0),
-            label: "y".into(),
-        })
-        .await
-        .unwrap();
+    let mut s = subscribe(&b, Filter::default(), Some(0), "y").await;
     let ids: Vec<u64> = std::iter::from_fn(|| s.rx.try_recv().ok())
         .map(|i| i.id)
         .collect();
@@ -211,7 +169,7 @@ async fn an_id_from_a_previous_process_is_announced_not_misread() {
 #[test]
 fn data_line_shape() {
     let EventMsg(e) = ev("agent", "a", "r");
-    let v: Value = serde_json::from_str(&render_data(&e)).unwrap();
+    let v: Value = serde_json::from_str(e.data().as_str()).unwrap();
     assert_eq!(v["seq"], 1);
     assert_eq!(v["payload"]["runId"], "r");
 }

@@ -128,8 +128,7 @@ impl Handler<EventMsg> for AgentRegistry {
                         .map(Into::into),
                 };
                 if let Some(agent_id) = agent_id {
-                    let aborted = a.phase == RunPhase::Ended
-                        && event.payload_json().contains("\"aborted\":true");
+                    let aborted = a.phase == RunPhase::Ended && a.aborted;
                     // Epoch ms beyond 2^53 are not real times (and SQLite's
                     // integer is signed): use our clock instead.
                     let ts = a.ts.filter(|t| *t < (1 << 53)).unwrap_or_else(now_ms);

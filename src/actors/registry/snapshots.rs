@@ -128,7 +128,7 @@ impl AgentRegistry {
             }
         };
         self.synced = self.connected;
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for row in wire.agents {
             let Some(id) = row.get("id").and_then(Value::as_str).map(str::to_owned) else {
                 continue;
@@ -145,7 +145,7 @@ impl AgentRegistry {
             a.listed = true;
             a.gateway = row;
             self.mark_agent(&id);
-            seen.push(id);
+            seen.insert(id);
         }
         // Agents gone from the gateway and not running anything are removed.
         self.agents

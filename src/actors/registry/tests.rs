@@ -14,7 +14,6 @@ fn event(text: &str) -> EventMsg {
 async fn run_lifecycle_moves_agent_running_then_idle() {
     let reg = AgentRegistry::new().start();
     reg.send(AgentsSnapshot {
-        generation: 1,
         payload: RawValue::from_string(
             r#"{"defaultId":"main","agents":[{"id":"main","name":"Main"},{"id":"b"}]}"#.into(),
         )

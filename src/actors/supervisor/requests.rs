@@ -40,7 +40,6 @@ impl Supervisor {
         };
         self.last_resync = Some(Instant::now());
         let requested_at = Instant::now();
-        let generation = self.generation;
         if let Some(snap) = self.out.snapshots.clone() {
             fetch(
                 ctx,
@@ -48,10 +47,7 @@ impl Supervisor {
                 self.cfg.connection.gateway.clone(),
                 "agents.list",
                 move |payload| {
-                    let _ = snap.try_send(AgentsSnapshot {
-                        generation,
-                        payload,
-                    });
+                    let _ = snap.try_send(AgentsSnapshot { payload });
                 },
             );
         }

@@ -655,48 +655,15 @@ impl RealGateway {
         cmd.env_remove("OPENCLAW_GUARD_LOG");
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("real_gateway: cannot run openclaw {args:?}: {e}"));
-        let pid = child.id();
-        let mut so = child.stdout.take().expect("real_gateway: cli stdout");
-        let mut se = child.stderr.take().expect("real_gateway: cli stderr");
-        let t1 = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = so.read_to_end(&mut b);
-            b
-        });
-        let t2 = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = se.read_to_end(&mut b);
-            b
-        });
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = Command::new("kill")
-                        .args(["-s", "KILL", "--", &format!("-{pid}")])
-                        .status();
-                    let s = child.wait().expect("real_gateway: wait for killed cli");
-                    eprintln!("real_gateway: openclaw {args:?} timed out after {timeout:?}");
-                    break s;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => panic!("real_gateway: waiting for openclaw {args:?}: {e}"),
-            }
-        };
-        // Background children of the CLI (if any) are ended with its group.
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{pid}")])
-            .stderr(Stdio::null())
-            .status();
-        Output {
-            status,
-            stdout: t1.join().unwrap_or_default(),
-            stderr: t2.join().unwrap_or_default(),
+        let (out, timed_out) = wait_group_captured(child, timeout)
+            .unwrap_or_else(|e| panic!("real_gateway: waiting for openclaw {args:?}: {e}"));
+        if timed_out {
+            eprintln!("real_gateway: openclaw {args:?} timed out after {timeout:?}");
         }
+        out
     }
 
     /// The last lines of the instance's logs, for failure messages.
@@ -830,20 +797,7 @@ impl Drop for RealGateway {
         let exited = self.wait_exit(Duration::from_secs(3)).is_some();
         self.signal_group("KILL");
         // Processes that left the group (setsid) but carry the marker.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let pids = self.instance_pids();
-            if pids.is_empty() || Instant::now() >= deadline {
-                break;
-            }
-            for pid in pids {
-                let _ = Command::new("kill")
-                    .args(["-s", "KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        kill_until_gone(|| self.instance_pids());
         if !exited {
             let _ = self.wait_exit(Duration::from_secs(2));
         }
@@ -999,11 +953,12 @@ pub fn netns_pids(ns: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// SIGKILLs everything in `ns` (bounded wait), then `ip netns del`.
-fn remove_netns(ns: &str) {
+/// SIGKILLs every pid `pids()` lists, again every 50 ms until it lists none
+/// (for at most 3 s).
+fn kill_until_gone(pids: impl Fn() -> Vec<u32>) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let pids = netns_pids(ns);
+        let pids = pids();
         if pids.is_empty() || Instant::now() >= deadline {
             break;
         }
@@ -1015,6 +970,11 @@ fn remove_netns(ns: &str) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// SIGKILLs everything in `ns` (bounded wait), then `ip netns del`.
+fn remove_netns(ns: &str) {
+    kill_until_gone(|| netns_pids(ns));
     let _ = Command::new("ip")
         .args(["netns", "del", ns])
         .stderr(Stdio::null())
@@ -1113,47 +1073,10 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.process_group(0);
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let pid = child.id();
-    let mut so = child.stdout.take().expect("run_bounded: stdout");
-    let mut se = child.stderr.take().expect("run_bounded: stderr");
-    let t1 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = so.read_to_end(&mut b);
-        b
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = se.read_to_end(&mut b);
-        b
-    });
-    let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break (s, false),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = Command::new("kill")
-                    .args(["-s", "KILL", "--", &format!("-{pid}")])
-                    .stderr(Stdio::null())
-                    .status();
-                break (child.wait().map_err(|e| format!("wait: {e}"))?, true);
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("wait: {e}")),
-        }
-    };
-    // Leftover children in the group (if any) go with it.
-    let _ = Command::new("kill")
-        .args(["-s", "KILL", "--", &format!("-{pid}")])
-        .stderr(Stdio::null())
-        .status();
-    let out = Output {
-        status,
-        stdout: t1.join().unwrap_or_default(),
-        stderr: t2.join().unwrap_or_default(),
-    };
+    let (out, timed_out) = wait_group_captured(child, timeout).map_err(|e| format!("wait: {e}"))?;
     if timed_out {
         return Err(format!(
             "timed out after {timeout:?} (stdout {:?}, stderr {:?})",
@@ -1162,6 +1085,48 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String
         ));
     }
     Ok(out)
+}
+
+/// Waits up to `timeout` for `child` (spawned as the leader of its own
+/// process group, stdout and stderr piped), reading both meanwhile; on
+/// timeout the group is SIGKILLed. Leftover members of the group (background
+/// children, if any) are SIGKILLed either way. Returns what was printed and
+/// whether it timed out.
+fn wait_group_captured(mut child: Child, timeout: Duration) -> std::io::Result<(Output, bool)> {
+    let pid = child.id();
+    let kill_group = || {
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+    };
+    let read_all = |mut r: Box<dyn Read + std::marker::Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            b
+        })
+    };
+    let t1 = read_all(Box::new(child.stdout.take().expect("stdout piped")));
+    let t2 = read_all(Box::new(child.stderr.take().expect("stderr piped")));
+    let deadline = Instant::now() + timeout;
+    let (status, timed_out) = loop {
+        match child.try_wait()? {
+            Some(s) => break (s, false),
+            None if Instant::now() >= deadline => {
+                kill_group();
+                break (child.wait()?, true);
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    kill_group();
+    let out = Output {
+        status,
+        stdout: t1.join().unwrap_or_default(),
+        stderr: t2.join().unwrap_or_default(),
+    };
+    Ok((out, timed_out))
 }
 
 /// A free loopback port (not 18789, with room for the gateway's derived
