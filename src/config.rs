@@ -88,6 +88,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "request_timeout_ms",
             "handshake_timeout_ms",
             "tls_ca_file",
+            "max_reattach",
         ],
     ),
     (
@@ -183,6 +184,10 @@ pub struct GatewaySettings {
     pub handshake_timeout: Duration,
     /// Extra trusted CA (PEM) for `wss://`, besides the system roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// Callers of accepted runs held across a dropped link (each costs one
+    /// `agent.wait` in flight after the reconnect); past it, the old
+    /// `BRIDGE_DISCONNECTED`. 0 turns reattaching off.
+    pub max_reattach: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -157,6 +157,7 @@ pub fn supervisor_config(
         park_retry: settings.reconnect.park_retry,
         mode,
         device_tokens,
+        max_reattach: g.max_reattach,
     })
 }
 
@@ -256,6 +257,7 @@ impl GatewayStack {
             agent_events: Some(registry.clone().recipient()),
             snapshots: Some(registry.clone().recipient()),
             sessions: Some(registry.clone().recipient()),
+            runs: Some(registry.clone().recipient()),
         };
         let supervisor =
             Supervisor::new(supervisor_config(settings, g, Mode::Daemon)?, out).start();

@@ -60,6 +60,9 @@ pub mod events {
     pub const NATS_DROPPED: &str = "nats.dropped";
     /// A resync marker was published (reconnect, seq gap, or lost events).
     pub const NATS_RESYNC: &str = "nats.resync";
+    /// A caller held across a dropped link got its accepted run's outcome
+    /// (or learnt it is unknown) from `agent.wait` (CONTRACT "Additions").
+    pub const GATEWAY_RUN_REATTACHED: &str = "gateway.run_reattached";
 }
 
 /// A plain level (`info`) also keeps the HTTP server library's own start-up

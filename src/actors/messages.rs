@@ -49,6 +49,38 @@ impl Send {
     }
 }
 
+/// A request from an API caller (`POST /v1/rpc`, RPC over NATS, `call`),
+/// handled by `Supervisor`. Unlike [`Send`], an accepted `agent` run awaited
+/// with `expect_final` survives a dropped link: the caller is held and the
+/// outcome fetched with `agent.wait` after the next hello-ok.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Answer, RequestError>")]
+pub struct Rpc(pub Send);
+
+/// A successful answer to an [`Rpc`].
+#[derive(Debug)]
+pub struct Answer {
+    /// The gateway's payload (for a reattached run: the `agent.wait` payload).
+    pub payload: Box<RawValue>,
+    /// The final answer was recovered with `agent.wait` after the link dropped.
+    pub reattached: bool,
+}
+
+impl Answer {
+    /// The API body: `{"ok":true,"payload":…}`, plus `"reattached":true`.
+    pub fn to_body(&self) -> String {
+        // The raw payload is spliced in without re-parsing it.
+        if self.reattached {
+            format!(
+                "{{\"ok\":true,\"payload\":{},\"reattached\":true}}",
+                self.payload.get()
+            )
+        } else {
+            format!("{{\"ok\":true,\"payload\":{}}}", self.payload.get())
+        }
+    }
+}
+
 /// How a request failed. Every request resolves exactly once: a payload or
 /// one of these.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -68,6 +100,47 @@ pub enum RequestError {
     ShuttingDown,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// An accepted `agent` run whose final answer could not be delivered.
+    /// The run itself goes on (or ended) in the gateway: `run_id` is how to
+    /// follow it; sending the request again would start a second run.
+    #[error("{}", failure.describe(run_id))]
+    Run { run_id: String, failure: RunFailure },
+}
+
+/// Why an accepted run's final answer could not be delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunFailure {
+    /// The caller's own deadline passed first (`BRIDGE_TIMEOUT`).
+    Timeout { after_ms: u64 },
+    /// The link dropped and the caller was not held for a reattach
+    /// (`BRIDGE_DISCONNECTED`, the behaviour before reattaching).
+    Disconnected { reason: String },
+    /// The bridge is stopping (`BRIDGE_SHUTTING_DOWN`).
+    ShuttingDown,
+    /// The gateway no longer knows the run (`BRIDGE_RUN_OUTCOME_UNKNOWN`).
+    OutcomeUnknown { boot_changed: bool },
+}
+
+impl RunFailure {
+    fn describe(&self, run_id: &str) -> String {
+        match self {
+            RunFailure::Timeout { after_ms } => format!(
+                "run {run_id} was accepted, but its outcome was not known within {after_ms} ms; it may still be running: follow it with GET /v1/runs/{run_id} (do not send the request again)"
+            ),
+            RunFailure::Disconnected { reason } => format!(
+                "the gateway connection was lost after run {run_id} was accepted ({reason}); the run goes on in the gateway: follow it with GET /v1/runs/{run_id} (do not send the request again)"
+            ),
+            RunFailure::ShuttingDown => format!(
+                "the bridge is shutting down; run {run_id} goes on in the gateway: follow it with GET /v1/runs/{run_id} once the bridge is back"
+            ),
+            RunFailure::OutcomeUnknown { boot_changed: true } => format!(
+                "the gateway restarted and lost run {run_id}: how it ended is unknown; check the session's history (chat.history) before sending the turn again"
+            ),
+            RunFailure::OutcomeUnknown { boot_changed: false } => format!(
+                "the gateway no longer knows run {run_id}: how it ended is unknown; check the session's history (chat.history) before sending the turn again"
+            ),
+        }
+    }
 }
 
 impl RequestError {
@@ -80,6 +153,12 @@ impl RequestError {
             RequestError::Rejected(e) => &e.code,
             RequestError::ShuttingDown => "BRIDGE_SHUTTING_DOWN",
             RequestError::BadRequest(_) => "BRIDGE_BAD_REQUEST",
+            RequestError::Run { failure, .. } => match failure {
+                RunFailure::Timeout { .. } => "BRIDGE_TIMEOUT",
+                RunFailure::Disconnected { .. } => "BRIDGE_DISCONNECTED",
+                RunFailure::ShuttingDown => "BRIDGE_SHUTTING_DOWN",
+                RunFailure::OutcomeUnknown { .. } => "BRIDGE_RUN_OUTCOME_UNKNOWN",
+            },
         }
     }
 
@@ -95,6 +174,17 @@ impl RequestError {
                 "code": self.code(), "message": self.to_string(),
                 "details": {"state": state, "next_attempt_in_ms": next_attempt_in_ms}
             }),
+            RequestError::Run { run_id, failure } => {
+                let mut details = serde_json::json!({"runId": run_id});
+                match failure {
+                    RunFailure::OutcomeUnknown { boot_changed } => {
+                        details["boot_changed"] = Value::Bool(*boot_changed);
+                    }
+                    RunFailure::Timeout { after_ms } => details["after_ms"] = (*after_ms).into(),
+                    _ => {}
+                }
+                serde_json::json!({"code": self.code(), "message": self.to_string(), "details": details})
+            }
             other => serde_json::json!({"code": other.code(), "message": other.to_string()}),
         }
     }

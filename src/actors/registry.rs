@@ -33,8 +33,11 @@ use crate::store::{SessionInfo, StoreWriter, StoredAgent, StoredRun};
 use crate::telemetry::events as ev;
 
 mod persist;
+mod reconcile;
 mod runs;
 mod snapshots;
+
+pub use reconcile::{GetRun, Reconciled, RunOutcome, RunView, StaleRun};
 
 /// Recent runs kept per agent.
 pub(crate) const RUNS_KEPT: usize = 20;
@@ -111,9 +114,11 @@ pub enum RunStatus {
 #[rtype(result = "()")]
 pub struct FlushStore;
 
-/// The result of `sessions.list`, from `Supervisor`: which runs are active.
+/// The result of `sessions.list` (every page), from `Supervisor`: which runs
+/// are active. Answers the runs held as running that are not active: the
+/// supervisor asks `agent.wait` how each ended ([`RunOutcome`]).
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Vec<StaleRun>")]
 pub struct SessionsSnapshot {
     pub payload: Box<RawValue>,
     /// When the request was sent: only runs with no event since then may
@@ -135,6 +140,12 @@ pub struct RunRecord {
     pub started_at: Option<u64>,
     pub ended_at: Option<u64>,
     pub last_event_at: Option<u64>,
+    /// Why the run ended, when `agent.wait` said (`stop`, `aborted`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// The outcome was recovered with `agent.wait` after the link dropped
+    /// (the bridge did not see the run end).
+    pub reattached: bool,
     /// When this bridge last saw an event of the run (local clock).
     #[serde(skip)]
     pub touched: Option<std::time::Instant>,

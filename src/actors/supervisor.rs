@@ -32,7 +32,7 @@ use super::gateway::{Close, ConnectionConfig, GatewayConnection, Wiring};
 use super::messages::{
     ConnectionDown, ConnectionUp, EventMsg, LinkChanged, LinkState, Send, SeqGap,
 };
-use super::registry::{AgentsSnapshot, SessionsSnapshot};
+use super::registry::{AgentsSnapshot, RunOutcome, SessionsSnapshot};
 use crate::backoff::Backoff;
 use crate::telemetry::events as ev;
 
@@ -64,8 +64,12 @@ macro_rules! warn_or_debug {
 
 mod device_token;
 mod link;
+mod reattach;
+mod reconcile;
 mod requests;
 mod status;
+
+pub use reconcile::{LookupRun, RUN_RECONCILED};
 
 pub use status::{GatewayInfo, GetStatus, LastError, ReadyError, Status, WaitReady};
 
@@ -87,6 +91,8 @@ pub struct SupervisorConfig {
     pub mode: Mode,
     /// Where device tokens issued at hello-ok are kept (device identity on).
     pub device_tokens: Option<Arc<crate::identity::DeviceTokenStore>>,
+    /// `gateway.max_reattach`: callers of accepted runs held across a drop.
+    pub max_reattach: usize,
 }
 
 /// Retry now (SIGHUP, config reload): skips a parked or backoff wait.
@@ -113,6 +119,8 @@ pub struct Outputs {
     pub agent_events: Option<Recipient<EventMsg>>,
     pub snapshots: Option<Recipient<AgentsSnapshot>>,
     pub sessions: Option<Recipient<SessionsSnapshot>>,
+    /// How runs the bridge lost sight of ended (`agent.wait`), to the registry.
+    pub runs: Option<Recipient<RunOutcome>>,
 }
 
 pub struct Supervisor {
@@ -142,6 +150,9 @@ pub struct Supervisor {
     stop_waiters: Vec<oneshot::Sender<()>>,
     /// Shared with the futures of in-flight requests (same thread).
     request_metrics: std::rc::Rc<std::cell::RefCell<crate::metrics::RequestMetrics>>,
+    /// Callers of accepted runs held across a dropped link (see `reattach`).
+    held: std::collections::HashMap<u64, reattach::Held>,
+    next_held_id: u64,
 }
 
 impl Supervisor {
@@ -179,6 +190,8 @@ impl Supervisor {
             resync_scheduled: false,
             waiters: Vec::new(),
             stop_waiters: Vec::new(),
+            held: std::collections::HashMap::new(),
+            next_held_id: 0,
         }
     }
 
@@ -292,6 +305,7 @@ impl Handler<Shutdown> for Supervisor {
         }
         self.next_attempt_at = None;
         self.wake_waiters(Err(ReadyError::ShuttingDown));
+        self.release_held();
         match self.conn.clone() {
             Some(conn) => {
                 let (tx, rx) = oneshot::channel();

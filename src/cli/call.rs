@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::prelude::Actor;
 
 use super::{EXIT_CONFIG, EXIT_GATEWAY, EXIT_OK, EXIT_RUNTIME};
-use crate::actors::messages::{RequestError, Send};
+use crate::actors::messages::{Answer, RequestError, Rpc, RunFailure, Send};
 use crate::actors::supervisor::{Mode, Outputs, ReadyError, Shutdown, Supervisor, WaitReady};
 use crate::config::{GatewaySettings, Settings};
 use crate::supervisor_config;
@@ -48,8 +48,15 @@ pub(super) fn call(
             Ok(Ok(())) => {
                 let mut msg = Send::new(method, params).expect_final(wait_final);
                 msg.timeout = timeout;
-                match sup.send(msg).await {
-                    Ok(Ok(payload)) => {
+                match sup.send(Rpc(msg)).await {
+                    Ok(Ok(Answer {
+                        payload,
+                        reattached,
+                    })) => {
+                        if reattached {
+                            // stdout stays the payload alone (pipes).
+                            eprintln!("openclaw-bridge: reattached: the link dropped after the run was accepted; this is the run's outcome from agent.wait");
+                        }
                         let pretty = serde_json::from_str::<serde_json::Value>(payload.get())
                             .ok()
                             .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -61,7 +68,11 @@ pub(super) fn call(
                         print_error(&e.to_value());
                         match e {
                             RequestError::NotConnected { .. }
-                            | RequestError::Disconnected { .. } => EXIT_GATEWAY,
+                            | RequestError::Disconnected { .. }
+                            | RequestError::Run {
+                                failure: RunFailure::Disconnected { .. },
+                                ..
+                            } => EXIT_GATEWAY,
                             _ => EXIT_RUNTIME,
                         }
                     }

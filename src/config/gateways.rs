@@ -219,6 +219,7 @@ fn read_gateway(
         Duration::from_millis(r.number(&key(r, "request_timeout_ms"), 1, 3_600_000));
     let handshake_timeout =
         Duration::from_millis(r.number(&key(r, "handshake_timeout_ms"), 1, 600_000));
+    let max_reattach = r.number(&key(r, "max_reattach"), 0, 100_000) as usize;
     let tls_ca_file = r
         .opt_string(&key(r, "tls_ca_file"))
         .filter(|p| !p.is_empty())
@@ -246,6 +247,7 @@ fn read_gateway(
         request_timeout,
         handshake_timeout,
         tls_ca_file,
+        max_reattach,
     }
 }
 
@@ -307,6 +309,7 @@ impl GatewaySettings {
         gw.insert("request_timeout_ms".into(), ms(g.request_timeout));
         gw.insert("handshake_timeout_ms".into(), ms(g.handshake_timeout));
         path(&mut gw, "tls_ca_file", &g.tls_ca_file);
+        gw.insert("max_reattach".into(), Value::Integer(g.max_reattach as i64));
         gw
     }
 }

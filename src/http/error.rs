@@ -4,6 +4,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Value};
 
+use crate::actors::messages::RunFailure;
 use crate::actors::RequestError;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,13 @@ impl ResponseError for ApiError {
                 | RequestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                RequestError::Run { failure, .. } => match failure {
+                    RunFailure::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                    RunFailure::Disconnected { .. } | RunFailure::ShuttingDown => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
+                    RunFailure::OutcomeUnknown { .. } => StatusCode::BAD_GATEWAY,
+                },
             },
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -200,6 +208,40 @@ mod tests {
         let v = ApiError::from(RequestError::Timeout { after_ms: 5 }).rpc_reply();
         assert_eq!(v["status"], 504);
         assert_eq!(v["error"]["code"], "BRIDGE_TIMEOUT");
+    }
+
+    #[test]
+    fn accepted_runs_keep_their_run_id_in_every_failure() {
+        let run = |failure| {
+            ApiError::from(RequestError::Run {
+                run_id: "r-1".into(),
+                failure,
+            })
+            .rpc_reply()
+        };
+        let v = run(RunFailure::OutcomeUnknown { boot_changed: true });
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["error"]["code"], "BRIDGE_RUN_OUTCOME_UNKNOWN");
+        assert_eq!(v["error"]["details"]["runId"], "r-1");
+        assert_eq!(v["error"]["details"]["boot_changed"], true);
+        let v = run(RunFailure::Timeout { after_ms: 9 });
+        assert_eq!(
+            (v["status"].as_u64(), v["error"]["code"].as_str()),
+            (Some(504), Some("BRIDGE_TIMEOUT"))
+        );
+        assert_eq!(v["error"]["details"]["runId"], "r-1");
+        let v = run(RunFailure::ShuttingDown);
+        assert_eq!(
+            (v["status"].as_u64(), v["error"]["code"].as_str()),
+            (Some(503), Some("BRIDGE_SHUTTING_DOWN"))
+        );
+        assert_eq!(v["error"]["details"]["runId"], "r-1");
+        let v = run(RunFailure::Disconnected { reason: "x".into() });
+        assert_eq!(
+            (v["status"].as_u64(), v["error"]["code"].as_str()),
+            (Some(503), Some("BRIDGE_DISCONNECTED"))
+        );
+        assert_eq!(v["error"]["details"]["runId"], "r-1");
     }
 
     #[test]

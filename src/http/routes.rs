@@ -12,9 +12,9 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::{ApiError, ApiState, MAX_BODY_BYTES};
-use crate::actors::messages::{LinkState, Send};
-use crate::actors::registry::{GetAgent, ListAgents};
-use crate::actors::supervisor::GetStatus;
+use crate::actors::messages::{LinkState, Rpc, Send};
+use crate::actors::registry::{GetAgent, GetRun, ListAgents};
+use crate::actors::supervisor::{GetStatus, LookupRun};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Each path is one resource: a known path with another method is a JSON
@@ -29,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     for prefix in ["/v1", "/v1/gateways/{gw}"] {
         cfg.service(get(&format!("{prefix}/agents")).route(web::get().to(agents)))
             .service(get(&format!("{prefix}/agents/{{id}}")).route(web::get().to(agent)))
+            .service(get(&format!("{prefix}/runs/{{run_id}}")).route(web::get().to(run)))
             .service(get(&format!("{prefix}/events")).route(web::get().to(super::sse::events)))
             .service(
                 web::resource(format!("{prefix}/rpc"))
@@ -219,6 +220,45 @@ async fn agent(
 }
 
 #[derive(Deserialize)]
+struct RunPath {
+    run_id: String,
+}
+
+/// `GET …/runs/{runId}`: the registry's record of a run, else what the
+/// gateway knows (`agent.wait {timeoutMs: 0}`, then `activeRunIds`). A run
+/// neither knows is 404: for the gateway an unknown run and a lost one look
+/// the same (`timeout`, not active).
+async fn run(
+    req: HttpRequest,
+    path: web::Path<RunPath>,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize(&req, false)?;
+    let run_id = path.into_inner().run_id;
+    let g = state.gateways.resolve(&req)?;
+    let held = g
+        .registry
+        .send(GetRun(run_id.clone()))
+        .await
+        .map_err(|_| ApiError::Internal("the registry is not running".into()))?;
+    if let Some(view) = held {
+        return Ok(HttpResponse::Ok().json(view));
+    }
+    let asked = g
+        .supervisor
+        .send(LookupRun(run_id.clone()))
+        .await
+        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))??;
+    match asked {
+        Some(view) => Ok(HttpResponse::Ok().json(view)),
+        None => Err(ApiError::NotFound(format!(
+            "run {run_id:?} is not known to the bridge nor to gateway {:?} (agent.wait answers timeout and no session lists it as active: it never started here, or was lost in a gateway restart)",
+            g.id
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RpcBody {
     method: String,
@@ -320,14 +360,12 @@ async fn rpc(
         return Err(ApiError::UnsupportedMediaType);
     }
     let msg = parse_rpc_body(&body)?;
-    let result = gateway
+    let answer = gateway
         .supervisor
-        .send(msg)
+        .send(Rpc(msg))
         .await
-        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))?;
-    let payload = result?;
-    // Splice the raw payload in without re-parsing it.
-    let body = format!("{{\"ok\":true,\"payload\":{}}}", payload.get());
+        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))??;
+    let body = answer.to_body();
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))

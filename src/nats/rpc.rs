@@ -77,9 +77,10 @@ pub async fn rpc_answer(supervisor: &Addr<Supervisor>, body: &[u8]) -> Bytes {
         Ok(m) => m,
         Err(e) => return err(e),
     };
-    match supervisor.send(msg).await {
+    match supervisor.send(crate::actors::messages::Rpc(msg)).await {
         Err(_) => err(ApiError::Internal("the supervisor is not running".into())),
         Ok(Err(e)) => err(ApiError::from(e)),
-        Ok(Ok(payload)) => Bytes::from(format!("{{\"ok\":true,\"payload\":{}}}", payload.get())),
+        // A reattached run adds `"reattached":true` (CONTRACT "Additions").
+        Ok(Ok(answer)) => Bytes::from(answer.to_body()),
     }
 }

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::{GatewayConnection, Phase, RequestError, Send};
+use crate::actors::messages::RunFailure;
 use crate::protocol::{self, GatewayError, ResponseFrame};
 use crate::telemetry::events as ev;
 
@@ -27,6 +28,9 @@ pub(super) struct Pending {
     expect_final: bool,
     /// An `accepted` answer came; the final one is awaited.
     accepted_seen: bool,
+    /// The accepted run's id: a timeout or a lost link hands it back
+    /// ([`RequestError::Run`]) so the run can still be followed.
+    run_id: Option<String>,
     /// Key of this request in `GatewayConnection::deadlines`.
     deadline: (Instant, u64),
     timeout_ms: u64,
@@ -76,6 +80,7 @@ impl GatewayConnection {
         if accepted && p.expect_final {
             // Keep the id open for the final answer.
             p.accepted_seen = true;
+            p.run_id = res.payload.and_then(accepted_run_id);
             return;
         }
         let removed = self.pending.remove(res.id.as_ref());
@@ -150,9 +155,18 @@ impl GatewayConnection {
             if let Some(p) = self.pending.remove(&id) {
                 expired = true;
                 self.finished.insert(id);
-                let _ = p.tx.send(Err(RequestError::Timeout {
-                    after_ms: p.timeout_ms,
-                }));
+                let err = match p.run_id {
+                    Some(run_id) => RequestError::Run {
+                        run_id,
+                        failure: RunFailure::Timeout {
+                            after_ms: p.timeout_ms,
+                        },
+                    },
+                    None => RequestError::Timeout {
+                        after_ms: p.timeout_ms,
+                    },
+                };
+                let _ = p.tx.send(Err(err));
             }
         }
         if expired {
@@ -165,7 +179,19 @@ impl GatewayConnection {
         self.deadlines.clear();
         let n = self.pending.len();
         for (_, p) in self.pending.drain() {
-            let _ = p.tx.send(Err(err.clone()));
+            let _ = p.tx.send(Err(match (p.run_id, err) {
+                (Some(run_id), RequestError::Disconnected { reason }) => RequestError::Run {
+                    run_id,
+                    failure: RunFailure::Disconnected {
+                        reason: reason.clone(),
+                    },
+                },
+                (Some(run_id), RequestError::ShuttingDown) => RequestError::Run {
+                    run_id,
+                    failure: RunFailure::ShuttingDown,
+                },
+                _ => err.clone(),
+            }));
         }
         n
     }
@@ -196,6 +222,19 @@ pub(super) fn run_outcome(
         obj.entry("error").or_insert_with(|| e.to_value());
     }
     serde_json::value::to_raw_value(&obj).ok()
+}
+
+/// The `runId` of an `accepted` answer.
+fn accepted_run_id(payload: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Accepted {
+        #[serde(rename = "runId")]
+        run_id: Option<String>,
+    }
+    serde_json::from_str::<Accepted>(payload.get())
+        .ok()
+        .and_then(|a| a.run_id)
+        .filter(|r| !r.is_empty())
 }
 
 /// Is this `agent` answer the first, `accepted` one?
@@ -257,6 +296,7 @@ impl Handler<Send> for GatewayConnection {
                 is_agent: msg.method == "agent",
                 expect_final: msg.expect_final,
                 accepted_seen: false,
+                run_id: None,
                 deadline,
                 timeout_ms: timeout.as_millis() as u64,
             },

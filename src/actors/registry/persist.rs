@@ -79,6 +79,8 @@ impl AgentRegistry {
                 started_at: r.started_at,
                 ended_at: r.ended_at,
                 last_event_at: r.last_event_at,
+                stop_reason: None,
+                reattached: false,
                 touched: None,
             });
             if runs.len() > RUNS_KEPT {

@@ -35,7 +35,14 @@ impl AgentRegistry {
         }
     }
 
-    fn apply_run(&mut self, agent_id: &str, run_id: &str, phase: RunPhase, aborted: bool, ts: u64) {
+    pub(super) fn apply_run(
+        &mut self,
+        agent_id: &str,
+        run_id: &str,
+        phase: RunPhase,
+        aborted: bool,
+        ts: u64,
+    ) {
         let repeat = self
             .last_applied
             .as_ref()
@@ -57,6 +64,8 @@ impl AgentRegistry {
                     started_at: Some(ts),
                     ended_at: None,
                     last_event_at: None,
+                    stop_reason: None,
+                    reattached: false,
                     touched: None,
                 });
                 if runs.len() > RUNS_KEPT {

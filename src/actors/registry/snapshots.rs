@@ -4,12 +4,14 @@
 
 use std::collections::HashMap;
 
-use actix::prelude::{Context, Handler};
+use actix::prelude::{Context, Handler, MessageResult};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{AgentRegistry, AgentStatus, AgentsSnapshot, RunRecord, RunStatus, SessionsSnapshot};
+use super::{
+    AgentRegistry, AgentStatus, AgentsSnapshot, RunRecord, RunStatus, SessionsSnapshot, StaleRun,
+};
 use crate::telemetry::events as ev;
 
 #[derive(Deserialize)]
@@ -24,10 +26,15 @@ struct AgentsListWire {
 impl AgentRegistry {
     /// Runs that are active on the gateway, from `sessions.list`. A run we
     /// hold as running that is not among them ended while we could not see
-    /// it (`unknown`) — but only if no event of it arrived since the request
-    /// was sent (events are newer than the answer), and only when the list is
-    /// complete (no `hasMore`).
-    fn apply_sessions(&mut self, payload: &RawValue, requested_at: std::time::Instant) {
+    /// it — but only if no event of it arrived since the request was sent
+    /// (events are newer than the answer), and only when the list is
+    /// complete (no `hasMore`). Those runs are returned: how each ended is
+    /// asked of `agent.wait` ([`RunOutcome`](super::RunOutcome)).
+    fn apply_sessions(
+        &mut self,
+        payload: &RawValue,
+        requested_at: std::time::Instant,
+    ) -> Vec<StaleRun> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Row {
@@ -46,7 +53,7 @@ impl AgentRegistry {
         }
         let Ok(wire) = serde_json::from_str::<Wire>(payload.get()) else {
             tracing::warn!(gateway = %self.gateway, "sessions.list answer not understood");
-            return;
+            return Vec::new();
         };
         let complete = !wire.has_more;
         let mut active: HashMap<String, Vec<String>> = HashMap::new();
@@ -56,21 +63,20 @@ impl AgentRegistry {
             }
         }
         let stale = |r: &RunRecord| r.touched.is_none_or(|t| t < requested_at);
-        let mut touched_runs = Vec::new();
+        let mut ended = Vec::new();
         if complete {
-            for (agent, runs) in self.runs.iter_mut() {
+            for (agent, runs) in self.runs.iter() {
                 let live = active.get(agent);
-                for r in runs.iter_mut() {
+                for r in runs.iter() {
                     let is_live = live.is_some_and(|ids| ids.contains(&r.run_id));
                     if r.status == RunStatus::Running && !is_live && stale(r) {
-                        r.status = RunStatus::Unknown;
-                        touched_runs.push((agent.clone(), r.run_id.clone()));
+                        ended.push(StaleRun {
+                            agent_id: agent.clone(),
+                            run_id: r.run_id.clone(),
+                        });
                     }
                 }
             }
-        }
-        for (agent, run) in touched_runs {
-            self.mark_run(&agent, &run);
         }
         let ids: Vec<String> = self.agents.keys().cloned().collect();
         for id in ids {
@@ -114,6 +120,7 @@ impl AgentRegistry {
                 }
             }
         }
+        ended
     }
 
     fn apply_snapshot(&mut self, payload: &RawValue) {
@@ -162,10 +169,10 @@ impl AgentRegistry {
 }
 
 impl Handler<SessionsSnapshot> for AgentRegistry {
-    type Result = ();
+    type Result = MessageResult<SessionsSnapshot>;
 
-    fn handle(&mut self, msg: SessionsSnapshot, _: &mut Context<Self>) {
-        self.apply_sessions(&msg.payload, msg.requested_at);
+    fn handle(&mut self, msg: SessionsSnapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.apply_sessions(&msg.payload, msg.requested_at))
     }
 }
 

@@ -76,6 +76,7 @@ impl Handler<ConnectionUp> for Supervisor {
         );
         self.wake_waiters(Ok(()));
         self.resync(ctx);
+        self.reattach_all(ctx);
     }
 }
 
@@ -187,9 +188,11 @@ impl Handler<ConnectionDown> for Supervisor {
             at_ms: now_ms(),
         });
 
-        if self.cfg.mode == Mode::FailFast
-            && !matches!(class, RetryClass::After(_) | RetryClass::Restarting)
-        {
+        // A held caller (`call --final`) keeps a FailFast link retrying
+        // what a retry can fix, until its own deadline.
+        let fail_fast = self.cfg.mode == Mode::FailFast
+            && (!self.holds_callers() || matches!(class, RetryClass::Park { .. }));
+        if fail_fast && !matches!(class, RetryClass::After(_) | RetryClass::Restarting) {
             self.set_state(LinkState::Parked);
             self.wake_waiters(Err(ReadyError::Failed(cause)));
             return;

@@ -9,7 +9,7 @@ use actix::prelude::{Addr, AsyncContext, Context, Handler, ResponseFuture};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{AgentsSnapshot, GatewayConnection, Send, SessionsSnapshot, Supervisor};
+use super::{AgentsSnapshot, GatewayConnection, Send, Supervisor};
 use crate::actors::messages::{LinkState, RequestError};
 use crate::telemetry::events as ev;
 
@@ -39,7 +39,6 @@ impl Supervisor {
             return;
         };
         self.last_resync = Some(Instant::now());
-        let requested_at = Instant::now();
         if let Some(snap) = self.out.snapshots.clone() {
             fetch(
                 ctx,
@@ -51,20 +50,8 @@ impl Supervisor {
                 },
             );
         }
-        if let Some(sessions) = self.out.sessions.clone() {
-            fetch(
-                ctx,
-                &conn,
-                self.cfg.connection.gateway.clone(),
-                "sessions.list",
-                move |payload| {
-                    let _ = sessions.try_send(SessionsSnapshot {
-                        payload,
-                        requested_at,
-                    });
-                },
-            );
-        }
+        // Read to the end (paged), then runs no longer active are settled.
+        self.sync_sessions(conn, ctx);
     }
 }
 

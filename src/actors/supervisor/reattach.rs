@@ -1,0 +1,593 @@
+//! Reattach first: an accepted `agent` run is never lost with the link.
+//!
+//! The gateway keeps running an accepted run when the socket drops
+//! (PROTOCOL.md §5.1). A caller waiting for its final answer ([`Rpc`] with
+//! `expect_final`) is therefore *held* here, up to its own deadline, instead
+//! of failing with `BRIDGE_DISCONNECTED`. After the next hello-ok the
+//! supervisor asks `agent.wait {runId, timeoutMs: <time the caller has
+//! left>}` and answers with the real outcome (`reattached: true`). The
+//! `agent` request is never sent again: that would start a second run.
+//!
+//! An unknown run and one still in flight both answer `timeout`; only
+//! `sessions.list`'s `activeRunIds` tells them apart. So a `timeout` that
+//! comes back before the caller's deadline, or any `timeout` after a new
+//! `bootId`, is checked there: not active means the gateway lost the run
+//! (`BRIDGE_RUN_OUTCOME_UNKNOWN`), at once rather than at the deadline.
+//!
+//! Held callers (and so the `agent.wait` calls in flight for them) are
+//! bounded by `gateway.max_reattach`; past it, a caller gets the old
+//! `BRIDGE_DISCONNECTED`, which says so.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use actix::prelude::{
+    ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseActFuture, WrapFuture,
+};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::{GatewayConnection, Supervisor};
+use crate::actors::messages::{Answer, LinkState, RequestError, Rpc, RunFailure, Send};
+use crate::actors::registry::RunStatus;
+use crate::telemetry::events as ev;
+
+/// `sessions.list` pages read at most (a gateway with more sessions than
+/// this many pages is read no further; runs are then not judged).
+const MAX_SESSION_PAGES: usize = 1000;
+/// Extra time the bridge gives an `agent.wait` over its own `timeoutMs`, so
+/// the gateway's answer, not our request timeout, ends it.
+const WAIT_GRACE: Duration = Duration::from_secs(5);
+/// A run still active but whose `agent.wait` came back early is asked
+/// again after this pause (never a tight loop).
+const REWAIT_PAUSE: Duration = Duration::from_millis(250);
+
+/// A caller held across a dropped link.
+pub(super) struct Held {
+    run_id: String,
+    /// From the `agent` params (`agentId`, or the session key's agent).
+    agent_id: Option<String>,
+    /// The caller's own deadline.
+    deadline: Instant,
+    timeout_ms: u64,
+    /// The `bootId` of the session that accepted the run: a different one
+    /// after the reconnect means the gateway restarted (and may have lost it).
+    boot_id: Option<String>,
+    /// The connection generation whose loss put the caller here: a reattach
+    /// waits for a newer session.
+    lost_generation: u64,
+    tx: Option<oneshot::Sender<Result<Answer, RequestError>>>,
+    /// An `agent.wait` for this caller is in flight.
+    busy: bool,
+    held_since: Instant,
+}
+
+/// What `agent.wait` (and `sessions.list`) said about a held run.
+#[derive(Debug)]
+enum Resolution {
+    /// The run ended: the `agent.wait` payload.
+    Ended(Box<RawValue>),
+    /// The gateway does not know the run (lost in a restart, or gone).
+    Unknown {
+        boot_changed: bool,
+    },
+    /// The caller's deadline came first.
+    Timeout,
+    /// The link dropped again: wait for the next hello-ok.
+    LinkLost,
+    ShuttingDown,
+    /// The gateway refused `agent.wait` itself.
+    Failed(RequestError),
+}
+
+/// The parts of an `agent.wait` answer the bridge acts on.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitAnswer {
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub ended_at: Option<u64>,
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+}
+
+impl WaitAnswer {
+    pub fn parse(payload: &RawValue) -> WaitAnswer {
+        serde_json::from_str(payload.get()).unwrap_or_default()
+    }
+
+    /// `timeout`: still running, or unknown to the gateway (PROTOCOL §5.1).
+    pub fn is_pending(&self) -> bool {
+        matches!(self.status.as_deref(), Some("timeout") | None)
+    }
+
+    /// The registry's status for an ended run.
+    pub fn run_status(&self) -> RunStatus {
+        match (self.status.as_deref(), self.stop_reason.as_deref()) {
+            (_, Some("aborted" | "abort" | "cancelled")) => RunStatus::Aborted,
+            (Some("ok"), _) => RunStatus::Ok,
+            (Some("timeout") | None, _) => RunStatus::Running,
+            _ => RunStatus::Error,
+        }
+    }
+}
+
+/// The agent an `agent` request runs: `agentId`, else the session key's.
+fn agent_of(params: Option<&RawValue>) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct P {
+        agent_id: Option<String>,
+        session_key: Option<String>,
+    }
+    let p: P = serde_json::from_str(params?.get()).ok()?;
+    p.agent_id.or_else(|| {
+        let key = p.session_key?;
+        let mut parts = key.splitn(3, ':');
+        match (parts.next(), parts.next()) {
+            (Some("agent"), Some(id)) if !id.is_empty() => Some(id.to_owned()),
+            _ => None,
+        }
+    })
+}
+
+impl Handler<Rpc> for Supervisor {
+    type Result = ResponseActFuture<Self, Result<Answer, RequestError>>;
+
+    fn handle(&mut self, Rpc(msg): Rpc, ctx: &mut Context<Self>) -> Self::Result {
+        let holdable = msg.method == "agent" && msg.expect_final;
+        let timeout = msg.timeout.unwrap_or(self.cfg.connection.request_timeout);
+        let deadline = Instant::now() + timeout;
+        let agent_id = if holdable {
+            agent_of(msg.params.as_deref())
+        } else {
+            None
+        };
+        let generation = self.generation;
+        let boot_id = self.info.boot_id.clone();
+        let sent = <Self as Handler<Send>>::handle(self, msg, ctx);
+        Box::pin(sent.into_actor(self).then(move |res, act, ctx| match res {
+            Err(RequestError::Run {
+                run_id,
+                failure: RunFailure::Disconnected { reason },
+            }) if holdable => act.hold(
+                Held {
+                    run_id,
+                    agent_id,
+                    deadline,
+                    timeout_ms: timeout.as_millis() as u64,
+                    boot_id,
+                    lost_generation: generation,
+                    tx: None,
+                    busy: false,
+                    held_since: Instant::now(),
+                },
+                reason,
+                ctx,
+            ),
+            other => Box::pin(actix::fut::ready(other.map(|payload| Answer {
+                payload,
+                reattached: false,
+            }))),
+        }))
+    }
+}
+
+impl Supervisor {
+    /// Hold a caller whose accepted run lost its link, or refuse to (bound,
+    /// stopping, deadline passed) with a typed error carrying the `runId`.
+    fn hold(
+        &mut self,
+        mut held: Held,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Answer, RequestError>> {
+        let run_id = held.run_id.clone();
+        let refuse = |failure| -> ResponseActFuture<Self, Result<Answer, RequestError>> {
+            Box::pin(actix::fut::ready(Err(RequestError::Run {
+                run_id: run_id.clone(),
+                failure,
+            })))
+        };
+        if self.state == LinkState::Stopping {
+            return refuse(RunFailure::ShuttingDown);
+        }
+        if Instant::now() >= held.deadline {
+            return refuse(RunFailure::Timeout {
+                after_ms: held.timeout_ms,
+            });
+        }
+        let max = self.cfg.max_reattach;
+        if self.held.len() >= max {
+            return refuse(RunFailure::Disconnected {
+                reason: format!(
+                    "{reason}; not held for a reattach: {max} callers are held already (gateway.max_reattach)"
+                ),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        held.tx = Some(tx);
+        let deadline = held.deadline;
+        let timeout_ms = held.timeout_ms;
+        self.next_held_id += 1;
+        let id = self.next_held_id;
+        tracing::info!(gateway = %self.cfg.connection.gateway, run_id = %held.run_id, deadline_in_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64, "link lost after the run was accepted; the caller is held until the link is back");
+        let newer_session =
+            self.state == LinkState::Connected && self.generation != held.lost_generation;
+        self.held.insert(id, held);
+        if newer_session {
+            self.reattach(id, ctx);
+        } else if self.conn.is_none() && self.retry_timer.is_none() {
+            // A FailFast link (`call`) may have given up before the caller
+            // was held: it must come back for the reattach.
+            let delay = self.cfg.backoff.delay(self.attempt);
+            self.schedule(
+                delay,
+                "run_held",
+                "a caller waits for its accepted run",
+                ctx,
+            );
+        }
+        let wait = async move {
+            match tokio::time::timeout_at(deadline.into(), rx).await {
+                Ok(Ok(answer)) => answer,
+                // Dropped without an answer: only when the supervisor stops.
+                Ok(Err(_)) => Err(RequestError::Run {
+                    run_id,
+                    failure: RunFailure::ShuttingDown,
+                }),
+                Err(_) => Err(RequestError::Run {
+                    run_id,
+                    failure: RunFailure::Timeout {
+                        after_ms: timeout_ms,
+                    },
+                }),
+            }
+        };
+        Box::pin(wait.into_actor(self).map(move |res, act, _| {
+            // An `agent.wait` still in flight keeps its slot until it ends.
+            if act.held.get(&id).is_some_and(|h| !h.busy) {
+                act.held.remove(&id);
+            }
+            res
+        }))
+    }
+
+    /// After a hello-ok: ask about every held run not being asked already.
+    pub(super) fn reattach_all(&mut self, ctx: &mut Context<Self>) {
+        let ids: Vec<u64> = self
+            .held
+            .iter()
+            .filter(|(_, h)| !h.busy && h.lost_generation != self.generation)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.reattach(id, ctx);
+        }
+    }
+
+    fn reattach(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let Some(conn) = self.conn.clone() else {
+            return;
+        };
+        let generation = self.generation;
+        let current_boot = self.info.boot_id.clone();
+        let Some(h) = self.held.get_mut(&id) else {
+            return;
+        };
+        if h.busy || h.tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+            return;
+        }
+        h.busy = true;
+        let boot_changed = matches!((&h.boot_id, &current_boot), (Some(a), Some(b)) if a != b);
+        let fut = resolve(conn, h.run_id.clone(), h.deadline, boot_changed);
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(move |res, act, ctx| act.finish(id, generation, res, ctx)),
+        );
+    }
+
+    fn finish(&mut self, id: u64, generation: u64, res: Resolution, ctx: &mut Context<Self>) {
+        let Some(h) = self.held.get_mut(&id) else {
+            return;
+        };
+        h.busy = false;
+        let caller_gone = h.tx.as_ref().is_none_or(|tx| tx.is_closed());
+        if let (Resolution::LinkLost, false) = (&res, caller_gone) {
+            // Held on: the next hello-ok asks again (or now, if it came).
+            h.lost_generation = generation;
+            if self.state == LinkState::Connected && self.generation != generation {
+                self.reattach(id, ctx);
+            }
+            return;
+        }
+        let Some(mut h) = self.held.remove(&id) else {
+            return;
+        };
+        let gateway = self.cfg.connection.gateway.clone();
+        let held_ms = h.held_since.elapsed().as_millis() as u64;
+        let run = |failure| RequestError::Run {
+            run_id: h.run_id.clone(),
+            failure,
+        };
+        let answer = match res {
+            Resolution::Ended(payload) => {
+                let w = WaitAnswer::parse(&payload);
+                tracing::info!(gateway = %gateway, event = ev::GATEWAY_RUN_REATTACHED, run_id = %h.run_id, outcome = w.status.as_deref().unwrap_or(""), stop_reason = w.stop_reason.as_deref().unwrap_or(""), held_ms, "the held caller got the run's real outcome from agent.wait");
+                self.record_outcome(
+                    h.agent_id.clone(),
+                    h.run_id.clone(),
+                    &w,
+                    w.run_status(),
+                    ctx,
+                );
+                Ok(Answer {
+                    payload,
+                    reattached: true,
+                })
+            }
+            Resolution::Unknown { boot_changed } => {
+                tracing::warn!(gateway = %gateway, event = ev::GATEWAY_RUN_REATTACHED, run_id = %h.run_id, outcome = "unknown", boot_changed, held_ms, "the gateway no longer knows the accepted run: its outcome is unknown");
+                self.record_outcome(
+                    h.agent_id.clone(),
+                    h.run_id.clone(),
+                    &WaitAnswer::default(),
+                    RunStatus::Unknown,
+                    ctx,
+                );
+                Err(run(RunFailure::OutcomeUnknown { boot_changed }))
+            }
+            Resolution::Timeout => Err(run(RunFailure::Timeout {
+                after_ms: h.timeout_ms,
+            })),
+            Resolution::LinkLost => return,
+            Resolution::ShuttingDown => Err(run(RunFailure::ShuttingDown)),
+            Resolution::Failed(e) => Err(e),
+        };
+        if let Some(tx) = h.tx.take() {
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// Shutdown: every held caller gets `BRIDGE_SHUTTING_DOWN` with its run.
+    pub(super) fn release_held(&mut self) {
+        for (_, mut h) in self.held.drain() {
+            if let Some(tx) = h.tx.take() {
+                let _ = tx.send(Err(RequestError::Run {
+                    run_id: h.run_id,
+                    failure: RunFailure::ShuttingDown,
+                }));
+            }
+        }
+    }
+
+    /// Whether callers are held (a `call --final` keeps reconnecting then).
+    pub(super) fn holds_callers(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
+/// Ask the gateway how a held run ended, within the caller's deadline.
+async fn resolve(
+    conn: Addr<GatewayConnection>,
+    run_id: String,
+    deadline: Instant,
+    boot_changed: bool,
+) -> Resolution {
+    let mut checked_boot = !boot_changed;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Resolution::Timeout;
+        }
+        // After a restart a lost run answers `timeout` at once, like one in
+        // flight: ask without waiting, then look at `activeRunIds`.
+        let wait_for = if checked_boot {
+            deadline - now
+        } else {
+            Duration::ZERO
+        };
+        let answer = match agent_wait(&conn, &run_id, wait_for).await {
+            Ok(p) => p,
+            Err(e) => return from_error(e),
+        };
+        if !WaitAnswer::parse(&answer).is_pending() {
+            return Resolution::Ended(answer);
+        }
+        if checked_boot && Instant::now() >= deadline {
+            return Resolution::Timeout;
+        }
+        // `timeout` before the deadline: in flight, or unknown?
+        match active_runs(&conn).await {
+            Ok(Some(active)) if !active.contains(&run_id) => {
+                return Resolution::Unknown { boot_changed }
+            }
+            Ok(_) => {}
+            Err(e) => return from_error(e),
+        }
+        if checked_boot {
+            tokio::time::sleep(
+                REWAIT_PAUSE.min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+        }
+        checked_boot = true;
+    }
+}
+
+fn from_error(e: RequestError) -> Resolution {
+    match e {
+        RequestError::NotConnected { .. }
+        | RequestError::Disconnected { .. }
+        | RequestError::Run {
+            failure: RunFailure::Disconnected { .. },
+            ..
+        } => Resolution::LinkLost,
+        RequestError::ShuttingDown
+        | RequestError::Run {
+            failure: RunFailure::ShuttingDown,
+            ..
+        } => Resolution::ShuttingDown,
+        RequestError::Timeout { .. } => Resolution::Timeout,
+        other => Resolution::Failed(other),
+    }
+}
+
+/// `agent.wait {runId, timeoutMs}` on this connection.
+pub(super) async fn agent_wait(
+    conn: &Addr<GatewayConnection>,
+    run_id: &str,
+    wait: Duration,
+) -> Result<Box<RawValue>, RequestError> {
+    let msg = Send::new(
+        "agent.wait",
+        Some(json!({"runId": run_id, "timeoutMs": wait.as_millis() as u64})),
+    )
+    .timeout(wait + WAIT_GRACE);
+    conn.send(msg).await.unwrap_or_else(|_| {
+        Err(RequestError::Disconnected {
+            reason: "the connection stopped".into(),
+        })
+    })
+}
+
+/// Every page of `sessions.list`, merged into one `{"sessions":[…],
+/// "hasMore":…}` (`hasMore` stays true when paging had to stop early).
+pub(super) async fn sessions_all(
+    conn: &Addr<GatewayConnection>,
+) -> Result<Box<RawValue>, RequestError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Page {
+        #[serde(default)]
+        sessions: Vec<Box<RawValue>>,
+        #[serde(default)]
+        has_more: bool,
+        #[serde(default)]
+        next_offset: Option<u64>,
+    }
+    let mut rows: Vec<Box<RawValue>> = Vec::new();
+    let mut offset: Option<u64> = None;
+    let mut has_more = false;
+    for _ in 0..MAX_SESSION_PAGES {
+        let params = match offset {
+            None => json!({}),
+            Some(o) => json!({"offset": o}),
+        };
+        let raw = conn
+            .send(Send::new("sessions.list", Some(params)))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestError::Disconnected {
+                    reason: "the connection stopped".into(),
+                })
+            })?;
+        let page: Page = match serde_json::from_str(raw.get()) {
+            Ok(p) => p,
+            // Not understood: hand it on as it is (the registry says so).
+            Err(_) if offset.is_none() => return Ok(raw),
+            Err(_) => {
+                has_more = true;
+                break;
+            }
+        };
+        let got = page.sessions.len() as u64;
+        rows.extend(page.sessions);
+        has_more = page.has_more;
+        if !page.has_more {
+            break;
+        }
+        // The next page must move forward, or paging stops (incomplete).
+        let next = page.next_offset.unwrap_or(offset.unwrap_or(0) + got);
+        if got == 0 || offset.is_some_and(|o| next <= o) {
+            break;
+        }
+        offset = Some(next);
+    }
+    let body = json!({"sessions": rows, "hasMore": has_more});
+    serde_json::value::to_raw_value(&body).map_err(|e| RequestError::BadRequest(e.to_string()))
+}
+
+/// The run ids active on the gateway (`None`: the list is incomplete, so
+/// nothing can be concluded from a run's absence).
+pub(super) async fn active_runs(
+    conn: &Addr<GatewayConnection>,
+) -> Result<Option<HashSet<String>>, RequestError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Row {
+        #[serde(default)]
+        active_run_ids: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct All {
+        #[serde(default)]
+        sessions: Vec<Row>,
+        #[serde(default)]
+        has_more: bool,
+    }
+    let raw = sessions_all(conn).await?;
+    let all: All = match serde_json::from_str(raw.get()) {
+        Ok(a) => a,
+        Err(_) => return Ok(None),
+    };
+    if all.has_more {
+        return Ok(None);
+    }
+    Ok(Some(
+        all.sessions
+            .into_iter()
+            .flat_map(|r| r.active_run_ids)
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn agent_wait_answers_map_to_run_statuses() {
+        let w = WaitAnswer::parse(&raw(
+            r#"{"runId":"r","status":"ok","startedAt":1,"endedAt":2,"stopReason":"stop","terminalReply":{"text":"hi"}}"#,
+        ));
+        assert!(!w.is_pending());
+        assert_eq!(w.run_status(), RunStatus::Ok);
+        assert_eq!((w.started_at, w.ended_at), (Some(1), Some(2)));
+        let w = WaitAnswer::parse(&raw(
+            r#"{"runId":"r","status":"error","stopReason":"error"}"#,
+        ));
+        assert_eq!(w.run_status(), RunStatus::Error);
+        let w = WaitAnswer::parse(&raw(
+            r#"{"runId":"r","status":"ok","stopReason":"aborted"}"#,
+        ));
+        assert_eq!(w.run_status(), RunStatus::Aborted);
+        let w = WaitAnswer::parse(&raw(r#"{"runId":"r","status":"timeout"}"#));
+        assert!(w.is_pending());
+        assert!(WaitAnswer::parse(&raw("[]")).is_pending());
+    }
+
+    #[test]
+    fn the_agent_of_a_request_comes_from_its_params() {
+        assert_eq!(
+            agent_of(Some(&raw(r#"{"agentId":"ops","message":"x"}"#))).as_deref(),
+            Some("ops")
+        );
+        assert_eq!(
+            agent_of(Some(&raw(r#"{"sessionKey":"agent:main:main"}"#))).as_deref(),
+            Some("main")
+        );
+        assert_eq!(agent_of(Some(&raw(r#"{"message":"x"}"#))), None);
+        assert_eq!(agent_of(None), None);
+    }
+}
