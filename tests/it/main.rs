@@ -15,6 +15,7 @@ mod real_gateway;
 mod real_multi;
 mod real_pairing;
 mod real_resilience;
+mod reattach;
 mod reconnect;
 mod reload;
 mod rpc;
