@@ -14,6 +14,7 @@ mod notify;
 mod real_gateway;
 mod real_multi;
 mod real_pairing;
+mod real_reattach;
 mod real_resilience;
 mod reattach;
 mod reconnect;

@@ -621,9 +621,12 @@ async fn term_then_start_again_reconnects_by_itself() {
     app.stop().await;
 }
 
-/// SIGKILL with an `agent` run in flight: the run's caller gets
-/// `BRIDGE_DISCONNECTED` at once, the bridge reports the lost connection, and
-/// reconnects by itself when the gateway is started again.
+/// SIGKILL with an accepted `agent` run in flight: the bridge reports the
+/// lost connection and reconnects by itself when the gateway is started
+/// again. The run's caller is held meanwhile (issue 13, reattach first) and
+/// then told the run was lost with the old process
+/// (`BRIDGE_RUN_OUTCOME_UNKNOWN`, `boot_changed`), not made to wait out its
+/// whole timeout.
 #[actix_rt::test]
 async fn kill_then_start_again_fails_in_flight_and_reconnects() {
     if !RealGateway::available() {
@@ -672,16 +675,11 @@ async fn kill_then_start_again_fails_in_flight_and_reconnects() {
     gw.signal("KILL");
     let mut watch = Watch::new(&app, t0);
 
-    let (code, body, answered_at) = actix_rt::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the in-flight run hangs after SIGKILL")
-        .expect("run task");
-    let in_flight_after = answered_at.saturating_duration_since(t0);
-    assert_eq!(code, 503, "in-flight run after SIGKILL: {body}");
-    assert_eq!(body["error"]["code"], "BRIDGE_DISCONNECTED", "{body}");
+    // The caller of the accepted run is held while the gateway is gone.
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
     assert!(
-        in_flight_after < Duration::from_secs(2),
-        "the in-flight run failed only after {in_flight_after:?}"
+        !run.is_finished(),
+        "the accepted run's caller was answered while the gateway was down"
     );
 
     let (down_at, down) = watch.until_down("bridge never noticed SIGKILL").await;
@@ -711,8 +709,27 @@ async fn kill_then_start_again_fails_in_flight_and_reconnects() {
 
     let (t_start, bridge_at, up, gw_ready) =
         start_again_until_back(&gw, &boot1, &mut watch, (&logs, mark), "KILL + start again").await;
+    let (code, body, answered_at) = actix_rt::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the held run hangs after the gateway came back")
+        .expect("run task");
+    let in_flight_after = answered_at.saturating_duration_since(t0);
+    assert_eq!(code, 502, "held run after SIGKILL + start again: {body}");
+    assert_eq!(
+        (
+            &body["error"]["code"],
+            &body["error"]["details"]["boot_changed"]
+        ),
+        (&json!("BRIDGE_RUN_OUTCOME_UNKNOWN"), &json!(true)),
+        "{body}"
+    );
+    assert!(
+        answered_at.saturating_duration_since(bridge_at) < Duration::from_secs(10),
+        "the lost run was reported only {:?} after the bridge was back",
+        answered_at.saturating_duration_since(bridge_at)
+    );
     eprintln!(
-        "RESILIENCE kill: gateway started in {started:?}; in-flight agent run failed {in_flight_after:?} after SIGKILL \
+        "RESILIENCE kill: gateway started in {started:?}; held agent run answered {in_flight_after:?} after SIGKILL \
          with {}; bridge down at {} ({first_code}); start_again at {}, gateway ready at {}, bridge ready at {} \
          (boot {:?})\n  down: {down_summary}\n{}\nbridge log (first 30 lines):\n{}",
         body["error"]["message"],

@@ -5,3 +5,4 @@ pub mod fake_gateway;
 pub mod fake_model;
 pub mod nats_server;
 pub mod real_gateway;
+pub mod tcp_proxy;
