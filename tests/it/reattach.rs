@@ -414,3 +414,64 @@ async fn two_hundred_accepted_runs_across_fifty_drops_each_answered_once_never_r
     );
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn call_final_prints_the_reattached_payload_and_says_so_on_stderr() {
+    let runs = FakeRuns::default();
+    let gw = FakeGateway::start(FakeOptions::default());
+    runs.install(&gw);
+    let url = gw.url();
+    let params =
+        json!({"message": "sleep:1000", "agentId": "main", "idempotencyKey": "k-cli"}).to_string();
+    let child = actix_rt::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_openclaw-bridge"))
+            .args(["call", "agent", &params, "--final", "--timeout", "20"])
+            .env("OPENCLAW_GATEWAY_URL", url)
+            .env_remove("OPENCLAW_GATEWAY_TOKEN")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run openclaw-bridge")
+    });
+    accepted(&gw, &runs, "k-cli").await;
+    gw.drop_all();
+    let out = child.await.expect("call");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let payload: Value = serde_json::from_slice(&out.stdout).expect("stdout is the payload");
+    assert_eq!(
+        (&payload["runId"], &payload["status"]),
+        (&json!("k-cli"), &json!("ok")),
+        "{payload}"
+    );
+    assert!(stderr.contains("reattached"), "{stderr}");
+    assert_eq!(runs.agent_requests()["k-cli"], 1);
+}
+
+#[actix_rt::test]
+async fn a_gateway_still_starting_is_asked_again_not_taken_for_the_outcome() {
+    let runs = FakeRuns::default();
+    let (gw, app) = connected(&[], &runs).await;
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, n) = (runs.clone(), refused.clone());
+    gw.set_responder(move |req| {
+        if req.method == "agent.wait" && n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2
+        {
+            return crate::support::fake_gateway::Reply::Err(json!({"code": "UNAVAILABLE",
+                "message": "gateway starting; retry shortly", "retryable": true, "retryAfterMs": 100}));
+        }
+        r.reply(req)
+            .unwrap_or(crate::support::fake_gateway::Reply::Default)
+    });
+    let call = start_call(&app, agent_call("k-starting", "sleep:300", 15_000));
+    accepted(&gw, &runs, "k-starting").await;
+    gw.drop_all();
+    let (status, body, _) = call.await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["reattached"], &body["payload"]["status"]),
+        (&json!(true), &json!("ok")),
+        "{body}"
+    );
+    assert!(refused.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    app.stop().await;
+}

@@ -394,7 +394,13 @@ async fn resolve(
         };
         let answer = match agent_wait(&conn, &run_id, wait_for).await {
             Ok(p) => p,
-            Err(e) => return from_error(e),
+            Err(e) => match from_error(e) {
+                Some(end) => return end,
+                None => {
+                    pause(deadline).await;
+                    continue;
+                }
+            },
         };
         if !WaitAnswer::parse(&answer).is_pending() {
             return Resolution::Ended(answer);
@@ -408,20 +414,30 @@ async fn resolve(
                 return Resolution::Unknown { boot_changed }
             }
             Ok(_) => {}
-            Err(e) => return from_error(e),
+            Err(e) => {
+                if let Some(end) = from_error(e) {
+                    return end;
+                }
+                pause(deadline).await;
+                continue;
+            }
         }
         if checked_boot {
-            tokio::time::sleep(
-                REWAIT_PAUSE.min(deadline.saturating_duration_since(Instant::now())),
-            )
-            .await;
+            pause(deadline).await;
         }
         checked_boot = true;
     }
 }
 
-fn from_error(e: RequestError) -> Resolution {
-    match e {
+/// A short pause before asking again, never past the caller's deadline.
+async fn pause(deadline: Instant) {
+    tokio::time::sleep(REWAIT_PAUSE.min(deadline.saturating_duration_since(Instant::now()))).await;
+}
+
+/// How a failed `agent.wait` / `sessions.list` ends the reattach; `None`:
+/// ask again (a slow or still-starting gateway is not the run's outcome).
+fn from_error(e: RequestError) -> Option<Resolution> {
+    Some(match e {
         RequestError::NotConnected { .. }
         | RequestError::Disconnected { .. }
         | RequestError::Run {
@@ -433,9 +449,10 @@ fn from_error(e: RequestError) -> Resolution {
             failure: RunFailure::ShuttingDown,
             ..
         } => Resolution::ShuttingDown,
-        RequestError::Timeout { .. } => Resolution::Timeout,
+        RequestError::Timeout { .. } => return None,
+        RequestError::Rejected(g) if g.code == "UNAVAILABLE" => return None,
         other => Resolution::Failed(other),
-    }
+    })
 }
 
 /// `agent.wait {runId, timeoutMs}` on this connection.
