@@ -6,7 +6,11 @@
 //!
 //! **Handles:** [`EventMsg`] (from `GatewayConnection`), [`AgentsSnapshot`]
 //! (from `Supervisor` after each hello-ok / seq gap), [`LinkChanged`] (from
-//! `Supervisor`), [`ListAgents`] / [`GetAgent`] (from the HTTP API).
+//! `Supervisor`), [`ListAgents`] / [`GetAgent`] / [`GetRun`] (from the HTTP
+//! API), [`RunOutcome`] (from `Supervisor`: how a run it lost sight of
+//! ended, per `agent.wait`; answered with the correction, if any, for
+//! `bridge.run_reconciled`). A [`SessionsSnapshot`] answers the runs held as
+//! running that no session lists as active any more.
 //!
 //! **Sends:** [`RequestResync`] to its resync target when `health` shows a set
 //! of agent ids different from the last `agents.list` (no event announces added

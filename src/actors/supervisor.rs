@@ -6,14 +6,21 @@
 //! the retry schedule (full-jitter [`Backoff`](crate::backoff::Backoff), reset
 //! only after a stable session), the last error, the last `bootId`.
 //!
-//! **Handles:** [`Send`] from the HTTP API / CLI (forwarded to the live
-//! connection, or refused at once with `NotConnected` carrying the state and
-//! next attempt time: nothing is queued or replayed), [`GetStatus`] (for
-//! `/readyz`), [`WaitReady`] (CLI), [`RetryNow`] (SIGHUP), [`Shutdown`];
-//! and from its connection [`ConnectionUp`], [`ConnectionDown`], [`SeqGap`].
+//! **Handles:** [`Send`] (forwarded to the live connection, or refused at
+//! once with `NotConnected` carrying the state and next attempt time: nothing
+//! is queued or replayed), [`Rpc`](super::messages::Rpc) from the HTTP API,
+//! NATS and the CLI (a [`Send`] whose accepted `agent` run outlives a dropped
+//! link: its caller is held and answered from `agent.wait`, see `reattach`),
+//! [`LookupRun`] (`GET /v1/runs/{runId}` for runs the registry lacks),
+//! [`GetStatus`] (for `/readyz`), [`WaitReady`] (CLI), [`RetryNow`]
+//! (SIGHUP), [`Shutdown`] (held callers get `BRIDGE_SHUTTING_DOWN`); and from
+//! its connection [`ConnectionUp`], [`ConnectionDown`], [`SeqGap`].
 //!
 //! **Sends:** [`LinkChanged`] to the registry and broker; after each hello-ok
-//! and each seq gap it fetches `agents.list` and hands it to the registry.
+//! and each seq gap it fetches `agents.list` and every page of
+//! `sessions.list` for the registry, asks `agent.wait` how the runs the
+//! registry lost sight of ended ([`RunOutcome`]), and hands each correction
+//! to the broker as `bridge.run_reconciled`.
 //!
 //! **Restarts:** it never reuses a connection: every attempt is a fresh
 //! `GatewayConnection` (fresh socket, handshake, empty pending map). This is

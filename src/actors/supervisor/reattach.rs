@@ -202,6 +202,7 @@ impl Supervisor {
                 after_ms: held.timeout_ms,
             });
         }
+        self.purge_gone();
         let max = self.cfg.max_reattach;
         if self.held.len() >= max {
             return refuse(RunFailure::Disconnected {
@@ -258,8 +259,17 @@ impl Supervisor {
         }))
     }
 
+    /// Forget held callers that went away (an HTTP client that hung up drops
+    /// its future, so its slot is not freed there) unless an `agent.wait`
+    /// for them is still in flight: the bound counts only live callers.
+    fn purge_gone(&mut self) {
+        self.held
+            .retain(|_, h| h.busy || h.tx.as_ref().is_some_and(|tx| !tx.is_closed()));
+    }
+
     /// After a hello-ok: ask about every held run not being asked already.
     pub(super) fn reattach_all(&mut self, ctx: &mut Context<Self>) {
+        self.purge_gone();
         let ids: Vec<u64> = self
             .held
             .iter()

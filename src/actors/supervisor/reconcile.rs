@@ -151,12 +151,17 @@ fn active_agent(sessions: &serde_json::value::RawValue, run_id: &str) -> Option<
 
 /// One run the gateway no longer shows active: how did it end?
 async fn settle(conn: &Addr<GatewayConnection>, out: &Outputs, gateway: &Arc<str>, run: StaleRun) {
-    let answer = match agent_wait(conn, &run.run_id, std::time::Duration::ZERO).await {
-        Ok(a) => a,
+    let w = match agent_wait(conn, &run.run_id, std::time::Duration::ZERO).await {
+        Ok(a) => WaitAnswer::parse(&a),
+        // Refused (e.g. no `operator.write`): not active is all there is to
+        // know, so `unknown`, as before reattaching.
+        Err(e @ RequestError::Rejected(_)) => {
+            failed(gateway, "agent.wait", &e);
+            WaitAnswer::default()
+        }
         // Still `running` in the registry: the next session asks again.
         Err(e) => return failed(gateway, "agent.wait", &e),
     };
-    let w = WaitAnswer::parse(&answer);
     // Not active and `timeout`: the gateway does not know it any more.
     let status = if w.is_pending() {
         RunStatus::Unknown
