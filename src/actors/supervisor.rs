@@ -74,6 +74,7 @@ mod link;
 mod reattach;
 mod reconcile;
 mod requests;
+mod run_queries;
 mod status;
 
 pub use reconcile::{LookupRun, RUN_RECONCILED};

@@ -11,7 +11,7 @@ use actix::prelude::{Addr, AsyncContext, Context, Handler, Message, ResponseFutu
 use futures_util::StreamExt;
 use serde_json::json;
 
-use super::reattach::{agent_wait, sessions_all, WaitAnswer};
+use super::run_queries::{agent_wait, sessions_all, WaitAnswer};
 use super::{GatewayConnection, Outputs, SessionsSnapshot, Supervisor};
 use crate::actors::messages::{EventMsg, LinkState, RequestError};
 use crate::actors::registry::{Reconciled, RunOutcome, RunRecord, RunStatus, RunView, StaleRun};
