@@ -88,6 +88,9 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "request_timeout_ms",
             "handshake_timeout_ms",
             "tls_ca_file",
+            "max_frame_bytes",
+            "max_pending",
+            "max_pending_bytes",
         ],
     ),
     (
@@ -183,6 +186,13 @@ pub struct GatewaySettings {
     pub handshake_timeout: Duration,
     /// Extra trusted CA (PEM) for `wss://`, besides the system roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// Inbound frame cap; `None` (key 0): hello-ok `maxPayload` + headroom.
+    pub max_frame_bytes: Option<usize>,
+    /// Requests in flight (queued or awaiting an answer) before
+    /// `BRIDGE_OVERLOADED`.
+    pub max_pending: usize,
+    /// Request bytes queued toward the socket before `BRIDGE_OVERLOADED`.
+    pub max_pending_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -139,6 +139,9 @@ pub fn connection_config(
         handshake_timeout: g.handshake_timeout,
         device,
         tls,
+        max_frame_bytes: g.max_frame_bytes,
+        max_pending: g.max_pending,
+        max_pending_bytes: g.max_pending_bytes,
     };
     Ok((config, tokens))
 }

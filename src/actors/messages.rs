@@ -68,6 +68,18 @@ pub enum RequestError {
     ShuttingDown,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A per-gateway bound (`bound` names its key) was hit; nothing was sent.
+    #[error(
+        "the bridge has too much in flight to this gateway ({bound} = {limit}); retry shortly"
+    )]
+    Overloaded {
+        bound: &'static str,
+        limit: u64,
+        retry_after_ms: u64,
+    },
+    /// The answer was over the inbound frame cap; it was skipped unread.
+    #[error("the gateway's answer ({size} bytes) was over gateway.max_frame_bytes ({limit} bytes) and was dropped")]
+    FrameTooLarge { size: u64, limit: u64 },
 }
 
 impl RequestError {
@@ -80,6 +92,8 @@ impl RequestError {
             RequestError::Rejected(e) => &e.code,
             RequestError::ShuttingDown => "BRIDGE_SHUTTING_DOWN",
             RequestError::BadRequest(_) => "BRIDGE_BAD_REQUEST",
+            RequestError::Overloaded { .. } => "BRIDGE_OVERLOADED",
+            RequestError::FrameTooLarge { .. } => "BRIDGE_FRAME_TOO_LARGE",
         }
     }
 
@@ -94,6 +108,19 @@ impl RequestError {
             } => serde_json::json!({
                 "code": self.code(), "message": self.to_string(),
                 "details": {"state": state, "next_attempt_in_ms": next_attempt_in_ms}
+            }),
+            RequestError::Overloaded {
+                bound,
+                limit,
+                retry_after_ms,
+            } => serde_json::json!({
+                "code": self.code(), "message": self.to_string(),
+                "details": {"bound": bound, "limit": limit},
+                "retryAfterMs": retry_after_ms
+            }),
+            RequestError::FrameTooLarge { size, limit } => serde_json::json!({
+                "code": self.code(), "message": self.to_string(),
+                "details": {"size": size, "limit": limit}
             }),
             other => serde_json::json!({"code": other.code(), "message": other.to_string()}),
         }

@@ -219,6 +219,19 @@ fn read_gateway(
         Duration::from_millis(r.number(&key(r, "request_timeout_ms"), 1, 3_600_000));
     let handshake_timeout =
         Duration::from_millis(r.number(&key(r, "handshake_timeout_ms"), 1, 600_000));
+    let max_frame_bytes = match r.number(&key(r, "max_frame_bytes"), 0, 1 << 32) {
+        0 => None,
+        n if n < 65_536 => {
+            r.err(
+                &key(r, "max_frame_bytes"),
+                "must be 0 (from the gateway's maxPayload) or at least 65536",
+            );
+            None
+        }
+        n => Some(n as usize),
+    };
+    let max_pending = r.number(&key(r, "max_pending"), 1, 1_000_000) as usize;
+    let max_pending_bytes = r.number(&key(r, "max_pending_bytes"), 65_536, 1 << 32) as usize;
     let tls_ca_file = r
         .opt_string(&key(r, "tls_ca_file"))
         .filter(|p| !p.is_empty())
@@ -246,6 +259,9 @@ fn read_gateway(
         request_timeout,
         handshake_timeout,
         tls_ca_file,
+        max_frame_bytes,
+        max_pending,
+        max_pending_bytes,
     }
 }
 
@@ -307,6 +323,15 @@ impl GatewaySettings {
         gw.insert("request_timeout_ms".into(), ms(g.request_timeout));
         gw.insert("handshake_timeout_ms".into(), ms(g.handshake_timeout));
         path(&mut gw, "tls_ca_file", &g.tls_ca_file);
+        gw.insert(
+            "max_frame_bytes".into(),
+            Value::Integer(g.max_frame_bytes.unwrap_or(0) as i64),
+        );
+        gw.insert("max_pending".into(), Value::Integer(g.max_pending as i64));
+        gw.insert(
+            "max_pending_bytes".into(),
+            Value::Integer(g.max_pending_bytes as i64),
+        );
         gw
     }
 }

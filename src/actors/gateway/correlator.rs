@@ -6,13 +6,13 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
-use actix::prelude::{AsyncContext, Context, Handler, ResponseFuture};
+use actix::prelude::{Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
 use awc::ws::Message as WsMessage;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{GatewayConnection, Phase, RequestError, Send};
+use super::{GatewayConnection, Phase, Queued, RequestError, Send};
 use crate::protocol::{self, GatewayError, ResponseFrame};
 use crate::telemetry::events as ev;
 
@@ -161,6 +161,62 @@ impl GatewayConnection {
         self.arm_deadline_timer(ctx);
     }
 
+    /// Fail one pending request now (its answer, if any, is dropped
+    /// quietly). Whether it was pending.
+    pub(super) fn fail_request(&mut self, id: &str, err: RequestError) -> bool {
+        let Some(p) = self.pending.remove(id) else {
+            return false;
+        };
+        self.deadlines.remove(&p.deadline);
+        self.finished.insert(id.to_owned());
+        let _ = p.tx.send(Err(err));
+        self.report_pending();
+        true
+    }
+
+    /// Asked by the writer just before a request goes on the wire: is it
+    /// still wanted? Not when its deadline passed (its caller has, or is
+    /// about to get, `BRIDGE_TIMEOUT`) or its caller went away; such a
+    /// request is never written, so a frozen gateway that wakes up does not
+    /// start work nobody waits for.
+    pub(super) fn still_wanted(&mut self, id: &str, deadline: Instant) -> bool {
+        let wanted =
+            Instant::now() < deadline && self.pending.get(id).is_some_and(|p| !p.tx.is_closed());
+        if !wanted {
+            crate::metrics::unwritten(&self.cfg.gateway);
+            if let Some(p) = self.pending.remove(id) {
+                self.deadlines.remove(&p.deadline);
+                let _ = p.tx.send(Err(RequestError::Timeout {
+                    after_ms: p.timeout_ms,
+                }));
+                self.report_pending();
+            }
+        }
+        wanted
+    }
+
+    /// Refuse a request past `max_pending` / `max_pending_bytes`: logged
+    /// when the bound starts being hit, counted every time.
+    fn overloaded(&mut self, bound: &'static str, limit: u64) -> RequestError {
+        crate::metrics::overloaded(&self.cfg.gateway, bound);
+        if !self.overloaded {
+            self.overloaded = true;
+            tracing::warn!(gateway = %self.cfg.gateway,
+                event = ev::HTTP_OVERLOADED,
+                bound,
+                limit,
+                pending = self.pending.len(),
+                queued_bytes = self.out.bytes,
+                "too many requests in flight to this gateway; refusing with BRIDGE_OVERLOADED until some finish"
+            );
+        }
+        RequestError::Overloaded {
+            bound,
+            limit,
+            retry_after_ms: 1000,
+        }
+    }
+
     pub(super) fn fail_pending(&mut self, err: &RequestError) -> usize {
         self.deadlines.clear();
         let n = self.pending.len();
@@ -235,12 +291,24 @@ impl Handler<Send> for GatewayConnection {
                 ));
             }
         }
+        if self.pending.len() >= self.cfg.max_pending {
+            return immediate(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
+        }
         let id = request_id();
         let text = match protocol::encode_request(&id, &msg.method, msg.params.as_deref()) {
             Ok(t) => t,
             Err(e) => return immediate(RequestError::BadRequest(e.to_string())),
         };
-        if !self.write(WsMessage::Text(text.into())) {
+        // One request alone may exceed the byte bound when nothing else is
+        // queued: the bound is on what piles up, not on a request's size.
+        if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
+            return immediate(self.overloaded(
+                "gateway.max_pending_bytes",
+                self.cfg.max_pending_bytes as u64,
+            ));
+        }
+        self.overloaded = false;
+        if !self.out.open {
             return immediate(RequestError::Disconnected {
                 reason: "the socket is closed".into(),
             });
@@ -249,7 +317,16 @@ impl Handler<Send> for GatewayConnection {
         let timeout = msg.timeout.unwrap_or(self.cfg.request_timeout);
         self.next_deadline_seq += 1;
         let deadline = (Instant::now() + timeout, self.next_deadline_seq);
+        self.out.push(Queued {
+            bytes: text.len(),
+            msg: WsMessage::Text(text.into()),
+            request: Some((id.clone(), deadline.0)),
+        });
         self.deadlines.insert(deadline, id.clone());
+        let guard = ReleaseOnDrop {
+            conn: Some(ctx.address()),
+            id: id.clone(),
+        };
         self.pending.insert(
             id,
             Pending {
@@ -264,11 +341,53 @@ impl Handler<Send> for GatewayConnection {
         self.report_pending();
         self.arm_deadline_timer(ctx);
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
+            let mut guard = guard;
+            let result = rx.await.unwrap_or_else(|_| {
                 Err(RequestError::Disconnected {
                     reason: "the connection stopped".into(),
                 })
-            })
+            });
+            guard.conn = None;
+            result
         })
+    }
+}
+
+/// The caller of a pending request went away (an HTTP client disconnected):
+/// release its entry. The gateway is not told; an accepted run keeps running.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Release {
+    id: String,
+}
+
+/// Sends [`Release`] when the caller's future is dropped unfinished.
+struct ReleaseOnDrop {
+    conn: Option<Addr<GatewayConnection>>,
+    id: String,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.do_send(Release {
+                id: std::mem::take(&mut self.id),
+            });
+        }
+    }
+}
+
+impl Handler<Release> for GatewayConnection {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, _ctx: &mut Context<Self>) {
+        let gone = self.pending.get(&msg.id).is_some_and(|p| p.tx.is_closed());
+        if gone {
+            if let Some(p) = self.pending.remove(&msg.id) {
+                self.deadlines.remove(&p.deadline);
+                self.finished.insert(msg.id);
+                self.report_pending();
+            }
+        }
     }
 }

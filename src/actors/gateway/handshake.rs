@@ -118,6 +118,9 @@ impl GatewayConnection {
             );
             return;
         }
+        let cap = self.cfg.frame_cap(hello.policy.max_payload);
+        self.frame_cap
+            .store(cap, std::sync::atomic::Ordering::Relaxed);
         let tick = Duration::from_millis(hello.policy.tick_interval_ms.max(1));
         self.phase = Phase::Ready {
             since: Instant::now(),
