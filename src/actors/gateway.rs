@@ -57,6 +57,9 @@ pub const FRAME_HEADROOM_BYTES: usize = 8 * 1024 * 1024;
 /// until hello-ok says otherwise.
 pub const DEFAULT_MAX_PAYLOAD: usize = 25 * 1024 * 1024;
 
+/// How often pending entries of callers that went away are released.
+const RELEASE_SWEEP: Duration = Duration::from_secs(1);
+
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, BoundedCodec>, WsMessage>;
 
 /// Signs the challenge for a device identity (see `identity`).
@@ -306,6 +309,7 @@ impl Actor for GatewayConnection {
                 ctx,
             ),
         }));
+        ctx.run_interval(RELEASE_SWEEP, |act, _| act.release_abandoned());
         // The upgrade itself is bounded by the client timeout; this covers a
         // peer that accepts TCP and then says nothing at all.
         self.arm_handshake_timer("upgrade", ctx);

@@ -26,6 +26,10 @@ pub struct Send {
     pub timeout: Option<Duration>,
     /// Wait past an `accepted` answer for the final one (method `agent`).
     pub expect_final: bool,
+    /// Alive while the caller waits (an HTTP request holds the `Arc`): once
+    /// it is gone the request is not written, or its pending entry is
+    /// released. `None`: the caller always waits.
+    pub caller: Option<std::sync::Weak<()>>,
 }
 
 impl Send {
@@ -35,7 +39,14 @@ impl Send {
             params: params.and_then(|p| serde_json::value::to_raw_value(&p).ok()),
             timeout: None,
             expect_final: false,
+            caller: None,
         }
+    }
+
+    /// Tie the request to a caller that holds `alive` while it waits.
+    pub fn caller(mut self, alive: &std::sync::Arc<()>) -> Self {
+        self.caller = Some(std::sync::Arc::downgrade(alive));
+        self
     }
 
     pub fn timeout(mut self, t: Duration) -> Self {

@@ -263,6 +263,7 @@ pub fn parse_rpc_body(body: &[u8]) -> Result<Send, ApiError> {
         params,
         timeout,
         expect_final: rpc.expect_final,
+        caller: None,
     })
 }
 
@@ -319,12 +320,16 @@ async fn rpc(
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let msg = parse_rpc_body(&body)?;
+    // Held while this handler waits: if the client goes away, actix-web
+    // drops the handler and the connection releases the request.
+    let waiting = std::sync::Arc::new(());
+    let msg = parse_rpc_body(&body)?.caller(&waiting);
     let result = gateway
         .supervisor
         .send(msg)
         .await
         .map_err(|_| ApiError::Internal("the supervisor is not running".into()))?;
+    drop(waiting);
     let payload = result?;
     // Splice the raw payload in without re-parsing it.
     let body = format!("{{\"ok\":true,\"payload\":{}}}", payload.get());

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, files grouped by behaviour.
 mod support;
 
+mod bounds;
 mod browser;
 mod cli;
 mod events;

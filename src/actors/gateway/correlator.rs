@@ -6,7 +6,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::Instant;
 
-use actix::prelude::{Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
+use actix::prelude::{AsyncContext, Context, Handler, ResponseFuture};
 use awc::ws::Message as WsMessage;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -27,9 +27,17 @@ pub(super) struct Pending {
     expect_final: bool,
     /// An `accepted` answer came; the final one is awaited.
     accepted_seen: bool,
+    /// Alive while the caller waits (see `Send::caller`).
+    caller: Option<std::sync::Weak<()>>,
     /// Key of this request in `GatewayConnection::deadlines`.
     deadline: (Instant, u64),
     timeout_ms: u64,
+}
+
+impl Pending {
+    fn caller_gone(&self) -> bool {
+        self.tx.is_closed() || self.caller.as_ref().is_some_and(|w| w.strong_count() == 0)
+    }
 }
 
 /// A bounded set of ids whose late answers are expected and dropped quietly.
@@ -181,7 +189,7 @@ impl GatewayConnection {
     /// start work nobody waits for.
     pub(super) fn still_wanted(&mut self, id: &str, deadline: Instant) -> bool {
         let wanted =
-            Instant::now() < deadline && self.pending.get(id).is_some_and(|p| !p.tx.is_closed());
+            Instant::now() < deadline && self.pending.get(id).is_some_and(|p| !p.caller_gone());
         if !wanted {
             crate::metrics::unwritten(&self.cfg.gateway);
             if let Some(p) = self.pending.remove(id) {
@@ -193,6 +201,28 @@ impl GatewayConnection {
             }
         }
         wanted
+    }
+
+    /// Release the entries of callers that went away (an HTTP client that
+    /// disconnected). The gateway is not told: an accepted run keeps
+    /// running; a late answer is dropped quietly.
+    pub(super) fn release_abandoned(&mut self) {
+        let gone: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.caller_gone())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in gone {
+            if let Some(p) = self.pending.remove(&id) {
+                self.deadlines.remove(&p.deadline);
+                self.finished.insert(id);
+            }
+        }
+        self.report_pending();
     }
 
     /// Refuse a request past `max_pending` / `max_pending_bytes`: logged
@@ -323,16 +353,13 @@ impl Handler<Send> for GatewayConnection {
             request: Some((id.clone(), deadline.0)),
         });
         self.deadlines.insert(deadline, id.clone());
-        let guard = ReleaseOnDrop {
-            conn: Some(ctx.address()),
-            id: id.clone(),
-        };
         self.pending.insert(
             id,
             Pending {
                 tx,
                 is_agent: msg.method == "agent",
                 expect_final: msg.expect_final,
+                caller: msg.caller,
                 accepted_seen: false,
                 deadline,
                 timeout_ms: timeout.as_millis() as u64,
@@ -341,53 +368,11 @@ impl Handler<Send> for GatewayConnection {
         self.report_pending();
         self.arm_deadline_timer(ctx);
         Box::pin(async move {
-            let mut guard = guard;
-            let result = rx.await.unwrap_or_else(|_| {
+            rx.await.unwrap_or_else(|_| {
                 Err(RequestError::Disconnected {
                     reason: "the connection stopped".into(),
                 })
-            });
-            guard.conn = None;
-            result
+            })
         })
-    }
-}
-
-/// The caller of a pending request went away (an HTTP client disconnected):
-/// release its entry. The gateway is not told; an accepted run keeps running.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Release {
-    id: String,
-}
-
-/// Sends [`Release`] when the caller's future is dropped unfinished.
-struct ReleaseOnDrop {
-    conn: Option<Addr<GatewayConnection>>,
-    id: String,
-}
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.do_send(Release {
-                id: std::mem::take(&mut self.id),
-            });
-        }
-    }
-}
-
-impl Handler<Release> for GatewayConnection {
-    type Result = ();
-
-    fn handle(&mut self, msg: Release, _ctx: &mut Context<Self>) {
-        let gone = self.pending.get(&msg.id).is_some_and(|p| p.tx.is_closed());
-        if gone {
-            if let Some(p) = self.pending.remove(&msg.id) {
-                self.deadlines.remove(&p.deadline);
-                self.finished.insert(msg.id);
-                self.report_pending();
-            }
-        }
     }
 }
