@@ -214,6 +214,7 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
         };
         let stopper = app.stopper();
         let gateways = app.gateways.clone();
+        let api_token = app.api_token.clone();
         // The HTTP server is bound: tell systemd (no-op without NOTIFY_SOCKET).
         crate::notify::ready();
         let watchdog = crate::notify::spawn_watchdog(
@@ -223,7 +224,7 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
                 .collect(),
         );
         let stopping = actix_rt::spawn(async move {
-            wait_for_signals(gateways, config_path, settings_now).await;
+            wait_for_signals(gateways, api_token, config_path, settings_now).await;
             crate::notify::stopping();
             if let Some(w) = watchdog {
                 w.abort();

@@ -143,6 +143,20 @@ impl fmt::Display for Secret {
     }
 }
 
+/// `url` with any userinfo (`user:password@`) replaced by `<redacted>@`,
+/// for logs, `check-config` and `/readyz`: a password in a URL is a secret
+/// like any other.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]).into(),
+        None => url.into(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceIdentityMode {
     Auto,

@@ -163,6 +163,20 @@ pub fn supervisor_config(
     })
 }
 
+/// A token sent over `ws://` to another host travels in clear text: say so
+/// once, at start (a reload does not repeat it).
+fn warn_insecure_transport(g: &config::GatewaySettings) {
+    let plain = g.url.to_ascii_lowercase().starts_with("ws://");
+    if plain && g.token.is_some() && !config::url_is_loopback(&g.url) {
+        tracing::warn!(
+            gateway = %g.id,
+            event = ev::CONFIG_INSECURE_TRANSPORT,
+            url = %config::redact_url(&g.url),
+            "the gateway token is sent unencrypted over ws:// to a host that is not this machine; use wss:// (or a loopback address through an encrypted tunnel)"
+        );
+    }
+}
+
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -291,6 +305,8 @@ pub struct Application {
     pub supervisor: Addr<Supervisor>,
     pub registry: Addr<AgentRegistry>,
     pub broker: Addr<EventBroker>,
+    /// `http.token`, replaced by a SIGHUP reload.
+    pub api_token: http::ApiToken,
     http_addr: SocketAddr,
     server: actix_web::dev::Server,
     server_handle: ServerHandle,
@@ -303,6 +319,7 @@ impl Application {
         let mut gateways = Vec::new();
         let mut nats = Vec::new();
         for g in &settings.gateways {
+            warn_insecure_transport(g);
             let (stack, handle) = GatewayStack::start(&settings, g)?;
             gateways.push(stack);
             nats.extend(handle);
@@ -314,9 +331,10 @@ impl Application {
             .or(gateways.first())
             .cloned()
             .ok_or(AppError::Setup(SetupError::NoGateway))?;
+        let api_token = http::ApiToken::new(settings.http.token.clone());
         let state = http::ApiState {
             gateways: Arc::new(http::Gateways::new(gateways.clone(), primary_id)),
-            token: settings.http.token.clone(),
+            token: api_token.clone(),
             metrics: metrics::install(),
         };
         let (server, http_addr) =
@@ -330,14 +348,17 @@ impl Application {
         let primary_url = settings
             .primary()
             .or(settings.gateways.first())
-            .map_or("", |g| g.url.as_str());
+            .map_or(std::borrow::Cow::Borrowed(""), |g| {
+                config::redact_url(&g.url)
+            });
         let urls: Vec<String> = settings
             .gateways
             .iter()
-            .map(|g| format!("{}={}", g.id, g.url))
+            .map(|g| format!("{}={}", g.id, config::redact_url(&g.url)))
             .collect();
         tracing::info!(event = ev::BRIDGE_STARTED, version = env!("CARGO_PKG_VERSION"), listen = %http_addr, gateway_url = %primary_url, gateway_urls = %urls.join(" "), gateways = settings.gateways.len(), "openclaw-bridge started");
         Ok(Application {
+            api_token,
             gateways,
             supervisor: first.supervisor,
             registry: first.registry,

@@ -107,7 +107,7 @@ impl std::fmt::Debug for ConnectionConfig {
         let redacted = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
         f.debug_struct("ConnectionConfig")
             .field("gateway", &self.gateway)
-            .field("url", &self.url)
+            .field("url", &crate::config::redact_url(&self.url))
             .field("token", &redacted(&self.token))
             .field("device_token", &redacted(&self.device_token))
             .field("client_id", &self.client_id)

@@ -337,6 +337,9 @@ fn classify_rejection(error: &GatewayError) -> RetryClass {
 pub struct ConnectionUp {
     pub generation: u64,
     pub hello: HelloOk,
+    /// The URL this session was opened to (userinfo redacted): after a
+    /// reload it may differ from the configured one until the next attempt.
+    pub url: String,
 }
 
 /// From `GatewayConnection` to its owner, exactly once, as it stops.

@@ -12,6 +12,7 @@ use crate::{supervisor_config, GatewayStack};
 /// [`reload`]) and retries a parked or waiting link at once.
 pub(super) async fn wait_for_signals(
     gateways: Vec<GatewayStack>,
+    api_token: crate::http::ApiToken,
     config_path: Option<PathBuf>,
     mut current: Settings,
 ) {
@@ -31,6 +32,11 @@ pub(super) async fn wait_for_signals(
             _ = int.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGINT", "stopping"); return; }
             _ = hup.recv() => {
                 if let Some(next) = reload(&current, config_path.clone(), &gateways) {
+                    if current.http.token != next.http.token {
+                        // Validation kept a non-loopback listener from
+                        // losing its token: setting it is always safe.
+                        api_token.set(next.http.token.clone());
+                    }
                     current = next;
                 }
                 for g in &gateways {
@@ -43,7 +49,8 @@ pub(super) async fn wait_for_signals(
 
 /// Re-read every configuration layer (token files included). Applied at run
 /// time: gateway tokens and connection settings (from the next connection
-/// attempt on), reconnect bounds, log level. `http.*`, `state.*` and
+/// attempt on), reconnect bounds, log level, `http.token` (the old one is
+/// refused at once). `http.listen`, `state.*` and
 /// `events.*` need a restart; a change there is logged. An invalid new
 /// configuration is reported and the running one kept.
 fn reload(
@@ -102,6 +109,9 @@ fn reload(
     if r.backoff != m.backoff || r.stable_after != m.stable_after || r.park_retry != m.park_retry {
         changed.push("reconnect".into());
     }
+    if current.http.token != next.http.token {
+        changed.push("http.token".into());
+    }
     if current.log.level != next.log.level {
         match telemetry::set_level(&next.log.level) {
             Ok(()) => changed.push("log.level".into()),
@@ -111,7 +121,6 @@ fn reload(
     restart_needed.extend(
         [
             ("http.listen", current.http.listen != next.http.listen),
-            ("http.token", current.http.token != next.http.token),
             ("state.dir", current.state.dir != next.state.dir),
             (
                 "events",

@@ -11,18 +11,20 @@ use super::{
 };
 
 fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
+    // Error messages are logged (`config.invalid`): never with a password.
+    let shown = super::redact_url(url);
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         r.err(
             key,
-            format!("{url:?} is an HTTP URL; use ws://HOST:PORT/ or wss://HOST:PORT/"),
+            format!("{shown:?} is an HTTP URL; use ws://HOST:PORT/ or wss://HOST:PORT/"),
         );
         return;
     }
     if !(lower.starts_with("ws://") || lower.starts_with("wss://")) {
         r.err(
             key,
-            format!("{url:?} is not allowed; use ws://HOST:PORT/ or wss://HOST:PORT/"),
+            format!("{shown:?} is not allowed; use ws://HOST:PORT/ or wss://HOST:PORT/"),
         );
         return;
     }
@@ -30,7 +32,7 @@ fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let (host, port) = split_host_port(authority);
     if host.is_empty() {
-        r.err(key, format!("{url:?} has no host; use ws://HOST:PORT/"));
+        r.err(key, format!("{shown:?} has no host; use ws://HOST:PORT/"));
         return;
     }
     if let Some(p) = port {
@@ -38,12 +40,12 @@ fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
             Ok(n) if (1..=65535).contains(&n) => {}
             _ => r.err(
                 key,
-                format!("{url:?} has port {p:?}; use a port from 1 to 65535"),
+                format!("{shown:?} has port {p:?}; use a port from 1 to 65535"),
             ),
         }
     }
     if url.parse::<awc::http::Uri>().is_err() {
-        r.err(key, format!("{url:?} is not a valid URL"));
+        r.err(key, format!("{shown:?} is not a valid URL"));
     }
 }
 
@@ -306,7 +308,10 @@ impl GatewaySettings {
         let mut gw = toml::Table::new();
         gw.insert("id".into(), Value::String(g.id.clone()));
         gw.insert("required".into(), Value::Boolean(g.required));
-        gw.insert("url".into(), Value::String(g.url.clone()));
+        gw.insert(
+            "url".into(),
+            Value::String(super::redact_url(&g.url).into_owned()),
+        );
         secret(&mut gw, "token", &g.token);
         path(&mut gw, "token_file", &g.token_file);
         gw.insert("client_id".into(), Value::String(g.client_id.clone()));

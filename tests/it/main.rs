@@ -19,6 +19,7 @@ mod real_resilience;
 mod reconnect;
 mod reload;
 mod rpc;
+mod secrets;
 mod shutdown;
 mod sse;
 mod store;

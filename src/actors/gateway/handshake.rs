@@ -128,6 +128,7 @@ impl GatewayConnection {
         self.expected_seq = None;
         self.start_watchdog(tick, ctx);
         let _ = self.wiring.up.try_send(ConnectionUp {
+            url: crate::config::redact_url(&self.cfg.url).into_owned(),
             generation: self.generation,
             hello,
         });
