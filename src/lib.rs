@@ -218,24 +218,53 @@ pub fn store_dir(settings: &Settings, id: &str) -> std::path::PathBuf {
     }
 }
 
-/// Open gateway `id`'s store and load what it holds for its registry.
-fn open_store(settings: &Settings, id: &str) -> Result<actors::registry::Persisted, AppError> {
+/// Gateway `id`'s registry, with its store when the store can be used. The
+/// store is a cache: a damaged file is moved aside and a fresh one started;
+/// a store that cannot be opened at all (unwritable directory, a newer
+/// schema) is logged as `store.unavailable` with the fix, and the bridge
+/// serves without it rather than not at all.
+fn registry_for(settings: &Settings, id: &str) -> AgentRegistry {
     let dir = store_dir(settings, id);
-    let err = |source| AppError::Store {
-        dir: dir.display().to_string(),
-        source,
+    let unavailable = |e: &store::StoreError, what: &str| {
+        tracing::error!(gateway = %id, event = ev::STORE_UNAVAILABLE, dir = %dir.display(), error = %e, "{what}");
     };
-    let store = store::Store::open(&dir).map_err(err)?;
-    let agents = store.load_agents().map_err(err)?;
+    let opened = match open_store(&dir, id) {
+        Err(e) if e.is_corrupt() => match store::move_aside(&dir) {
+            Ok(to) => {
+                unavailable(&e, &format!("the store was damaged; moved it aside to {} and started an empty one (it refills from the gateway)", to.display()));
+                open_store(&dir, id)
+            }
+            Err(io) => {
+                tracing::error!(gateway = %id, event = ev::STORE_UNAVAILABLE, dir = %dir.display(), error = %io, "could not move the damaged store aside");
+                Err(e)
+            }
+        },
+        other => other,
+    };
+    match opened {
+        Ok(persisted) => {
+            tracing::info!(gateway = %id, agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %dir.display(), "loaded the store");
+            AgentRegistry::with_store(persisted, id)
+        }
+        Err(e) => {
+            unavailable(&e, "running without the store: agents and runs are not kept across restarts until it is fixed (the error says how), then restart");
+            AgentRegistry::without_store(id)
+        }
+    }
+}
+
+/// Open the store in `dir` and load what it holds for a registry.
+fn open_store(
+    dir: &std::path::Path,
+    id: &str,
+) -> Result<actors::registry::Persisted, store::StoreError> {
+    let store = store::Store::open(dir)?;
+    let agents = store.load_agents()?;
     let mut runs = Vec::new();
     for a in &agents {
-        runs.extend(
-            store
-                .load_runs(&a.id, actors::registry::RUNS_KEPT)
-                .map_err(err)?,
-        );
+        runs.extend(store.load_runs(&a.id, actors::registry::RUNS_KEPT)?);
     }
-    let writer = store::StoreWriter::spawn_for(store, id).map_err(err)?;
+    let writer = store::StoreWriter::spawn_for(store, id)?;
     Ok(actors::registry::Persisted {
         agents,
         runs,
@@ -260,9 +289,7 @@ impl GatewayStack {
         settings: &Settings,
         g: &config::GatewaySettings,
     ) -> Result<(GatewayStack, Option<nats::NatsHandle>), AppError> {
-        let persisted = open_store(settings, &g.id)?;
-        tracing::info!(gateway = %g.id, agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %store_dir(settings, &g.id).display(), "loaded the store");
-        let registry = AgentRegistry::with_store(persisted, &g.id).start();
+        let registry = registry_for(settings, &g.id).start();
         let broker = EventBroker::new(settings.events.buffer, settings.events.subscriber_queue)
             .for_gateway(&g.id)
             .starting_at(actors::broker::boot_first_id())

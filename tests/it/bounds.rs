@@ -360,3 +360,51 @@ async fn get_text(app: &TestApp, path: &str) -> (u16, String) {
         String::from_utf8_lossy(&body).into_owned(),
     )
 }
+
+/// The store is a cache: a damaged file is moved aside and a fresh one
+/// started; the bridge serves either way.
+#[actix_rt::test]
+async fn a_corrupt_store_is_moved_aside_and_the_bridge_serves() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let settings = crate::support::app::test_settings(&gw.url(), None, "");
+    let dir = settings.state.dir.clone();
+    std::fs::write(
+        dir.join("bridge.db"),
+        "this is not a database, it is a text file that is long enough".repeat(100),
+    )
+    .unwrap();
+    let app = crate::support::app::spawn_with(settings).await;
+    assert!(app.wait_connected(T).await);
+    let (status, agents) = app.get("/v1/agents").await;
+    assert_eq!(status, 200, "{agents}");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("bridge.db.corrupt-")),
+        "{names:?}"
+    );
+    let fresh = openclaw_bridge::store::Store::open(&dir).expect("a fresh store");
+    assert!(fresh.quick_check().is_ok());
+}
+
+/// A store that cannot be created at all (here `state.dir` lies under a
+/// regular file, which even root cannot make a directory of): the bridge
+/// starts without it and serves.
+#[actix_rt::test]
+async fn an_unwritable_store_is_not_fatal() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let mut settings = crate::support::app::test_settings(&gw.url(), None, "");
+    let file = settings.state.dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    settings.state.dir = file.join("state");
+    let app = crate::support::app::spawn_with(settings).await;
+    assert!(app.wait_connected(T).await);
+    let (status, body) = app.get("/v1/agents").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.to_string().contains("main"),
+        "agents come from the gateway: {body}"
+    );
+}
