@@ -281,6 +281,8 @@ pub struct GatewayStack {
     pub supervisor: Addr<Supervisor>,
     pub registry: Addr<AgentRegistry>,
     pub broker: Addr<EventBroker>,
+    /// The thread the stack's actors run on (stopped last by [`Stopper`]).
+    pub arbiter: actix::dev::ArbiterHandle,
 }
 
 impl GatewayStack {
@@ -289,11 +291,21 @@ impl GatewayStack {
         settings: &Settings,
         g: &config::GatewaySettings,
     ) -> Result<(GatewayStack, Option<nats::NatsHandle>), AppError> {
-        let registry = registry_for(settings, &g.id).start();
-        let broker = EventBroker::new(settings.events.buffer, settings.events.subscriber_queue)
-            .for_gateway(&g.id)
-            .starting_at(actors::broker::boot_first_id())
-            .start();
+        // The whole stack on its own thread: one gateway's flood keeps that
+        // thread busy and fills that stack's mailboxes, never another's.
+        let arbiter = actix::Arbiter::new().handle();
+        let registry = registry_for(settings, &g.id);
+        let registry = AgentRegistry::start_in_arbiter(&arbiter, move |_| registry);
+        let (buffer, queue, id) = (
+            settings.events.buffer,
+            settings.events.subscriber_queue,
+            g.id.clone(),
+        );
+        let broker = EventBroker::start_in_arbiter(&arbiter, move |_| {
+            EventBroker::new(buffer, queue)
+                .for_gateway(&id)
+                .starting_at(actors::broker::boot_first_id())
+        });
         let out = Outputs {
             link: vec![registry.clone().recipient(), broker.clone().recipient()],
             events: Some(broker.clone().recipient()),
@@ -301,8 +313,9 @@ impl GatewayStack {
             snapshots: Some(registry.clone().recipient()),
             sessions: Some(registry.clone().recipient()),
         };
-        let supervisor =
-            Supervisor::new(supervisor_config(settings, g, Mode::Daemon)?, out).start();
+        let cfg = supervisor_config(settings, g, Mode::Daemon)?;
+        // Its connections start from its context: on this thread too.
+        let supervisor = Supervisor::start_in_arbiter(&arbiter, move |_| Supervisor::new(cfg, out));
         registry.do_send(SetResyncTarget(supervisor.clone().recipient()));
         let nats = settings.nats.as_ref().map(|n| {
             let (sink, handle) = nats::start(n, &g.id, supervisor.clone(), registry.clone());
@@ -316,6 +329,7 @@ impl GatewayStack {
             supervisor,
             registry,
             broker,
+            arbiter,
         };
         Ok((stack, nats))
     }
@@ -432,7 +446,8 @@ pub struct Stopper {
 impl Stopper {
     pub async fn stop(&self) {
         use futures_util::future::join_all;
-        // Bounded step by step; the sum stays within SHUTDOWN_BOUND.
+        // Bounded step by step; the sum (7.75 s) stays within SHUTDOWN_BOUND,
+        // however many gateways: each step runs for all of them side by side.
         let step = Duration::from_millis;
         join_all(self.gateways.iter().map(|g| {
             let s = g.supervisor.clone();
@@ -441,16 +456,25 @@ impl Stopper {
             }
         }))
         .await;
-        join_all(self.gateways.iter().map(|g| g.broker.send(CloseAll))).await;
+        join_all(self.gateways.iter().map(|g| {
+            let b = g.broker.clone();
+            async move {
+                let _ = tokio::time::timeout(step(250), b.send(CloseAll)).await;
+            }
+        }))
+        .await;
         // No more events can arrive: write what the registries hold.
         join_all(self.gateways.iter().map(|g| {
             let r = g.registry.clone();
             async move {
-                let _ = tokio::time::timeout(step(2500), r.send(FlushStore)).await;
+                let _ = tokio::time::timeout(step(2000), r.send(FlushStore)).await;
             }
         }))
         .await;
         futures_util::future::join_all(self.nats.iter().map(|n| n.stop(step(1000)))).await;
-        let _ = tokio::time::timeout(step(2500), self.server.stop(true)).await;
+        let _ = tokio::time::timeout(step(2000), self.server.stop(true)).await;
+        for g in &self.gateways {
+            g.arbiter.stop();
+        }
     }
 }

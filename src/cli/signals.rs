@@ -8,20 +8,43 @@ use crate::config::Settings;
 use crate::telemetry::{self, events as ev};
 use crate::{supervisor_config, GatewayStack};
 
+/// The daemon's signal handlers, installed before anything starts: the
+/// gateway stacks run on their own threads and may be up before the main
+/// thread gets to wait, and a signal before the handlers would kill the
+/// process uncleanly.
+pub(super) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Needs a running runtime.
+    pub(super) fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+}
+
 /// Return on SIGTERM or SIGINT. SIGHUP reloads the configuration (see
 /// [`reload`]) and retries a parked or waiting link at once.
 pub(super) async fn wait_for_signals(
+    signals: Option<Signals>,
     gateways: Vec<GatewayStack>,
     api_token: crate::http::ApiToken,
     config_path: Option<PathBuf>,
     mut current: Settings,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
         tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
         std::future::pending::<()>().await;
         return;

@@ -9,6 +9,7 @@ mod gateways;
 mod handshake;
 mod http_api;
 mod identity;
+mod isolation;
 mod logs;
 mod nats;
 mod notify;
