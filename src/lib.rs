@@ -294,6 +294,11 @@ impl GatewayStack {
         // The whole stack on its own thread: one gateway's flood keeps that
         // thread busy and fills that stack's mailboxes, never another's.
         let arbiter = actix::Arbiter::new().handle();
+        // Log through the starting thread's subscriber: the global one in
+        // the daemon (so this changes nothing), a thread-scoped one where a
+        // test captures the logs. The guard lives as long as the thread.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        arbiter.spawn_fn(move || std::mem::forget(tracing::dispatcher::set_default(&dispatch)));
         let registry = registry_for(settings, &g.id);
         let registry = AgentRegistry::start_in_arbiter(&arbiter, move |_| registry);
         let (buffer, queue, id) = (
