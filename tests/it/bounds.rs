@@ -36,9 +36,18 @@ fn rpc_in_background(
     app: &TestApp,
     body: Value,
 ) -> tokio::sync::oneshot::Receiver<(u16, Value, Option<String>)> {
+    rpc_to(app, "/v1/rpc", body)
+}
+
+/// POST `body` to `path` in the background; its (status, body, Retry-After).
+fn rpc_to(
+    app: &TestApp,
+    path: &str,
+    body: Value,
+) -> tokio::sync::oneshot::Receiver<(u16, Value, Option<String>)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let client = app.client.clone();
-    let url = app.url("/v1/rpc");
+    let url = app.url(path);
     actix_rt::spawn(async move {
         let out = match client.post(url).send_json(&body).await {
             Ok(mut res) => {
@@ -152,12 +161,22 @@ async fn giant_frame_in_its_own_process() {
 
 #[actix_rt::test]
 async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
-    let (gw, app) = connected(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576")]).await;
+    // Its own gateway id: the oversized-frame counter of `default` belongs
+    // to another test in this process.
+    let (gw, app) = connected(&[
+        ("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576"),
+        ("OPENCLAW_BRIDGE__GATEWAY__ID", "bounds-frag"),
+    ])
+    .await;
     gw.set_responder(|r| match r.method.as_str() {
         "big" => Reply::Manual,
         _ => Reply::Default,
     });
-    let answer = rpc_in_background(&app, json!({"method": "big", "timeoutMs": 120000}));
+    let answer = rpc_to(
+        &app,
+        "/v1/gateways/bounds-frag/rpc",
+        json!({"method": "big", "timeoutMs": 120000}),
+    );
     let req = gw
         .next_request_for("big", T)
         .await
@@ -176,7 +195,12 @@ async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
     assert_eq!(body["error"]["code"], "BRIDGE_FRAME_TOO_LARGE");
     // The session stays; the rest of the message is skipped to its end.
     gw.send_messages(vec![Message::Continuation(Item::Last(piece))]);
-    let (status, body) = app.rpc(json!({"method": "echo", "params": {"y": 2}})).await;
+    let (status, body) = app
+        .post(
+            "/v1/gateways/bounds-frag/rpc",
+            json!({"method": "echo", "params": {"y": 2}}),
+        )
+        .await;
     assert_eq!((status, &body["payload"]), (200, &json!({"y": 2})));
     assert_eq!(gw.connections_total(), 1);
 }
