@@ -287,9 +287,12 @@ pub struct GatewayStack {
 
 impl GatewayStack {
     /// Start gateway `g`'s actors (and its NATS side when `[nats]` is set).
+    /// The stack's thread holds its actors back until `gate` opens (or its
+    /// sender is dropped): `bridge.started` comes first in the log.
     fn start(
         settings: &Settings,
         g: &config::GatewaySettings,
+        gate: std::sync::mpsc::Receiver<()>,
     ) -> Result<(GatewayStack, Option<nats::NatsHandle>), AppError> {
         // The whole stack on its own thread: one gateway's flood keeps that
         // thread busy and fills that stack's mailboxes, never another's.
@@ -298,7 +301,10 @@ impl GatewayStack {
         // the daemon (so this changes nothing), a thread-scoped one where a
         // test captures the logs. The guard lives as long as the thread.
         let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-        arbiter.spawn_fn(move || std::mem::forget(tracing::dispatcher::set_default(&dispatch)));
+        arbiter.spawn_fn(move || {
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+            let _ = gate.recv();
+        });
         let registry = registry_for(settings, &g.id);
         let registry = AgentRegistry::start_in_arbiter(&arbiter, move |_| registry);
         let (buffer, queue, id) = (
@@ -364,9 +370,12 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
         let mut gateways = Vec::new();
         let mut nats = Vec::new();
+        let mut gates = Vec::new();
         for g in &settings.gateways {
             warn_insecure_transport(g);
-            let (stack, handle) = GatewayStack::start(&settings, g)?;
+            let (open, gate) = std::sync::mpsc::channel();
+            gates.push(open);
+            let (stack, handle) = GatewayStack::start(&settings, g, gate)?;
             gateways.push(stack);
             nats.extend(handle);
         }
@@ -403,6 +412,9 @@ impl Application {
             .map(|g| format!("{}={}", g.id, config::redact_url(&g.url)))
             .collect();
         tracing::info!(event = ev::BRIDGE_STARTED, version = env!("CARGO_PKG_VERSION"), listen = %http_addr, gateway_url = %primary_url, gateway_urls = %urls.join(" "), gateways = settings.gateways.len(), "openclaw-bridge started");
+        for open in gates {
+            let _ = open.send(());
+        }
         Ok(Application {
             api_token,
             gateways,
