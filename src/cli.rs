@@ -19,7 +19,7 @@ mod signals;
 
 use call::call;
 use identity::identity_show;
-use signals::wait_for_signals;
+use signals::{wait_for_signals, Signals};
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_RUNTIME: u8 = 1;
@@ -204,6 +204,7 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
     let settings_now = settings.clone();
     let system = actix_rt::System::new();
     let code = system.block_on(async move {
+        let signals = Signals::install();
         let app = match Application::build(settings).await {
             Ok(app) => app,
             Err(e) => {
@@ -214,6 +215,7 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
         };
         let stopper = app.stopper();
         let gateways = app.gateways.clone();
+        let api_token = app.api_token.clone();
         // The HTTP server is bound: tell systemd (no-op without NOTIFY_SOCKET).
         crate::notify::ready();
         let watchdog = crate::notify::spawn_watchdog(
@@ -223,7 +225,7 @@ fn run_daemon(settings: Settings, config_path: Option<PathBuf>) -> u8 {
                 .collect(),
         );
         let stopping = actix_rt::spawn(async move {
-            wait_for_signals(gateways, config_path, settings_now).await;
+            wait_for_signals(signals, gateways, api_token, config_path, settings_now).await;
             crate::notify::stopping();
             if let Some(w) = watchdog {
                 w.abort();

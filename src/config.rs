@@ -89,6 +89,9 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "handshake_timeout_ms",
             "tls_ca_file",
             "max_reattach",
+            "max_frame_bytes",
+            "max_pending",
+            "max_pending_bytes",
         ],
     ),
     (
@@ -141,6 +144,20 @@ impl fmt::Display for Secret {
     }
 }
 
+/// `url` with any userinfo (`user:password@`) replaced by `<redacted>@`,
+/// for logs, `check-config` and `/readyz`: a password in a URL is a secret
+/// like any other.
+pub fn redact_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]).into(),
+        None => url.into(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceIdentityMode {
     Auto,
@@ -188,6 +205,13 @@ pub struct GatewaySettings {
     /// `agent.wait` in flight after the reconnect); past it, the old
     /// `BRIDGE_DISCONNECTED`. 0 turns reattaching off.
     pub max_reattach: usize,
+    /// Inbound frame cap; `None` (key 0): hello-ok `maxPayload` + headroom.
+    pub max_frame_bytes: Option<usize>,
+    /// Requests in flight (queued or awaiting an answer) before
+    /// `BRIDGE_OVERLOADED`.
+    pub max_pending: usize,
+    /// Request bytes queued toward the socket before `BRIDGE_OVERLOADED`.
+    pub max_pending_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

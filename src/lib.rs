@@ -139,6 +139,9 @@ pub fn connection_config(
         handshake_timeout: g.handshake_timeout,
         device,
         tls,
+        max_frame_bytes: g.max_frame_bytes,
+        max_pending: g.max_pending,
+        max_pending_bytes: g.max_pending_bytes,
     };
     Ok((config, tokens))
 }
@@ -159,6 +162,20 @@ pub fn supervisor_config(
         device_tokens,
         max_reattach: g.max_reattach,
     })
+}
+
+/// A token sent over `ws://` to another host travels in clear text: say so
+/// once, at start (a reload does not repeat it).
+fn warn_insecure_transport(g: &config::GatewaySettings) {
+    let plain = g.url.to_ascii_lowercase().starts_with("ws://");
+    if plain && g.token.is_some() && !config::url_is_loopback(&g.url) {
+        tracing::warn!(
+            gateway = %g.id,
+            event = ev::CONFIG_INSECURE_TRANSPORT,
+            url = %config::redact_url(&g.url),
+            "the gateway token is sent unencrypted over ws:// to a host that is not this machine; use wss:// (or a loopback address through an encrypted tunnel)"
+        );
+    }
 }
 
 /// Why the application could not start.
@@ -202,24 +219,53 @@ pub fn store_dir(settings: &Settings, id: &str) -> std::path::PathBuf {
     }
 }
 
-/// Open gateway `id`'s store and load what it holds for its registry.
-fn open_store(settings: &Settings, id: &str) -> Result<actors::registry::Persisted, AppError> {
+/// Gateway `id`'s registry, with its store when the store can be used. The
+/// store is a cache: a damaged file is moved aside and a fresh one started;
+/// a store that cannot be opened at all (unwritable directory, a newer
+/// schema) is logged as `store.unavailable` with the fix, and the bridge
+/// serves without it rather than not at all.
+fn registry_for(settings: &Settings, id: &str) -> AgentRegistry {
     let dir = store_dir(settings, id);
-    let err = |source| AppError::Store {
-        dir: dir.display().to_string(),
-        source,
+    let unavailable = |e: &store::StoreError, what: &str| {
+        tracing::error!(gateway = %id, event = ev::STORE_UNAVAILABLE, dir = %dir.display(), error = %e, "{what}");
     };
-    let store = store::Store::open(&dir).map_err(err)?;
-    let agents = store.load_agents().map_err(err)?;
+    let opened = match open_store(&dir, id) {
+        Err(e) if e.is_corrupt() => match store::move_aside(&dir) {
+            Ok(to) => {
+                unavailable(&e, &format!("the store was damaged; moved it aside to {} and started an empty one (it refills from the gateway)", to.display()));
+                open_store(&dir, id)
+            }
+            Err(io) => {
+                tracing::error!(gateway = %id, event = ev::STORE_UNAVAILABLE, dir = %dir.display(), error = %io, "could not move the damaged store aside");
+                Err(e)
+            }
+        },
+        other => other,
+    };
+    match opened {
+        Ok(persisted) => {
+            tracing::info!(gateway = %id, agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %dir.display(), "loaded the store");
+            AgentRegistry::with_store(persisted, id)
+        }
+        Err(e) => {
+            unavailable(&e, "running without the store: agents and runs are not kept across restarts until it is fixed (the error says how), then restart");
+            AgentRegistry::without_store(id)
+        }
+    }
+}
+
+/// Open the store in `dir` and load what it holds for a registry.
+fn open_store(
+    dir: &std::path::Path,
+    id: &str,
+) -> Result<actors::registry::Persisted, store::StoreError> {
+    let store = store::Store::open(dir)?;
+    let agents = store.load_agents()?;
     let mut runs = Vec::new();
     for a in &agents {
-        runs.extend(
-            store
-                .load_runs(&a.id, actors::registry::RUNS_KEPT)
-                .map_err(err)?,
-        );
+        runs.extend(store.load_runs(&a.id, actors::registry::RUNS_KEPT)?);
     }
-    let writer = store::StoreWriter::spawn_for(store, id).map_err(err)?;
+    let writer = store::StoreWriter::spawn_for(store, id)?;
     Ok(actors::registry::Persisted {
         agents,
         runs,
@@ -236,21 +282,42 @@ pub struct GatewayStack {
     pub supervisor: Addr<Supervisor>,
     pub registry: Addr<AgentRegistry>,
     pub broker: Addr<EventBroker>,
+    /// The thread the stack's actors run on (stopped last by [`Stopper`]).
+    pub arbiter: actix::dev::ArbiterHandle,
 }
 
 impl GatewayStack {
     /// Start gateway `g`'s actors (and its NATS side when `[nats]` is set).
+    /// The stack's thread holds its actors back until `gate` opens (or its
+    /// sender is dropped): `bridge.started` comes first in the log.
     fn start(
         settings: &Settings,
         g: &config::GatewaySettings,
+        gate: std::sync::mpsc::Receiver<()>,
     ) -> Result<(GatewayStack, Option<nats::NatsHandle>), AppError> {
-        let persisted = open_store(settings, &g.id)?;
-        tracing::info!(gateway = %g.id, agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %store_dir(settings, &g.id).display(), "loaded the store");
-        let registry = AgentRegistry::with_store(persisted, &g.id).start();
-        let broker = EventBroker::new(settings.events.buffer, settings.events.subscriber_queue)
-            .for_gateway(&g.id)
-            .starting_at(actors::broker::boot_first_id())
-            .start();
+        // The whole stack on its own thread: one gateway's flood keeps that
+        // thread busy and fills that stack's mailboxes, never another's.
+        let arbiter = actix::Arbiter::new().handle();
+        // Log through the starting thread's subscriber: the global one in
+        // the daemon (so this changes nothing), a thread-scoped one where a
+        // test captures the logs. The guard lives as long as the thread.
+        let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+        arbiter.spawn_fn(move || {
+            std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+            let _ = gate.recv();
+        });
+        let registry = registry_for(settings, &g.id);
+        let registry = AgentRegistry::start_in_arbiter(&arbiter, move |_| registry);
+        let (buffer, queue, id) = (
+            settings.events.buffer,
+            settings.events.subscriber_queue,
+            g.id.clone(),
+        );
+        let broker = EventBroker::start_in_arbiter(&arbiter, move |_| {
+            EventBroker::new(buffer, queue)
+                .for_gateway(&id)
+                .starting_at(actors::broker::boot_first_id())
+        });
         let out = Outputs {
             link: vec![registry.clone().recipient(), broker.clone().recipient()],
             events: Some(broker.clone().recipient()),
@@ -259,8 +326,9 @@ impl GatewayStack {
             sessions: Some(registry.clone().recipient()),
             runs: Some(registry.clone().recipient()),
         };
-        let supervisor =
-            Supervisor::new(supervisor_config(settings, g, Mode::Daemon)?, out).start();
+        let cfg = supervisor_config(settings, g, Mode::Daemon)?;
+        // Its connections start from its context: on this thread too.
+        let supervisor = Supervisor::start_in_arbiter(&arbiter, move |_| Supervisor::new(cfg, out));
         registry.do_send(SetResyncTarget(supervisor.clone().recipient()));
         let nats = settings.nats.as_ref().map(|n| {
             let (sink, handle) = nats::start(n, &g.id, supervisor.clone(), registry.clone());
@@ -274,6 +342,7 @@ impl GatewayStack {
             supervisor,
             registry,
             broker,
+            arbiter,
         };
         Ok((stack, nats))
     }
@@ -290,6 +359,8 @@ pub struct Application {
     pub supervisor: Addr<Supervisor>,
     pub registry: Addr<AgentRegistry>,
     pub broker: Addr<EventBroker>,
+    /// `http.token`, replaced by a SIGHUP reload.
+    pub api_token: http::ApiToken,
     http_addr: SocketAddr,
     server: actix_web::dev::Server,
     server_handle: ServerHandle,
@@ -301,8 +372,12 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
         let mut gateways = Vec::new();
         let mut nats = Vec::new();
+        let mut gates = Vec::new();
         for g in &settings.gateways {
-            let (stack, handle) = GatewayStack::start(&settings, g)?;
+            warn_insecure_transport(g);
+            let (open, gate) = std::sync::mpsc::channel();
+            gates.push(open);
+            let (stack, handle) = GatewayStack::start(&settings, g, gate)?;
             gateways.push(stack);
             nats.extend(handle);
         }
@@ -313,9 +388,10 @@ impl Application {
             .or(gateways.first())
             .cloned()
             .ok_or(AppError::Setup(SetupError::NoGateway))?;
+        let api_token = http::ApiToken::new(settings.http.token.clone());
         let state = http::ApiState {
             gateways: Arc::new(http::Gateways::new(gateways.clone(), primary_id)),
-            token: settings.http.token.clone(),
+            token: api_token.clone(),
             metrics: metrics::install(),
         };
         let (server, http_addr) =
@@ -329,14 +405,20 @@ impl Application {
         let primary_url = settings
             .primary()
             .or(settings.gateways.first())
-            .map_or("", |g| g.url.as_str());
+            .map_or(std::borrow::Cow::Borrowed(""), |g| {
+                config::redact_url(&g.url)
+            });
         let urls: Vec<String> = settings
             .gateways
             .iter()
-            .map(|g| format!("{}={}", g.id, g.url))
+            .map(|g| format!("{}={}", g.id, config::redact_url(&g.url)))
             .collect();
         tracing::info!(event = ev::BRIDGE_STARTED, version = env!("CARGO_PKG_VERSION"), listen = %http_addr, gateway_url = %primary_url, gateway_urls = %urls.join(" "), gateways = settings.gateways.len(), "openclaw-bridge started");
+        for open in gates {
+            let _ = open.send(());
+        }
         Ok(Application {
+            api_token,
             gateways,
             supervisor: first.supervisor,
             registry: first.registry,
@@ -383,7 +465,8 @@ pub struct Stopper {
 impl Stopper {
     pub async fn stop(&self) {
         use futures_util::future::join_all;
-        // Bounded step by step; the sum stays within SHUTDOWN_BOUND.
+        // Bounded step by step; the sum (7.75 s) stays within SHUTDOWN_BOUND,
+        // however many gateways: each step runs for all of them side by side.
         let step = Duration::from_millis;
         join_all(self.gateways.iter().map(|g| {
             let s = g.supervisor.clone();
@@ -392,16 +475,25 @@ impl Stopper {
             }
         }))
         .await;
-        join_all(self.gateways.iter().map(|g| g.broker.send(CloseAll))).await;
+        join_all(self.gateways.iter().map(|g| {
+            let b = g.broker.clone();
+            async move {
+                let _ = tokio::time::timeout(step(250), b.send(CloseAll)).await;
+            }
+        }))
+        .await;
         // No more events can arrive: write what the registries hold.
         join_all(self.gateways.iter().map(|g| {
             let r = g.registry.clone();
             async move {
-                let _ = tokio::time::timeout(step(2500), r.send(FlushStore)).await;
+                let _ = tokio::time::timeout(step(2000), r.send(FlushStore)).await;
             }
         }))
         .await;
         futures_util::future::join_all(self.nats.iter().map(|n| n.stop(step(1000)))).await;
-        let _ = tokio::time::timeout(step(2500), self.server.stop(true)).await;
+        let _ = tokio::time::timeout(step(2000), self.server.stop(true)).await;
+        for g in &self.gateways {
+            g.arbiter.stop();
+        }
     }
 }

@@ -29,6 +29,12 @@ pub const NATS_PUBLISHED: &str = "openclaw_bridge_nats_published_total";
 pub const NATS_DROPPED: &str = "openclaw_bridge_nats_dropped_total";
 pub const NATS_CONNECTION_STATE: &str = "openclaw_bridge_nats_connection_state";
 pub const NATS_QUEUE: &str = "openclaw_bridge_nats_queue";
+/// Requests refused by a per-gateway bound (`BRIDGE_OVERLOADED`), by bound.
+pub const OVERLOADED: &str = "openclaw_bridge_overloaded_total";
+/// Requests dropped before being written: deadline passed or caller gone.
+pub const UNWRITTEN: &str = "openclaw_bridge_requests_unwritten_total";
+/// Store writes that failed (the store is a cache; the bridge keeps serving).
+pub const STORE_WRITE_FAILURES: &str = "openclaw_bridge_store_write_failures_total";
 
 /// Methods that get their own label value.
 pub const KNOWN_METHODS: &[&str] = &[
@@ -235,6 +241,18 @@ pub fn sse_subscribers(gw: &str, n: usize) {
 
 pub fn sse_dropped(gw: &str, n: u64) {
     counter!(SSE_DROPPED, "gateway" => gw.to_owned()).increment(n);
+}
+
+pub fn overloaded(gw: &str, bound: &'static str) {
+    counter!(OVERLOADED, "gateway" => gw.to_owned(), "bound" => bound).increment(1);
+}
+
+pub fn unwritten(gw: &str) {
+    counter!(UNWRITTEN, "gateway" => gw.to_owned()).increment(1);
+}
+
+pub fn store_write_failed(gw: &str) {
+    counter!(STORE_WRITE_FAILURES, "gateway" => gw.to_owned()).increment(1);
 }
 
 pub fn undelivered(gw: &str, to: &'static str) {

@@ -107,6 +107,44 @@ pub enum StoreError {
     WriterStopped,
 }
 
+impl StoreError {
+    /// The file is damaged or not a database: moving it aside and starting
+    /// empty is the fix (the store is a cache of the gateway's state).
+    pub fn is_corrupt(&self) -> bool {
+        let sqlite_corrupt = |e: &rusqlite::Error| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            )
+        };
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Open { source, .. } | StoreError::Migrate { source, .. } => {
+                sqlite_corrupt(source)
+            }
+            StoreError::Sql(e) => sqlite_corrupt(e),
+            _ => false,
+        }
+    }
+}
+
+/// Move a damaged store file (and its `-wal`/`-shm`) aside as
+/// `bridge.db.corrupt-<unix ms>`, for a post-mortem; the new name.
+pub fn move_aside(dir: &Path) -> io::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let to = dir.join(format!("{DB_FILE}.corrupt-{stamp}"));
+    fs::rename(dir.join(DB_FILE), &to)?;
+    for ext in ["-wal", "-shm"] {
+        let from = dir.join(format!("{DB_FILE}{ext}"));
+        if from.exists() {
+            fs::rename(&from, dir.join(format!("{DB_FILE}.corrupt-{stamp}{ext}")))?;
+        }
+    }
+    Ok(to)
+}
+
 /// One agent as last seen. Statuses are the registry's lower-case names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredAgent {

@@ -28,6 +28,12 @@ pub mod events {
     pub const RPC_FAILED: &str = "rpc.failed";
     pub const SSE_SUBSCRIBER_LAGGED: &str = "sse.subscriber_lagged";
     pub const CONFIG_INVALID: &str = "config.invalid";
+    /// A per-gateway bound refused requests (`BRIDGE_OVERLOADED`).
+    pub const HTTP_OVERLOADED: &str = "http.overloaded";
+    /// The store could not be opened or written; the bridge runs without it.
+    pub const STORE_UNAVAILABLE: &str = "store.unavailable";
+    /// `ws://` to a non-loopback host while sending a token.
+    pub const CONFIG_INSECURE_TRANSPORT: &str = "config.insecure_transport";
     // Additional names (not in the contract table, stable all the same).
     /// A frame that could not be decoded or was over the size limit.
     pub const GATEWAY_BAD_FRAME: &str = "gateway.bad_frame";

@@ -20,15 +20,15 @@
 //! A fresh actor means a fresh socket, handshake and empty pending map.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient,
     Running, SpawnHandle, WrapFuture,
 };
-use awc::ws::{CloseCode, CloseReason, Codec, Message as WsMessage};
+use awc::ws::{CloseCode, CloseReason, Message as WsMessage};
 use awc::BoxedSocket;
 use bytes::BytesMut;
 use futures_util::stream::{SplitSink, StreamExt};
@@ -38,18 +38,29 @@ use super::messages::{
 };
 use crate::protocol::{ConnectParams, DeviceProof};
 
+mod codec;
 mod correlator;
 mod frames;
 mod handshake;
+mod writer;
 
+use codec::BoundedCodec;
 use correlator::{FinishedIds, Pending};
+use writer::{Outbound, Queued, WriteLoop};
 
-/// The largest WebSocket message accepted from the gateway. The gateway may
-/// send frames up to its `policy.maxPayload` (25 MiB); this leaves headroom
-/// for the envelope while bounding memory per connection.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Added to the gateway's `policy.maxPayload` for the inbound frame cap
+/// when `gateway.max_frame_bytes` is not set: the gateway bounds what it
+/// *accepts* by maxPayload, and an answer carrying a base64 attachment of
+/// `attachments.maxBytes` plus its envelope can come close to it.
+pub const FRAME_HEADROOM_BYTES: usize = 8 * 1024 * 1024;
+/// The gateway's documented `policy.maxPayload` (PROTOCOL.md §2), the bound
+/// until hello-ok says otherwise.
+pub const DEFAULT_MAX_PAYLOAD: usize = 25 * 1024 * 1024;
 
-type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, Codec>, WsMessage>;
+/// How often pending entries of callers that went away are released.
+const RELEASE_SWEEP: Duration = Duration::from_secs(1);
+
+type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, BoundedCodec>, WsMessage>;
 
 /// Signs the challenge for a device identity (see `identity`).
 pub trait DeviceSigner: std::fmt::Debug + std::marker::Send + Sync {
@@ -74,6 +85,21 @@ pub struct ConnectionConfig {
     pub device: Option<Arc<dyn DeviceSigner>>,
     /// For `wss://` (see `tls`); `None` for `ws://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `gateway.max_frame_bytes`; `None`: hello-ok's `maxPayload` plus
+    /// [`FRAME_HEADROOM_BYTES`].
+    pub max_frame_bytes: Option<usize>,
+    /// `gateway.max_pending`: requests waiting to be written or answered.
+    pub max_pending: usize,
+    /// `gateway.max_pending_bytes`: request bytes queued, not yet written.
+    pub max_pending_bytes: usize,
+}
+
+impl ConnectionConfig {
+    /// The inbound frame cap for a gateway whose hello-ok said `max_payload`.
+    pub fn frame_cap(&self, max_payload: usize) -> usize {
+        self.max_frame_bytes
+            .unwrap_or_else(|| max_payload.saturating_add(FRAME_HEADROOM_BYTES))
+    }
 }
 
 impl std::fmt::Debug for ConnectionConfig {
@@ -81,7 +107,7 @@ impl std::fmt::Debug for ConnectionConfig {
         let redacted = |t: &Option<String>| t.as_ref().map(|_| "<redacted>");
         f.debug_struct("ConnectionConfig")
             .field("gateway", &self.gateway)
-            .field("url", &self.url)
+            .field("url", &crate::config::redact_url(&self.url))
             .field("token", &redacted(&self.token))
             .field("device_token", &redacted(&self.device_token))
             .field("client_id", &self.client_id)
@@ -89,6 +115,9 @@ impl std::fmt::Debug for ConnectionConfig {
             .field("scopes", &self.scopes)
             .field("device", &self.device.is_some())
             .field("tls", &self.tls.is_some())
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_pending", &self.max_pending)
+            .field("max_pending_bytes", &self.max_pending_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -113,6 +142,17 @@ pub struct Close {
     pub shutting_down: bool,
 }
 
+/// A fragmented message in progress.
+enum Partial {
+    Reassembling {
+        text: bool,
+        buf: BytesMut,
+    },
+    /// Over the cap: its request was failed; the rest is dropped until its
+    /// last fragment.
+    Discarding,
+}
+
 #[derive(Debug)]
 enum Phase {
     /// TCP + HTTP upgrade under way.
@@ -132,7 +172,10 @@ pub struct GatewayConnection {
     generation: u64,
     cfg: Arc<ConnectionConfig>,
     wiring: Wiring,
-    sink: Option<SinkWrite<WsMessage, WsSink>>,
+    /// Frames waiting for the socket (see `writer`).
+    out: Outbound,
+    /// The inbound frame cap, shared with the codec (set at hello-ok).
+    frame_cap: Arc<AtomicUsize>,
     phase: Phase,
     pending: HashMap<String, Pending>,
     /// Pending ids by deadline; one timer, armed for the earliest, serves
@@ -146,15 +189,17 @@ pub struct GatewayConnection {
     last_rx: Instant,
     /// Next outer `seq` expected; `None` until the first numbered event.
     expected_seq: Option<u64>,
-    /// A fragmented message being reassembled (text?, bytes so far).
-    partial: Option<(bool, BytesMut)>,
+    /// A fragmented message being reassembled or skipped.
+    partial: Option<Partial>,
     /// Set once; reported in `ConnectionDown`.
     cause: Option<DisconnectCause>,
     restart_expected_ms: Option<u64>,
     shutting_down: bool,
     handshake_timer: Option<SpawnHandle>,
-    /// Frames the codec refused as too large (each one a lost message).
+    /// Messages over the frame cap (each one lost, its request failed).
     oversized_frames: u64,
+    /// A `max_pending*` bound is being hit (logged on the change only).
+    overloaded: bool,
     close_sent: bool,
     /// Cached per-event-name counters (no label hashing per event).
     event_counters: crate::metrics::EventCounters,
@@ -162,12 +207,14 @@ pub struct GatewayConnection {
 
 impl GatewayConnection {
     pub fn new(generation: u64, cfg: Arc<ConnectionConfig>, wiring: Wiring) -> Self {
+        let cfg_frame_cap = cfg.frame_cap(DEFAULT_MAX_PAYLOAD);
         GatewayConnection {
             event_counters: crate::metrics::EventCounters::new(&cfg.gateway),
             generation,
             cfg,
             wiring,
-            sink: None,
+            out: Outbound::default(),
+            frame_cap: Arc::new(AtomicUsize::new(cfg_frame_cap)),
             phase: Phase::Opening,
             pending: HashMap::new(),
             deadlines: BTreeMap::new(),
@@ -183,6 +230,7 @@ impl GatewayConnection {
             shutting_down: false,
             handshake_timer: None,
             oversized_frames: 0,
+            overloaded: false,
             close_sent: false,
         }
     }
@@ -195,11 +243,17 @@ impl GatewayConnection {
         ctx.stop();
     }
 
+    /// Queue a frame that is not a request (control frames, `connect`).
     fn write(&mut self, msg: WsMessage) -> bool {
-        match self.sink.as_mut() {
-            Some(sink) => sink.write(msg).is_ok(),
-            None => false,
+        if !self.out.open {
+            return false;
         }
+        self.out.push(Queued {
+            msg,
+            bytes: 0,
+            request: None,
+        });
+        true
     }
 
     /// Send our close frame (once). The sink is not closed here: closing
@@ -235,17 +289,14 @@ impl Actor for GatewayConnection {
                 .finish(),
             None => builder.finish(),
         };
-        let fut = async move {
-            client
-                .ws(cfg.url.as_str())
-                .max_frame_size(MAX_MESSAGE_BYTES)
-                .connect()
-                .await
-        };
+        let fut = async move { client.ws(cfg.url.as_str()).connect().await };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok((_resp, framed)) => {
+                let cap = act.frame_cap.clone();
+                let framed = framed.into_map_codec(|c| BoundedCodec::new(c, cap.clone()));
                 let (sink, stream) = framed.split();
-                act.sink = Some(SinkWrite::new(sink, ctx));
+                act.out.open = true;
+                ctx.spawn(WriteLoop { sink });
                 ctx.add_stream(stream);
                 act.last_rx = Instant::now();
                 act.phase = Phase::AwaitChallenge;
@@ -258,6 +309,7 @@ impl Actor for GatewayConnection {
                 ctx,
             ),
         }));
+        ctx.run_interval(RELEASE_SWEEP, |act, _| act.release_abandoned());
         // The upgrade itself is bounded by the client timeout; this covers a
         // peer that accepts TCP and then says nothing at all.
         self.arm_handshake_timer("upgrade", ctx);
@@ -291,26 +343,6 @@ impl Actor for GatewayConnection {
     }
 }
 
-impl WriteHandler<awc::error::WsProtocolError> for GatewayConnection {
-    fn error(&mut self, err: awc::error::WsProtocolError, ctx: &mut Context<Self>) -> Running {
-        if self.cause.is_none() {
-            self.cause = Some(DisconnectCause::ProtocolError {
-                error: err.to_string(),
-            });
-        }
-        ctx.stop();
-        Running::Stop
-    }
-
-    fn finished(&mut self, ctx: &mut Context<Self>) {
-        // Our sink closed: after a close we initiated, or the peer went away.
-        if self.cause.is_none() {
-            self.cause = Some(DisconnectCause::Lost);
-        }
-        ctx.stop();
-    }
-}
-
 impl Handler<Close> for GatewayConnection {
     type Result = ();
 
@@ -328,7 +360,7 @@ impl Handler<Close> for GatewayConnection {
         };
         self.fail_pending(&err);
         self.phase = Phase::Closing;
-        if self.sink.is_some() {
+        if self.out.open {
             self.close_socket();
             // Wait briefly for the gateway's close echo, then stop regardless.
             ctx.run_later(Duration::from_millis(500), |_, ctx| ctx.stop());

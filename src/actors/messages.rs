@@ -26,6 +26,10 @@ pub struct Send {
     pub timeout: Option<Duration>,
     /// Wait past an `accepted` answer for the final one (method `agent`).
     pub expect_final: bool,
+    /// Alive while the caller waits (an HTTP request holds the `Arc`): once
+    /// it is gone the request is not written, or its pending entry is
+    /// released. `None`: the caller always waits.
+    pub caller: Option<std::sync::Weak<()>>,
 }
 
 impl Send {
@@ -35,7 +39,14 @@ impl Send {
             params: params.and_then(|p| serde_json::value::to_raw_value(&p).ok()),
             timeout: None,
             expect_final: false,
+            caller: None,
         }
+    }
+
+    /// Tie the request to a caller that holds `alive` while it waits.
+    pub fn caller(mut self, alive: &std::sync::Arc<()>) -> Self {
+        self.caller = Some(std::sync::Arc::downgrade(alive));
+        self
     }
 
     pub fn timeout(mut self, t: Duration) -> Self {
@@ -100,6 +111,18 @@ pub enum RequestError {
     ShuttingDown,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A per-gateway bound (`bound` names its key) was hit; nothing was sent.
+    #[error(
+        "the bridge has too much in flight to this gateway ({bound} = {limit}); retry shortly"
+    )]
+    Overloaded {
+        bound: &'static str,
+        limit: u64,
+        retry_after_ms: u64,
+    },
+    /// The answer was over the inbound frame cap; it was skipped unread.
+    #[error("the gateway's answer ({size} bytes) was over gateway.max_frame_bytes ({limit} bytes) and was dropped")]
+    FrameTooLarge { size: u64, limit: u64 },
     /// An accepted `agent` run whose final answer could not be delivered.
     /// The run itself goes on (or ended) in the gateway: `run_id` is how to
     /// follow it; sending the request again would start a second run.
@@ -159,6 +182,8 @@ impl RequestError {
                 RunFailure::ShuttingDown => "BRIDGE_SHUTTING_DOWN",
                 RunFailure::OutcomeUnknown { .. } => "BRIDGE_RUN_OUTCOME_UNKNOWN",
             },
+            RequestError::Overloaded { .. } => "BRIDGE_OVERLOADED",
+            RequestError::FrameTooLarge { .. } => "BRIDGE_FRAME_TOO_LARGE",
         }
     }
 
@@ -185,6 +210,19 @@ impl RequestError {
                 }
                 serde_json::json!({"code": self.code(), "message": self.to_string(), "details": details})
             }
+            RequestError::Overloaded {
+                bound,
+                limit,
+                retry_after_ms,
+            } => serde_json::json!({
+                "code": self.code(), "message": self.to_string(),
+                "details": {"bound": bound, "limit": limit},
+                "retryAfterMs": retry_after_ms
+            }),
+            RequestError::FrameTooLarge { size, limit } => serde_json::json!({
+                "code": self.code(), "message": self.to_string(),
+                "details": {"size": size, "limit": limit}
+            }),
             other => serde_json::json!({"code": other.code(), "message": other.to_string()}),
         }
     }
@@ -389,6 +427,9 @@ fn classify_rejection(error: &GatewayError) -> RetryClass {
 pub struct ConnectionUp {
     pub generation: u64,
     pub hello: HelloOk,
+    /// The URL this session was opened to (userinfo redacted): after a
+    /// reload it may differ from the configured one until the next attempt.
+    pub url: String,
 }
 
 /// From `GatewayConnection` to its owner, exactly once, as it stops.

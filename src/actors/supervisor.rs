@@ -165,7 +165,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(cfg: SupervisorConfig, out: Outputs) -> Self {
-        let url = cfg.connection.url.clone();
+        let url = crate::config::redact_url(&cfg.connection.url).into_owned();
         let request_metrics = std::rc::Rc::new(std::cell::RefCell::new(
             crate::metrics::RequestMetrics::new(&cfg.connection.gateway),
         ));
@@ -213,7 +213,7 @@ impl Supervisor {
         self.next_attempt_at = None;
         self.generation += 1;
         self.set_state(LinkState::Connecting);
-        info_or_debug!(self.in_restart_window() && self.restart_polls > 1, gateway = %self.cfg.connection.gateway, event = ev::GATEWAY_CONNECTING, attempt = self.attempt + 1, url = %self.cfg.connection.url, "connecting to the gateway");
+        info_or_debug!(self.in_restart_window() && self.restart_polls > 1, gateway = %self.cfg.connection.gateway, event = ev::GATEWAY_CONNECTING, attempt = self.attempt + 1, url = %crate::config::redact_url(&self.cfg.connection.url), "connecting to the gateway");
         let me = ctx.address();
         let wiring = Wiring {
             up: me.clone().recipient(),
@@ -345,7 +345,11 @@ impl Handler<Reconfigure> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, Reconfigure(cfg): Reconfigure, _: &mut Context<Self>) {
-        self.info.url = cfg.connection.url.clone();
+        // `/readyz` names the session it holds: a live session keeps its
+        // URL until the next attempt uses the new one.
+        if self.state != LinkState::Connected {
+            self.info.url = crate::config::redact_url(&cfg.connection.url).into_owned();
+        }
         self.cfg = SupervisorConfig {
             // The mode is how this supervisor was started; it does not change.
             mode: self.cfg.mode,

@@ -8,19 +8,43 @@ use crate::config::Settings;
 use crate::telemetry::{self, events as ev};
 use crate::{supervisor_config, GatewayStack};
 
+/// The daemon's signal handlers, installed before anything starts: the
+/// gateway stacks run on their own threads and may be up before the main
+/// thread gets to wait, and a signal before the handlers would kill the
+/// process uncleanly.
+pub(super) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Needs a running runtime.
+    pub(super) fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+}
+
 /// Return on SIGTERM or SIGINT. SIGHUP reloads the configuration (see
 /// [`reload`]) and retries a parked or waiting link at once.
 pub(super) async fn wait_for_signals(
+    signals: Option<Signals>,
     gateways: Vec<GatewayStack>,
+    api_token: crate::http::ApiToken,
     config_path: Option<PathBuf>,
     mut current: Settings,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
         tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
         std::future::pending::<()>().await;
         return;
@@ -31,6 +55,11 @@ pub(super) async fn wait_for_signals(
             _ = int.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGINT", "stopping"); return; }
             _ = hup.recv() => {
                 if let Some(next) = reload(&current, config_path.clone(), &gateways) {
+                    if current.http.token != next.http.token {
+                        // Validation kept a non-loopback listener from
+                        // losing its token: setting it is always safe.
+                        api_token.set(next.http.token.clone());
+                    }
                     current = next;
                 }
                 for g in &gateways {
@@ -43,7 +72,8 @@ pub(super) async fn wait_for_signals(
 
 /// Re-read every configuration layer (token files included). Applied at run
 /// time: gateway tokens and connection settings (from the next connection
-/// attempt on), reconnect bounds, log level. `http.*`, `state.*` and
+/// attempt on), reconnect bounds, log level, `http.token` (the old one is
+/// refused at once). `http.listen`, `state.*` and
 /// `events.*` need a restart; a change there is logged. An invalid new
 /// configuration is reported and the running one kept.
 fn reload(
@@ -102,6 +132,9 @@ fn reload(
     if r.backoff != m.backoff || r.stable_after != m.stable_after || r.park_retry != m.park_retry {
         changed.push("reconnect".into());
     }
+    if current.http.token != next.http.token {
+        changed.push("http.token".into());
+    }
     if current.log.level != next.log.level {
         match telemetry::set_level(&next.log.level) {
             Ok(()) => changed.push("log.level".into()),
@@ -111,7 +144,6 @@ fn reload(
     restart_needed.extend(
         [
             ("http.listen", current.http.listen != next.http.listen),
-            ("http.token", current.http.token != next.http.token),
             ("state.dir", current.state.dir != next.state.dir),
             (
                 "events",

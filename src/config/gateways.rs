@@ -11,18 +11,20 @@ use super::{
 };
 
 fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
+    // Error messages are logged (`config.invalid`): never with a password.
+    let shown = super::redact_url(url);
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         r.err(
             key,
-            format!("{url:?} is an HTTP URL; use ws://HOST:PORT/ or wss://HOST:PORT/"),
+            format!("{shown:?} is an HTTP URL; use ws://HOST:PORT/ or wss://HOST:PORT/"),
         );
         return;
     }
     if !(lower.starts_with("ws://") || lower.starts_with("wss://")) {
         r.err(
             key,
-            format!("{url:?} is not allowed; use ws://HOST:PORT/ or wss://HOST:PORT/"),
+            format!("{shown:?} is not allowed; use ws://HOST:PORT/ or wss://HOST:PORT/"),
         );
         return;
     }
@@ -30,7 +32,7 @@ fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let (host, port) = split_host_port(authority);
     if host.is_empty() {
-        r.err(key, format!("{url:?} has no host; use ws://HOST:PORT/"));
+        r.err(key, format!("{shown:?} has no host; use ws://HOST:PORT/"));
         return;
     }
     if let Some(p) = port {
@@ -38,12 +40,12 @@ fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
             Ok(n) if (1..=65535).contains(&n) => {}
             _ => r.err(
                 key,
-                format!("{url:?} has port {p:?}; use a port from 1 to 65535"),
+                format!("{shown:?} has port {p:?}; use a port from 1 to 65535"),
             ),
         }
     }
     if url.parse::<awc::http::Uri>().is_err() {
-        r.err(key, format!("{url:?} is not a valid URL"));
+        r.err(key, format!("{shown:?} is not a valid URL"));
     }
 }
 
@@ -220,6 +222,19 @@ fn read_gateway(
     let handshake_timeout =
         Duration::from_millis(r.number(&key(r, "handshake_timeout_ms"), 1, 600_000));
     let max_reattach = r.number(&key(r, "max_reattach"), 0, 100_000) as usize;
+    let max_frame_bytes = match r.number(&key(r, "max_frame_bytes"), 0, 1 << 32) {
+        0 => None,
+        n if n < 65_536 => {
+            r.err(
+                &key(r, "max_frame_bytes"),
+                "must be 0 (from the gateway's maxPayload) or at least 65536",
+            );
+            None
+        }
+        n => Some(n as usize),
+    };
+    let max_pending = r.number(&key(r, "max_pending"), 1, 1_000_000) as usize;
+    let max_pending_bytes = r.number(&key(r, "max_pending_bytes"), 65_536, 1 << 32) as usize;
     let tls_ca_file = r
         .opt_string(&key(r, "tls_ca_file"))
         .filter(|p| !p.is_empty())
@@ -248,6 +263,9 @@ fn read_gateway(
         handshake_timeout,
         tls_ca_file,
         max_reattach,
+        max_frame_bytes,
+        max_pending,
+        max_pending_bytes,
     }
 }
 
@@ -292,7 +310,10 @@ impl GatewaySettings {
         let mut gw = toml::Table::new();
         gw.insert("id".into(), Value::String(g.id.clone()));
         gw.insert("required".into(), Value::Boolean(g.required));
-        gw.insert("url".into(), Value::String(g.url.clone()));
+        gw.insert(
+            "url".into(),
+            Value::String(super::redact_url(&g.url).into_owned()),
+        );
         secret(&mut gw, "token", &g.token);
         path(&mut gw, "token_file", &g.token_file);
         gw.insert("client_id".into(), Value::String(g.client_id.clone()));
@@ -310,6 +331,15 @@ impl GatewaySettings {
         gw.insert("handshake_timeout_ms".into(), ms(g.handshake_timeout));
         path(&mut gw, "tls_ca_file", &g.tls_ca_file);
         gw.insert("max_reattach".into(), Value::Integer(g.max_reattach as i64));
+        gw.insert(
+            "max_frame_bytes".into(),
+            Value::Integer(g.max_frame_bytes.unwrap_or(0) as i64),
+        );
+        gw.insert("max_pending".into(), Value::Integer(g.max_pending as i64));
+        gw.insert(
+            "max_pending_bytes".into(),
+            Value::Integer(g.max_pending_bytes as i64),
+        );
         gw
     }
 }

@@ -41,7 +41,10 @@ pub(super) fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
     {
         r.err(
             "nats.url",
-            format!("{url:?} is not allowed; use nats://HOST:PORT (or tls://HOST:PORT)"),
+            format!(
+                "{:?} is not allowed; use nats://HOST:PORT (or tls://HOST:PORT)",
+                super::redact_url(&url)
+            ),
         );
     }
     let or = |r: &mut Reader, key: &str, default: &str| {

@@ -128,8 +128,23 @@ impl Reader {
     }
 }
 
-/// Read a token file: its first line, trimmed.
+/// Read a token file: its first line, trimmed. A file group or others can
+/// read is refused, like the device key: anyone on the host could use it.
 pub fn read_token_file(path: &Path) -> Result<Secret, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o044 != 0 {
+            return Err(format!(
+                "{} has mode {mode:04o}: group or others can read it, and it holds a secret; fix: chmod 600 {} (Docker/Kubernetes secrets: mode 0400)",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let first = text.lines().next().unwrap_or("").trim();

@@ -71,7 +71,10 @@ impl Settings {
         root.insert("log".into(), Value::Table(log));
         if let Some(n) = &self.nats {
             let mut t = Table::new();
-            t.insert("url".into(), Value::String(n.url.clone()));
+            t.insert(
+                "url".into(),
+                Value::String(super::redact_url(&n.url).into_owned()),
+            );
             t.insert("stream".into(), Value::String(n.stream.clone()));
             t.insert(
                 "subject_prefix".into(),

@@ -128,6 +128,7 @@ fn token_files_and_empty_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let tf = dir.path().join("tok");
     std::fs::write(&tf, "s3cret-token\nsecond line\n").unwrap();
+    set_mode(&tf, 0o600);
     let s = load(
         &format!("[gateway]\ntoken_file = {:?}\n", tf.display().to_string()),
         &[],
@@ -153,6 +154,67 @@ fn token_files_and_empty_tokens() {
     let p = problems("[gateway]\ntoken = \"abc\"\ntoken_file = \"/x\"\n", &[]);
     assert!(p.contains("not both"), "{p}");
     assert!(!p.contains("abc"));
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_token_file_others_can_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tf = dir.path().join("tok");
+    std::fs::write(&tf, "s3cret-token\n").unwrap();
+    for mode in [0o644, 0o640, 0o604] {
+        set_mode(&tf, mode);
+        let p = problems(
+            &format!("[http]\ntoken_file = {:?}\n", tf.display().to_string()),
+            &[],
+        );
+        assert!(
+            p.contains("http.token_file:") && p.contains("chmod 600"),
+            "{mode:o}: {p}"
+        );
+        assert!(!p.contains("s3cret"), "{p}");
+    }
+    set_mode(&tf, 0o400);
+    let s = load(
+        &format!("[http]\ntoken_file = {:?}\n", tf.display().to_string()),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(s.http.token.as_ref().unwrap().expose(), "s3cret-token");
+}
+
+#[test]
+fn userinfo_in_urls_is_redacted_wherever_shown() {
+    assert_eq!(
+        redact_url("ws://bob:pa55@gw.example:18789/x?a=b@c"),
+        "ws://<redacted>@gw.example:18789/x?a=b@c"
+    );
+    assert_eq!(
+        redact_url("nats://tok@127.0.0.1:4222"),
+        "nats://<redacted>@127.0.0.1:4222"
+    );
+    assert_eq!(redact_url("ws://127.0.0.1:1/"), "ws://127.0.0.1:1/");
+    let s = load(
+        "[gateway]\nurl = \"ws://bob:pa55@127.0.0.1:18789/\"\n[nats]\nurl = \"nats://u:natspass@127.0.0.1:4222\"\n",
+        &[],
+    )
+    .unwrap();
+    let shown = s.to_redacted_toml();
+    assert!(
+        !shown.contains("pa55") && !shown.contains("natspass"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("ws://<redacted>@127.0.0.1:18789/"),
+        "{shown}"
+    );
+    // A bad URL's error message (logged as config.invalid) hides it too.
+    let p = problems("[gateway]\nurl = \"ws://bob:pa55@host:99999/\"\n", &[]);
+    assert!(p.contains("gateway.url") && !p.contains("pa55"), "{p}");
 }
 
 #[test]

@@ -71,6 +71,7 @@ impl ApiError {
                 RequestError::NotConnected {
                     next_attempt_in_ms, ..
                 } => Some(next_attempt_in_ms.unwrap_or(1000)),
+                RequestError::Overloaded { retry_after_ms, .. } => Some(*retry_after_ms),
                 _ => None,
             },
             _ => None,
@@ -91,7 +92,9 @@ impl ResponseError for ApiError {
                 },
                 RequestError::NotConnected { .. }
                 | RequestError::Disconnected { .. }
-                | RequestError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                | RequestError::ShuttingDown
+                | RequestError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                RequestError::FrameTooLarge { .. } => StatusCode::BAD_GATEWAY,
                 RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                 RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 RequestError::Run { failure, .. } => match failure {
@@ -172,6 +175,26 @@ mod tests {
             400
         );
         assert_eq!(status(ApiError::from(RequestError::ShuttingDown)), 503);
+        let overloaded = ApiError::from(RequestError::Overloaded {
+            bound: "gateway.max_pending",
+            limit: 1,
+            retry_after_ms: 1500,
+        });
+        assert_eq!(status(overloaded), 503);
+        let r = ApiError::from(RequestError::Overloaded {
+            bound: "gateway.max_pending",
+            limit: 1,
+            retry_after_ms: 1500,
+        })
+        .error_response();
+        assert_eq!(r.headers().get("retry-after").unwrap(), "2");
+        assert_eq!(
+            status(ApiError::from(RequestError::FrameTooLarge {
+                size: 9,
+                limit: 1
+            })),
+            502
+        );
         assert_eq!(status(ApiError::Unauthorized), 401);
         assert_eq!(status(ApiError::TooLarge { limit: 1 }), 413);
     }

@@ -20,12 +20,35 @@ use crate::GatewayStack;
 /// Request bodies larger than this get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// Shared, read-only state of the handlers.
+/// Shared state of the handlers.
 #[derive(Clone)]
 pub struct ApiState {
     pub gateways: std::sync::Arc<Gateways>,
-    pub token: Option<Secret>,
+    pub token: ApiToken,
     pub metrics: Option<PrometheusHandle>,
+}
+
+/// `http.token`, replaced at run time by a SIGHUP reload: after it, the old
+/// token is refused. Read on every request (an uncontended read lock).
+#[derive(Clone, Default)]
+pub struct ApiToken(std::sync::Arc<std::sync::RwLock<Option<Secret>>>);
+
+impl ApiToken {
+    pub fn new(token: Option<Secret>) -> Self {
+        ApiToken(std::sync::Arc::new(std::sync::RwLock::new(token)))
+    }
+
+    pub fn set(&self, token: Option<Secret>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = token;
+    }
+
+    fn with<R>(&self, f: impl FnOnce(Option<&Secret>) -> R) -> R {
+        f(self.0.read().unwrap_or_else(|e| e.into_inner()).as_ref())
+    }
+
+    fn is_set(&self) -> bool {
+        self.with(|t| t.is_some())
+    }
 }
 
 /// The configured gateways, in configuration order, and which one the
@@ -87,9 +110,9 @@ impl ApiState {
     /// Check `Authorization: Bearer`, or `?access_token=` where allowed (SSE:
     /// browsers' EventSource cannot set headers).
     fn authorize(&self, req: &HttpRequest, allow_query: bool) -> Result<(), ApiError> {
-        let Some(want) = &self.token else {
+        if !self.token.is_set() {
             return Ok(());
-        };
+        }
         let header = req
             .headers()
             .get(actix_web::http::header::AUTHORIZATION)
@@ -107,9 +130,15 @@ impl ApiState {
             None
         };
         let given = header.map(str::to_owned).or(query);
-        match given {
-            Some(g) if constant_time_eq(g.as_bytes(), want.expose().as_bytes()) => Ok(()),
-            _ => Err(ApiError::Unauthorized),
+        let ok = self.token.with(|want| match (want, given) {
+            (None, _) => true,
+            (Some(want), Some(g)) => constant_time_eq(g.as_bytes(), want.expose().as_bytes()),
+            (Some(_), None) => false,
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
         }
     }
 }
@@ -146,7 +175,7 @@ impl ApiState {
         &self,
         req: &actix_web::dev::ServiceRequest,
     ) -> Result<(), ApiError> {
-        if self.token.is_some() {
+        if self.token.is_set() {
             return Ok(());
         }
         let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());

@@ -303,6 +303,7 @@ pub fn parse_rpc_body(body: &[u8]) -> Result<Send, ApiError> {
         params,
         timeout,
         expect_final: rpc.expect_final,
+        caller: None,
     })
 }
 
@@ -359,12 +360,16 @@ async fn rpc(
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let msg = parse_rpc_body(&body)?;
+    // Held while this handler waits: if the client goes away, actix-web
+    // drops the handler and the connection releases the request.
+    let waiting = std::sync::Arc::new(());
+    let msg = parse_rpc_body(&body)?.caller(&waiting);
     let answer = gateway
         .supervisor
         .send(Rpc(msg))
         .await
         .map_err(|_| ApiError::Internal("the supervisor is not running".into()))??;
+    drop(waiting);
     let body = answer.to_body();
     Ok(HttpResponse::Ok()
         .content_type("application/json")

@@ -173,9 +173,12 @@ async fn connect(cfg: &NatsSettings, gw: &Arc<str>) -> Result<async_nats::Client
             .await
             .map_err(|e| format!("cannot use nats.credentials_file {}: {e}", f.display()))?;
     }
-    opts.connect(cfg.url.as_str())
-        .await
-        .map_err(|e| format!("cannot connect to NATS at {}: {e}", cfg.url))
+    opts.connect(cfg.url.as_str()).await.map_err(|e| {
+        format!(
+            "cannot connect to NATS at {}: {e}",
+            crate::config::redact_url(&cfg.url)
+        )
+    })
 }
 
 async fn run(

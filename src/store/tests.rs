@@ -433,11 +433,15 @@ fn a_failed_write_is_counted_and_the_writer_goes_on() {
     let writer = StoreWriter::spawn(Store::open(dir.path()).unwrap()).unwrap();
     let mut bad = run("r", "a", "ok", 1);
     bad.ended_at = Some(u64::MAX);
-    assert!(writer.submit(vec![Change::UpsertRun(bad)]));
-    writer.flush(Duration::from_secs(10)).unwrap();
+    for _ in 0..3 {
+        assert!(writer.submit(vec![Change::UpsertRun(bad.clone())]));
+        writer.flush(Duration::from_secs(10)).unwrap();
+    }
+    assert!(writer.stats().failing);
     assert!(writer.submit(vec![Change::UpsertAgent(agent("a", 1))]));
     let stats = writer.close(Duration::from_secs(10)).unwrap();
-    assert_eq!(stats.write_failures, 1);
+    assert!(!stats.failing, "a good write ends the failing state");
+    assert_eq!(stats.write_failures, 3);
     assert!(stats.last_error.is_some());
     assert_eq!(stats.transactions, 1);
     let s = Store::open(dir.path()).unwrap();

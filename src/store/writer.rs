@@ -49,6 +49,29 @@ pub struct WriterStats {
     /// Transactions that failed (their changes are lost).
     pub write_failures: u64,
     pub last_error: Option<String>,
+    /// The last write failed (a failing disk is logged when this changes,
+    /// not on every write).
+    pub failing: bool,
+}
+
+/// What to log after a write: a stuck or full disk fails every write, and
+/// a log line each time would flood the log. One line when writes start
+/// failing, one when they work again; the counter metric counts them all.
+#[derive(Debug, PartialEq, Eq)]
+enum FailureLog {
+    StartedFailing,
+    Recovered { failed: u64 },
+    Quiet,
+}
+
+fn failure_log(was_failing: bool, ok: bool, failed_in_a_row: u64) -> FailureLog {
+    match (was_failing, ok) {
+        (false, false) => FailureLog::StartedFailing,
+        (true, true) => FailureLog::Recovered {
+            failed: failed_in_a_row,
+        },
+        _ => FailureLog::Quiet,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -308,6 +331,7 @@ impl Drop for ExitGuard {
 
 fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
     let _guard = ExitGuard(shared.clone());
+    let mut failed_in_a_row = 0u64;
     loop {
         let (batch, upto) = {
             let mut st = shared.lock();
@@ -322,16 +346,30 @@ fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
         };
         let result = store.apply(&batch);
         let mut st = shared.lock();
-        match result {
+        let log = failure_log(st.stats.failing, result.is_ok(), failed_in_a_row);
+        match &result {
             Ok(()) => {
                 st.stats.transactions += 1;
                 st.stats.changes_written += batch.len() as u64;
+                st.stats.failing = false;
+                failed_in_a_row = 0;
             }
             Err(e) => {
                 st.stats.write_failures += 1;
                 st.stats.last_error = Some(e.to_string());
-                tracing::warn!(gateway = %gateway, event = STORE_WRITE_FAILED, error = %e, changes = batch.len(), path = %store.path().display(), "store write failed; these changes are not stored");
+                st.stats.failing = true;
+                failed_in_a_row += 1;
+                crate::metrics::store_write_failed(&gateway);
             }
+        }
+        match (log, &result) {
+            (FailureLog::StartedFailing, Err(e)) => {
+                tracing::warn!(gateway = %gateway, event = STORE_WRITE_FAILED, error = %e, changes = batch.len(), path = %store.path().display(), "store writes are failing; changes are not stored until they work again (logged once; openclaw_bridge_store_write_failures_total counts them). The store is a cache: the bridge keeps serving");
+            }
+            (FailureLog::Recovered { failed }, _) => {
+                tracing::info!(gateway = %gateway, event = STORE_WRITE_FAILED, recovered = true, failed, path = %store.path().display(), "store writes work again");
+            }
+            _ => {}
         }
         st.done_through = upto;
         drop(st);
@@ -342,6 +380,18 @@ fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_disk_is_logged_on_the_change_only() {
+        assert_eq!(failure_log(false, false, 0), FailureLog::StartedFailing);
+        assert_eq!(failure_log(true, false, 1), FailureLog::Quiet);
+        assert_eq!(failure_log(true, false, 9), FailureLog::Quiet);
+        assert_eq!(
+            failure_log(true, true, 10),
+            FailureLog::Recovered { failed: 10 }
+        );
+        assert_eq!(failure_log(false, true, 0), FailureLog::Quiet);
+    }
     use crate::store::{StoredAgent, StoredRun};
     use serde_json::Value;
 

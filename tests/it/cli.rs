@@ -29,6 +29,7 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let tf = dir.path().join("http-token");
     std::fs::write(&tf, "http-secret-xyz\n").unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,

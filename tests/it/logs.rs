@@ -21,6 +21,11 @@ fn a_day_in_the_logs_connect_restart_wrong_token_park_stop() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{}\n", gw.token())).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, files grouped by behaviour.
 mod support;
 
+mod bounds;
 mod browser;
 mod cli;
 mod events;
@@ -8,6 +9,7 @@ mod gateways;
 mod handshake;
 mod http_api;
 mod identity;
+mod isolation;
 mod logs;
 mod nats;
 mod notify;
@@ -20,6 +22,7 @@ mod reattach;
 mod reconnect;
 mod reload;
 mod rpc;
+mod secrets;
 mod shutdown;
 mod sse;
 mod store;

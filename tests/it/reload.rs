@@ -56,6 +56,11 @@ async fn fixing_the_token_file_and_sighup_connects_a_parked_bridge() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("gateway-token");
     std::fs::write(&token_file, "an-old-wrong-token\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,
@@ -132,6 +137,11 @@ async fn with_two_gateways_logs_name_the_gateway_and_sighup_fixes_only_the_parke
     let dir = tempfile::tempdir().unwrap();
     let token_b = dir.path().join("gateway-b-token");
     std::fs::write(&token_b, "a-wrong-token-for-b\n").unwrap();
+    std::fs::set_permissions(
+        &token_b,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{GatewayConnection, Phase, RequestError, Send};
+use super::{GatewayConnection, Phase, Queued, RequestError, Send};
 use crate::actors::messages::RunFailure;
 use crate::protocol::{self, GatewayError, ResponseFrame};
 use crate::telemetry::events as ev;
@@ -31,9 +31,17 @@ pub(super) struct Pending {
     /// The accepted run's id: a timeout or a lost link hands it back
     /// ([`RequestError::Run`]) so the run can still be followed.
     run_id: Option<String>,
+    /// Alive while the caller waits (see `Send::caller`).
+    caller: Option<std::sync::Weak<()>>,
     /// Key of this request in `GatewayConnection::deadlines`.
     deadline: (Instant, u64),
     timeout_ms: u64,
+}
+
+impl Pending {
+    fn caller_gone(&self) -> bool {
+        self.tx.is_closed() || self.caller.as_ref().is_some_and(|w| w.strong_count() == 0)
+    }
 }
 
 /// A bounded set of ids whose late answers are expected and dropped quietly.
@@ -175,6 +183,84 @@ impl GatewayConnection {
         self.arm_deadline_timer(ctx);
     }
 
+    /// Fail one pending request now (its answer, if any, is dropped
+    /// quietly). Whether it was pending.
+    pub(super) fn fail_request(&mut self, id: &str, err: RequestError) -> bool {
+        let Some(p) = self.pending.remove(id) else {
+            return false;
+        };
+        self.deadlines.remove(&p.deadline);
+        self.finished.insert(id.to_owned());
+        let _ = p.tx.send(Err(err));
+        self.report_pending();
+        true
+    }
+
+    /// Asked by the writer just before a request goes on the wire: is it
+    /// still wanted? Not when its deadline passed (its caller has, or is
+    /// about to get, `BRIDGE_TIMEOUT`) or its caller went away; such a
+    /// request is never written, so a frozen gateway that wakes up does not
+    /// start work nobody waits for.
+    pub(super) fn still_wanted(&mut self, id: &str, deadline: Instant) -> bool {
+        let wanted =
+            Instant::now() < deadline && self.pending.get(id).is_some_and(|p| !p.caller_gone());
+        if !wanted {
+            crate::metrics::unwritten(&self.cfg.gateway);
+            if let Some(p) = self.pending.remove(id) {
+                self.deadlines.remove(&p.deadline);
+                let _ = p.tx.send(Err(RequestError::Timeout {
+                    after_ms: p.timeout_ms,
+                }));
+                self.report_pending();
+            }
+        }
+        wanted
+    }
+
+    /// Release the entries of callers that went away (an HTTP client that
+    /// disconnected). The gateway is not told: an accepted run keeps
+    /// running; a late answer is dropped quietly.
+    pub(super) fn release_abandoned(&mut self) {
+        let gone: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.caller_gone())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in gone {
+            if let Some(p) = self.pending.remove(&id) {
+                self.deadlines.remove(&p.deadline);
+                self.finished.insert(id);
+            }
+        }
+        self.report_pending();
+    }
+
+    /// Refuse a request past `max_pending` / `max_pending_bytes`: logged
+    /// when the bound starts being hit, counted every time.
+    fn overloaded(&mut self, bound: &'static str, limit: u64) -> RequestError {
+        crate::metrics::overloaded(&self.cfg.gateway, bound);
+        if !self.overloaded {
+            self.overloaded = true;
+            tracing::warn!(gateway = %self.cfg.gateway,
+                event = ev::HTTP_OVERLOADED,
+                bound,
+                limit,
+                pending = self.pending.len(),
+                queued_bytes = self.out.bytes,
+                "too many requests in flight to this gateway; refusing with BRIDGE_OVERLOADED until some finish"
+            );
+        }
+        RequestError::Overloaded {
+            bound,
+            limit,
+            retry_after_ms: 1000,
+        }
+    }
+
     pub(super) fn fail_pending(&mut self, err: &RequestError) -> usize {
         self.deadlines.clear();
         let n = self.pending.len();
@@ -274,12 +360,24 @@ impl Handler<Send> for GatewayConnection {
                 ));
             }
         }
+        if self.pending.len() >= self.cfg.max_pending {
+            return immediate(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
+        }
         let id = request_id();
         let text = match protocol::encode_request(&id, &msg.method, msg.params.as_deref()) {
             Ok(t) => t,
             Err(e) => return immediate(RequestError::BadRequest(e.to_string())),
         };
-        if !self.write(WsMessage::Text(text.into())) {
+        // One request alone may exceed the byte bound when nothing else is
+        // queued: the bound is on what piles up, not on a request's size.
+        if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
+            return immediate(self.overloaded(
+                "gateway.max_pending_bytes",
+                self.cfg.max_pending_bytes as u64,
+            ));
+        }
+        self.overloaded = false;
+        if !self.out.open {
             return immediate(RequestError::Disconnected {
                 reason: "the socket is closed".into(),
             });
@@ -288,6 +386,11 @@ impl Handler<Send> for GatewayConnection {
         let timeout = msg.timeout.unwrap_or(self.cfg.request_timeout);
         self.next_deadline_seq += 1;
         let deadline = (Instant::now() + timeout, self.next_deadline_seq);
+        self.out.push(Queued {
+            bytes: text.len(),
+            msg: WsMessage::Text(text.into()),
+            request: Some((id.clone(), deadline.0)),
+        });
         self.deadlines.insert(deadline, id.clone());
         self.pending.insert(
             id,
@@ -295,6 +398,7 @@ impl Handler<Send> for GatewayConnection {
                 tx,
                 is_agent: msg.method == "agent",
                 expect_final: msg.expect_final,
+                caller: msg.caller,
                 accepted_seen: false,
                 run_id: None,
                 deadline,

@@ -10,8 +10,9 @@ use actix_http::ws::Item;
 use awc::ws::{Frame, Message as WsMessage};
 use bytes::{Bytes, BytesMut};
 
-use super::{GatewayConnection, Phase, MAX_MESSAGE_BYTES};
-use crate::actors::messages::{DisconnectCause, EventMsg, SeqGap};
+use super::codec::{response_id, Decoded, Oversized, PREFIX_BYTES};
+use super::{GatewayConnection, Partial, Phase};
+use crate::actors::messages::{DisconnectCause, EventMsg, RequestError, SeqGap};
 use crate::protocol::{self, Challenge, EventKind, GatewayEvent, Inbound};
 use crate::telemetry::events as ev;
 
@@ -128,48 +129,114 @@ impl GatewayConnection {
             Item::Continue(b) => (false, false, b, false),
             Item::Last(b) => (false, false, b, true),
         };
+        let cap = self.frame_cap();
         if first {
-            let mut buf = BytesMut::with_capacity(chunk.len() * 2);
+            let mut buf = BytesMut::with_capacity(chunk.len().saturating_mul(2).min(cap));
             buf.extend_from_slice(&chunk);
-            self.partial = Some((text, buf));
+            self.partial = Some(Partial::Reassembling { text, buf });
         } else {
-            let Some((_, buf)) = self.partial.as_mut() else {
+            self.on_continuation(chunk, last, cap, ctx);
+        }
+        if last {
+            match self.partial.take() {
+                Some(Partial::Reassembling { text: true, buf }) => self.on_text(buf.freeze(), ctx),
+                Some(Partial::Reassembling { buf, .. }) => {
+                    bad_frame(&self.cfg.gateway, "binary message ignored", buf.len());
+                }
+                Some(Partial::Discarding) | None => {}
+            }
+        }
+    }
+
+    fn on_continuation(&mut self, chunk: Bytes, last: bool, cap: usize, ctx: &mut Context<Self>) {
+        match self.partial.as_mut() {
+            None => {
                 bad_frame(
                     &self.cfg.gateway,
                     "continuation frame without a first frame",
                     chunk.len(),
                 );
-                return;
-            };
-            if buf.len() + chunk.len() > MAX_MESSAGE_BYTES {
-                let size = buf.len() + chunk.len();
-                self.partial = None;
-                tracing::error!(gateway = %self.cfg.gateway,
-                    event = ev::GATEWAY_BAD_FRAME,
-                    size,
-                    limit = MAX_MESSAGE_BYTES,
-                    "fragmented message over the size limit; reconnecting"
-                );
-                self.close_socket();
-                self.fail(
-                    DisconnectCause::ProtocolError {
-                        error: format!("message of more than {MAX_MESSAGE_BYTES} bytes"),
-                    },
-                    ctx,
-                );
-                return;
             }
-            buf.extend_from_slice(&chunk);
-        }
-        if last {
-            if let Some((is_text, buf)) = self.partial.take() {
-                if is_text {
-                    self.on_text(buf.freeze(), ctx);
+            Some(Partial::Discarding) => {}
+            Some(Partial::Reassembling { buf, .. }) => {
+                if buf.len() + chunk.len() > cap {
+                    // The message as a whole is over the cap: drop what we
+                    // have, keep only its head to name the request.
+                    let declared = (buf.len() + chunk.len()) as u64;
+                    let head = buf.split_to(buf.len().min(PREFIX_BYTES)).freeze();
+                    self.partial = Some(Partial::Discarding);
+                    self.on_oversized(
+                        Oversized {
+                            declared,
+                            prefix: head,
+                            starts_message: true,
+                            fin: last,
+                        },
+                        ctx,
+                    );
                 } else {
-                    bad_frame(&self.cfg.gateway, "binary message ignored", buf.len());
+                    buf.extend_from_slice(&chunk);
                 }
             }
         }
+    }
+
+    fn frame_cap(&self) -> usize {
+        self.frame_cap.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A message over the frame cap, seen from its first bytes: fail its
+    /// request now (when they name one) instead of letting it time out.
+    pub(super) fn on_oversized(&mut self, o: Oversized, _ctx: &mut Context<Self>) {
+        let limit = self.frame_cap();
+        if !o.starts_message {
+            // A middle piece of a fragmented message: the message is lost.
+            let head = match self.partial.take() {
+                Some(Partial::Reassembling { mut buf, .. }) => {
+                    buf.truncate(PREFIX_BYTES);
+                    buf.freeze()
+                }
+                // Already reported (or no message under way).
+                other => {
+                    self.partial = other.filter(|_| !o.fin);
+                    return;
+                }
+            };
+            self.partial = (!o.fin).then_some(Partial::Discarding);
+            return self.on_oversized(
+                Oversized {
+                    prefix: head,
+                    starts_message: true,
+                    ..o
+                },
+                _ctx,
+            );
+        }
+        if !o.fin && !matches!(self.partial, Some(Partial::Discarding)) {
+            self.partial = Some(Partial::Discarding);
+        }
+        self.oversized_frames += 1;
+        crate::metrics::bad_frame(&self.cfg.gateway, "oversized");
+        let id = response_id(&o.prefix);
+        let failed = id.as_deref().is_some_and(|id| {
+            self.fail_request(
+                id,
+                RequestError::FrameTooLarge {
+                    size: o.declared,
+                    limit: limit as u64,
+                },
+            )
+        });
+        tracing::error!(gateway = %self.cfg.gateway,
+            event = ev::GATEWAY_BAD_FRAME,
+            problem = "frame over the size limit",
+            size = o.declared,
+            limit,
+            request_id = id.as_deref().unwrap_or(""),
+            request_failed = failed,
+            oversized_frames = self.oversized_frames,
+            "a message from the gateway was over gateway.max_frame_bytes and was skipped unread"
+        );
     }
 }
 
@@ -184,13 +251,18 @@ fn bad_frame(gateway: &str, problem: &str, size: usize) {
     );
 }
 
-impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for GatewayConnection {
+impl StreamHandler<Result<Decoded, awc::error::WsProtocolError>> for GatewayConnection {
     fn handle(
         &mut self,
-        item: Result<Frame, awc::error::WsProtocolError>,
+        item: Result<Decoded, awc::error::WsProtocolError>,
         ctx: &mut Context<Self>,
     ) {
         self.last_rx = Instant::now();
+        let item = match item {
+            Ok(Decoded::Oversized(o)) => return self.on_oversized(o, ctx),
+            Ok(Decoded::Frame(f)) => Ok(f),
+            Err(e) => Err(e),
+        };
         match item {
             Ok(Frame::Text(bytes)) => self.on_text(bytes, ctx),
             Ok(Frame::Continuation(item)) => self.on_fragment(item, ctx),
@@ -206,19 +278,6 @@ impl StreamHandler<Result<Frame, awc::error::WsProtocolError>> for GatewayConnec
                 };
                 self.close_socket();
                 self.fail(DisconnectCause::Closed { code, reason }, ctx);
-            }
-            Err(awc::error::WsProtocolError::Overflow) => {
-                // The codec skips the whole oversized frame and goes on: the
-                // event is lost, so say so loudly, but keep the session.
-                self.oversized_frames += 1;
-                crate::metrics::bad_frame(&self.cfg.gateway, "oversized");
-                tracing::error!(gateway = %self.cfg.gateway,
-                    event = ev::GATEWAY_BAD_FRAME,
-                    problem = "frame over the size limit",
-                    limit = MAX_MESSAGE_BYTES,
-                    oversized_frames = self.oversized_frames,
-                    "a frame from the gateway was too large and was dropped"
-                );
             }
             Err(e) => {
                 // Any other codec error repeats on every poll: the stream is

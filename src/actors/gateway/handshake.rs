@@ -118,6 +118,9 @@ impl GatewayConnection {
             );
             return;
         }
+        let cap = self.cfg.frame_cap(hello.policy.max_payload);
+        self.frame_cap
+            .store(cap, std::sync::atomic::Ordering::Relaxed);
         let tick = Duration::from_millis(hello.policy.tick_interval_ms.max(1));
         self.phase = Phase::Ready {
             since: Instant::now(),
@@ -125,6 +128,7 @@ impl GatewayConnection {
         self.expected_seq = None;
         self.start_watchdog(tick, ctx);
         let _ = self.wiring.up.try_send(ConnectionUp {
+            url: crate::config::redact_url(&self.cfg.url).into_owned(),
             generation: self.generation,
             hello,
         });

@@ -39,6 +39,15 @@ impl RunStatus {
 }
 
 impl AgentRegistry {
+    /// For gateway `gateway`, without a store (it could not be opened: the
+    /// bridge serves what the gateway reports, and keeps nothing).
+    pub fn without_store(gateway: &str) -> Self {
+        AgentRegistry {
+            gateway: Arc::from(gateway),
+            ..Self::default()
+        }
+    }
+
     /// A registry for gateway `gateway` that starts from persisted state and
     /// writes through.
     pub fn with_store(p: Persisted, gateway: &str) -> Self {

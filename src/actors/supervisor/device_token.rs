@@ -14,22 +14,33 @@ impl Supervisor {
         if self.cfg.connection.device_token.as_deref() == Some(token.as_str()) {
             return;
         }
-        if let Some(store) = &self.cfg.device_tokens {
-            match store.save(
-                &self.cfg.connection.url,
-                crate::ROLE,
-                &token,
-                scopes,
-                now_ms(),
-            ) {
-                Ok(()) => {
-                    tracing::info!(gateway = %self.cfg.connection.gateway, event = ev::DEVICE_TOKEN_STORED, path = %store.path().display(), scopes = %scopes.join(","), "device token issued by the gateway stored; later connections use it")
+        if let Some(store) = self.cfg.device_tokens.clone() {
+            // The save fsyncs: off this thread, which also runs the
+            // connection (its socket must not wait on a disk).
+            let gateway = self.cfg.connection.gateway.clone();
+            let url = self.cfg.connection.url.clone();
+            let (token, scopes) = (token.clone(), scopes.to_vec());
+            actix_rt::spawn(async move {
+                let shown_scopes = scopes.join(",");
+                let path = store.path().display().to_string();
+                let saved = actix_rt::task::spawn_blocking(move || {
+                    store.save(&url, crate::ROLE, &token, &scopes, now_ms())
+                })
+                .await;
+                match saved {
+                    Ok(Ok(())) => {
+                        tracing::info!(gateway = %gateway, event = ev::DEVICE_TOKEN_STORED, path = %path, scopes = %shown_scopes, "device token issued by the gateway stored; later connections use it")
+                    }
+                    Ok(Err(e)) => tracing::warn!(gateway = %gateway,
+                        event = ev::STORE_WRITE_FAILED,
+                        "could not store the device token ({e}); it is used until the bridge restarts"
+                    ),
+                    Err(e) => tracing::warn!(gateway = %gateway,
+                        event = ev::STORE_WRITE_FAILED,
+                        "could not store the device token ({e}); it is used until the bridge restarts"
+                    ),
                 }
-                Err(e) => tracing::warn!(gateway = %self.cfg.connection.gateway,
-                    event = ev::STORE_WRITE_FAILED,
-                    "could not store the device token ({e}); it is used until the bridge restarts"
-                ),
-            }
+            });
         }
         let mut conn = (*self.cfg.connection).clone();
         conn.device_token = Some(token);

@@ -30,7 +30,7 @@ impl Handler<ConnectionUp> for Supervisor {
         self.restart_window_until = None;
         self.parked_code = None;
         self.info = GatewayInfo {
-            url: self.cfg.connection.url.clone(),
+            url: msg.url.clone(),
             server_version: Some(h.server.version.clone()),
             protocol: Some(h.protocol),
             conn_id: h.server.conn_id.clone(),
@@ -72,7 +72,7 @@ impl Handler<ConnectionUp> for Supervisor {
         }));
         self.notify_link(
             true,
-            json!({"url": self.cfg.connection.url, "server_version": h.server.version, "conn_id": h.server.conn_id, "boot_id": h.server.boot_id, "gateway_restarted": restarted}),
+            json!({"url": self.info.url, "server_version": h.server.version, "conn_id": h.server.conn_id, "boot_id": h.server.boot_id, "gateway_restarted": restarted}),
         );
         self.wake_waiters(Ok(()));
         self.resync(ctx);

@@ -278,6 +278,8 @@ struct State {
     conns: BTreeMap<usize, mpsc::UnboundedSender<ConnCmd>>,
     /// Request id -> connection that received it (for `respond`).
     request_conn: HashMap<String, usize>,
+    /// Frozen: connections stop reading their sockets (ticks still go out).
+    frozen: bool,
 }
 
 struct Shared {
@@ -322,6 +324,13 @@ enum ConnCmd {
     DropTcp,
     Reset,
     Silent,
+    /// Re-evaluate the loop's conditions (after `freeze`/`thaw`).
+    Nudge,
+    /// Raw `head` bytes, then `zeros` zero bytes in 64 KiB writes.
+    Giant {
+        head: Vec<u8>,
+        zeros: u64,
+    },
 }
 
 enum ServerCmd {
@@ -375,6 +384,7 @@ impl FakeGateway {
                 agents: opts.agents,
                 conns: BTreeMap::new(),
                 request_conn: HashMap::new(),
+                frozen: false,
             }),
             req_tx,
         });
@@ -748,6 +758,29 @@ impl FakeGateway {
     pub fn drop_all(&self) {
         self.cmd_all(|| ConnCmd::DropTcp);
     }
+
+    /// Stop reading every connection's socket (a frozen gateway: what the
+    /// bridge writes piles up in the kernel, then in the bridge); events,
+    /// ticks and answers already decided still go out.
+    pub fn freeze(&self) {
+        self.shared.lock().frozen = true;
+        self.cmd_all(|| ConnCmd::Nudge);
+    }
+
+    /// Read again after `freeze`.
+    pub fn thaw(&self) {
+        self.shared.lock().frozen = false;
+        self.cmd_all(|| ConnCmd::Nudge);
+    }
+
+    /// A text frame whose header declares `declared` bytes, starting with
+    /// `prefix`, followed by `zeros` zero bytes (streamed, never held).
+    pub fn send_giant_frame(&self, prefix: &str, declared: u64, zeros: u64) {
+        let mut head = vec![0x81, 127];
+        head.extend_from_slice(&declared.to_be_bytes());
+        head.extend_from_slice(prefix.as_bytes());
+        self.cmd(ConnCmd::Giant { head, zeros });
+    }
 }
 
 // The handle must be shareable with async tests and spawned tasks.
@@ -998,13 +1031,14 @@ async fn run_conn(
 
     loop {
         let silent = conn.phase == Phase::Silent;
+        let frozen = conn.shared.lock().frozen;
         let awaiting = conn.phase == Phase::AwaitConnect && hs_timeout.is_some();
         let flow = tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(c) => conn.on_cmd(&mut ws, &mut tick, c).await,
                 None => Flow::End,
             },
-            item = ws.next(), if !silent => conn.on_frame(&mut ws, &mut tick, item).await,
+            item = ws.next(), if !silent && !frozen => conn.on_frame(&mut ws, &mut tick, item).await,
             _ = next_tick(&mut tick), if !silent => conn.on_tick(&mut ws).await,
             _ = &mut hs_timer, if awaiting => {
                 close_graceful(&mut ws, 1000, "").await;
@@ -1176,6 +1210,26 @@ impl Conn {
                     Ok(()) => Flow::Continue,
                     Err(_) => Flow::End,
                 }
+            }
+            ConnCmd::Nudge => Flow::Continue,
+            ConnCmd::Giant { head, zeros } => {
+                if SinkExt::<Message>::flush(ws).await.is_err() {
+                    return Flow::End;
+                }
+                let io = ws.io_mut();
+                if io.write_all(&head).await.is_err() {
+                    return Flow::End;
+                }
+                let chunk = vec![0u8; 64 * 1024];
+                let mut left = zeros;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    if io.write_all(&chunk[..n]).await.is_err() {
+                        return Flow::End;
+                    }
+                    left -= n as u64;
+                }
+                Flow::Continue
             }
             ConnCmd::Raw(bytes) => {
                 if SinkExt::<Message>::flush(ws).await.is_err() {
