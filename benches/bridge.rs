@@ -843,10 +843,11 @@ fn reconnect(plan: &Plan) -> (f64, f64) {
                     label: "bench".into(),
                 })
                 .await
-                .expect("subscribe");
+                .expect("subscribe")
+                .expect("under the subscriber cap");
             let _ = up_tx.send(Instant::now());
-            while let Some(item) = sub.rx.recv().await {
-                if item.name == "bridge.connected" && up_tx.send(Instant::now()).is_err() {
+            while let Some(item) = sub.recv().await {
+                if item.name() == "bridge.connected" && up_tx.send(Instant::now()).is_err() {
                     return;
                 }
             }

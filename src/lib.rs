@@ -246,7 +246,9 @@ impl GatewayStack {
         let persisted = open_store(settings, &g.id)?;
         tracing::info!(gateway = %g.id, agents = persisted.agents.len(), runs = persisted.runs.len(), dir = %store_dir(settings, &g.id).display(), "loaded the store");
         let registry = AgentRegistry::with_store(persisted, &g.id).start();
-        let broker = EventBroker::new(settings.events.buffer, settings.events.subscriber_queue)
+        let broker = EventBroker::new(settings.events.buffer)
+            .buffer_bytes(settings.events.buffer_bytes)
+            .max_subscribers(settings.http.max_sse_subscribers)
             .for_gateway(&g.id)
             .starting_at(actors::broker::boot_first_id())
             .start();

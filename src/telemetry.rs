@@ -49,6 +49,8 @@ pub mod events {
     pub const HTTP_REFUSED: &str = "http.refused";
     /// Access log line (debug).
     pub const HTTP_REQUEST: &str = "http.request";
+    /// A request refused because a bound was hit (503 `BRIDGE_OVERLOADED`).
+    pub const HTTP_OVERLOADED: &str = "http.overloaded";
     /// SIGHUP applied a new configuration (which parts changed; no values).
     pub const CONFIG_RELOADED: &str = "config.reloaded";
     pub const BRIDGE_STOPPED: &str = "bridge.stopped";

@@ -415,7 +415,8 @@ pub fn ingest_actor(url: &str, n: u64) {
                 label: "bench".into(),
             })
             .await
-            .expect("subscribe");
+            .expect("subscribe")
+            .expect("under the subscriber cap");
         let (cpu0, t0) = start_flood(&b.supervisor);
         // The subscriber is an ordinary task on the bridge's thread, as an
         // in-process consumer would be.
@@ -424,11 +425,11 @@ pub fn ingest_actor(url: &str, n: u64) {
             let (mut events, mut dropped, mut last) = (0u64, 0u64, Instant::now());
             while events + dropped < n {
                 // Drain without timers; wait (bounded) only when empty.
-                let item = match sub.rx.try_recv() {
+                let item = match sub.try_recv() {
                     Ok(item) => item,
                     Err(_) => {
                         last = Instant::now();
-                        match actix_rt::time::timeout(QUIET, sub.rx.recv()).await {
+                        match actix_rt::time::timeout(QUIET, sub.recv()).await {
                             Ok(Some(item)) => item,
                             Ok(None) => panic!("subscription ended"),
                             Err(_) => {
@@ -438,12 +439,14 @@ pub fn ingest_actor(url: &str, n: u64) {
                         }
                     }
                 };
-                match item.name.as_str() {
+                match item.name() {
                     "agent" => {
-                        std::hint::black_box(&item.data);
+                        std::hint::black_box(item.payload());
                         events += 1;
                     }
-                    "bridge.gap" => dropped += gap_dropped(&item.data),
+                    "bridge.gap" => {
+                        dropped += gap_dropped(&format!(r#"{{"payload":{}}}"#, item.payload()))
+                    }
                     _ => {}
                 }
                 if events + dropped >= n {

@@ -9,6 +9,7 @@ use actix::prelude::{Context, StreamHandler};
 use actix_http::ws::Item;
 use awc::ws::{Frame, Message as WsMessage};
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
 
 use super::{GatewayConnection, Phase, MAX_MESSAGE_BYTES};
 use crate::actors::messages::{DisconnectCause, EventMsg, SeqGap};
@@ -17,21 +18,28 @@ use crate::telemetry::events as ev;
 
 impl GatewayConnection {
     fn on_text(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
-        let Ok(text) = std::str::from_utf8(&bytes) else {
-            bad_frame(&self.cfg.gateway, "text frame is not UTF-8", bytes.len());
+        let len = bytes.len();
+        // Validated once; events keep slices of it (no copy of the payload).
+        let Ok(text) = ByteString::try_from(bytes) else {
+            bad_frame(&self.cfg.gateway, "text frame is not UTF-8", len);
             return;
         };
-        match protocol::decode(text) {
-            Ok(Inbound::Event(frame)) => self.on_event(frame, ctx),
+        match protocol::decode(&text) {
+            Ok(Inbound::Event(frame)) => self.on_event(frame, &text, ctx),
             Ok(Inbound::Response(res)) => self.on_response(res, ctx),
             Ok(Inbound::Unknown { kind }) => {
                 tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, kind = %kind, "frame of unknown type ignored");
             }
-            Err(e) => bad_frame(&self.cfg.gateway, &e.to_string(), bytes.len()),
+            Err(e) => bad_frame(&self.cfg.gateway, &e.to_string(), len),
         }
     }
 
-    fn on_event(&mut self, frame: protocol::EventFrame<'_>, ctx: &mut Context<Self>) {
+    fn on_event(
+        &mut self,
+        frame: protocol::EventFrame<'_>,
+        text: &ByteString,
+        ctx: &mut Context<Self>,
+    ) {
         match self.phase {
             Phase::Ready { .. } => {}
             Phase::AwaitChallenge if frame.event == "connect.challenge" => {
@@ -58,9 +66,11 @@ impl GatewayConnection {
                 return;
             }
         }
+        let mut gap = None;
         if let Some(seq) = frame.seq {
             if let Some(expected) = self.expected_seq {
                 if seq > expected {
+                    gap = Some(protocol::SeqSkip { expected, got: seq });
                     crate::metrics::seq_gap(&self.cfg.gateway);
                     tracing::warn!(gateway = %self.cfg.gateway,
                         event = ev::GATEWAY_SEQ_GAP,
@@ -80,7 +90,8 @@ impl GatewayConnection {
             self.expected_seq = Some(self.expected_seq.map_or(next, |e| e.max(next)));
         }
         self.event_counters.count(&frame.event);
-        let (event, warning) = GatewayEvent::from_frame(&frame);
+        let (mut event, warning) = GatewayEvent::from_frame_in(&frame, text);
+        event.gap = gap;
         if let Some(w) = warning {
             tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, "{w}");
         }
