@@ -1,7 +1,13 @@
 //! `GET /v1/events`: Server-Sent Events from the `EventBroker`.
 
+use std::any::Any;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use actix_web::dev::Extensions;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
@@ -30,8 +36,45 @@ const BATCH: usize = 64;
 /// How long a client refused for `http.max_sse_subscribers` is asked to wait.
 const OVERLOADED_RETRY_S: u64 = 1;
 
+/// A second handle on a connection's socket (`on_connect`), so an event
+/// stream can tell when its client went away. actix-web drops a response
+/// stream only when a write fails, so a stream with nothing to send (a
+/// filter that matches nothing) would otherwise outlive its client until the
+/// next keepalive, holding a subscriber place (actix/actix-web#1313).
+pub(super) struct PeerSocket(Cell<Option<socket2::Socket>>);
+
+/// `on_connect`: keep a duplicate of the connection's socket.
+pub(super) fn remember_peer(conn: &dyn Any, ext: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Ok(dup) = socket2::SockRef::from(tcp).try_clone() {
+            ext.insert(PeerSocket(Cell::new(Some(dup))));
+        }
+    }
+}
+
+/// Resolves once the client has closed the connection; never when that
+/// cannot be told (no socket, or the client sent more bytes).
+async fn peer_closed(sock: Option<socket2::Socket>) {
+    let watch = async move {
+        let std: std::net::TcpStream = sock?.into();
+        std.set_nonblocking(true).ok()?;
+        let tcp = tokio::net::TcpStream::from_std(std).ok()?;
+        let mut b = [0u8; 1];
+        // EOF (or a reset) means gone; bytes mean a pipelined request, which
+        // says nothing about the stream: stop watching.
+        match tcp.peek(&mut b).await {
+            Ok(0) | Err(_) => Some(()),
+            Ok(_) => None,
+        }
+    };
+    if watch.await.is_none() {
+        std::future::pending::<()>().await;
+    }
+}
+
 struct StreamState {
     sub: Subscription,
+    closed: Pin<Box<dyn Future<Output = ()>>>,
     batch: Vec<Arc<BrokerItem>>,
     keepalive: tokio::time::Interval,
     greeted: bool,
@@ -167,8 +210,10 @@ pub async fn events(
             }
         })?;
     let keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let peer = req.conn_data::<PeerSocket>().and_then(|p| p.0.take());
     let state = StreamState {
         sub,
+        closed: Box::pin(peer_closed(peer)),
         batch: Vec::with_capacity(BATCH),
         keepalive,
         greeted: false,
@@ -192,6 +237,8 @@ pub async fn events(
                 Some((Ok::<_, actix_web::Error>(buf.freeze()), st))
             }
             _ = st.keepalive.tick() => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
+            // Ending the stream drops the subscription at once.
+            () = &mut st.closed => None,
         }
     });
     Ok(HttpResponse::Ok()

@@ -20,5 +20,6 @@ mod reload;
 mod rpc;
 mod shutdown;
 mod sse;
+mod sse_ring;
 mod store;
 mod tls;

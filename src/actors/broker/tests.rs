@@ -73,16 +73,18 @@ async fn filters_and_order() {
 
 #[actix_rt::test]
 async fn a_subscriber_behind_by_less_than_the_ring_misses_nothing() {
-    let b = EventBroker::new(100).start();
+    // The default ring (10 000 events); 5 000 behind is five times what a
+    // per-subscriber queue of the old design (1024) held.
+    let b = EventBroker::new(10_000).start();
     let mut slow = subscribe(&b, Filter::default(), None, "slow").await;
     let mut fast = subscribe(&b, Filter::default(), None, "fast").await;
-    for i in 0..90 {
+    for i in 0..5_000 {
         b.send(ev("agent", "a", &format!("r{i}"))).await.unwrap();
         assert_eq!(fast.recv().await.unwrap().id, i + 1);
     }
     let stats = b.send(BrokerStats).await.unwrap();
     assert_eq!((stats.lagged_subscribers, stats.dropped_total), (0, 0));
-    assert_eq!(ids(&mut slow), (1..=90).collect::<Vec<_>>());
+    assert_eq!(ids(&mut slow), (1..=5_000).collect::<Vec<_>>());
 }
 
 #[actix_rt::test]
