@@ -96,6 +96,8 @@ fn child(args: &[String]) {
         "ingest_raw" => clients::ingest_raw(&arg(1), n(2)),
         "ingest_actor" => clients::ingest_actor(&arg(1), n(2)),
         "ingest_sse" => clients::ingest_sse(&arg(1), n(2)),
+        "fanout1" => clients::ingest_fanout(&arg(1), n(2), 1),
+        "fanout64" => clients::ingest_fanout(&arg(1), n(2), clients::FANOUT),
         NATS_ROW => jetstream::ingest_nats(&arg(1), n(2), &arg(3)),
         "rpc_raw" => clients::rpc_raw(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_actor" => clients::rpc_actor(&arg(1), n(2) as usize, n(3) as usize),
@@ -473,6 +475,8 @@ fn run(plan: &Plan) {
         "ingest_raw",
         "ingest_actor",
         "ingest_sse",
+        "fanout1",
+        "fanout64",
         "rpc_raw",
         "rpc_actor",
         "rpc_http",
@@ -501,6 +505,10 @@ fn run(plan: &Plan) {
                     plan.events.to_string(),
                     nats_url.clone(),
                 ]),
+                // A flood of an eighth: 64 subscribers read it 64 times.
+                v if v.starts_with("fanout") => {
+                    self_cmd(&[v.into(), url.clone(), (plan.events / 8).to_string()])
+                }
                 v if v.starts_with("ingest") => {
                     self_cmd(&[v.into(), url.clone(), plan.events.to_string()])
                 }
@@ -555,6 +563,10 @@ fn run(plan: &Plan) {
     ratio(
         "ingest_sse_vs_raw",
         Results::ratios(&res.eps("ingest_sse"), &raw),
+    );
+    ratio(
+        "fanout64_vs_fanout1",
+        Results::ratios(&res.eps("fanout64"), &res.eps("fanout1")),
     );
     match &nats_skipped {
         None => ratio(
@@ -612,6 +624,15 @@ fn run(plan: &Plan) {
         res.cpu_s_per_1m("ingest_actor"),
     );
     metric("ingest_sse_cpu_s_per_1m", res.cpu_s_per_1m("ingest_sse"));
+    // Events an SSE subscriber missed (bridge.gap) over all rounds: 0 is the target.
+    metric(
+        "ingest_sse_lost",
+        res.ingest("ingest_sse", "dropped").iter().sum(),
+    );
+    metric(
+        "fanout64_lost",
+        res.ingest("fanout64", "dropped").iter().sum(),
+    );
     metric("ingest_raw_cpu_s_per_1m", res.cpu_s_per_1m("ingest_raw"));
     metric("ingest_nats_cpu_s_per_1m", res.cpu_s_per_1m(NATS_ROW));
     metric("idle_rss_mib", footprint.0 / 1024.0);
@@ -631,6 +652,8 @@ fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
         ("ingest_raw", "raw limit (awc + typed serde)"),
         ("ingest_actor", "bridge: actors → subscriber"),
         ("ingest_sse", "bridge: GET /v1/events (SSE)"),
+        ("fanout1", "SSE, 1 subscriber (deliveries)"),
+        ("fanout64", "SSE, 64 subscribers (deliveries)"),
         (NATS_ROW, "bridge: published to JetStream"),
         ("peer", "reference GatewayClient (Node)"),
     ];
@@ -671,6 +694,10 @@ fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
     println!(
         "per-round sse/raw:   {}",
         list(&Results::ratios(&res.eps("ingest_sse"), &raw))
+    );
+    println!(
+        "per-round fanout64/fanout1 (deliveries/s): {}",
+        list(&Results::ratios(&res.eps("fanout64"), &res.eps("fanout1")))
     );
     if res.has(NATS_ROW) {
         println!(
