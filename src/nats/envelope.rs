@@ -2,6 +2,7 @@
 //! from the item's typed fields (the payload is copied in as sent, never
 //! re-parsed).
 
+use async_nats::Subject;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Value};
 
@@ -57,20 +58,54 @@ pub(super) fn event_body(
     out.freeze()
 }
 
-/// Subject and envelope of an outgoing item.
-pub(super) fn render(subjects: &Subjects, out: &Outgoing) -> (String, Option<u64>, Bytes) {
-    match out {
-        Outgoing::Event { item, epoch } => {
-            let subject = subjects.event(item.name(), item.agent_id());
-            let body = event_body(&subjects.gateway, *epoch, item);
-            (subject, Some(item.id), body)
+/// Renders outgoing items; the subject of the last (event, agent) pair is
+/// kept, since a flood is mostly one run's events (one subject).
+pub(super) struct Renderer {
+    subjects: Subjects,
+    last: Option<(String, Option<String>, Subject)>,
+}
+
+impl Renderer {
+    pub(super) fn new(subjects: Subjects) -> Self {
+        Renderer {
+            subjects,
+            last: None,
         }
-        Outgoing::Marker { epoch, payload } => (
-            subjects.resync(),
-            None,
-            marker_body(subjects, *epoch, payload),
-        ),
     }
+
+    fn event_subject(&mut self, name: &str, agent: Option<&str>) -> Subject {
+        if let Some((n, a, s)) = &self.last {
+            if n == name && a.as_deref() == agent {
+                return s.clone();
+            }
+        }
+        let s = Subject::from(self.subjects.event(name, agent));
+        self.last = Some((name.to_owned(), agent.map(str::to_owned), s.clone()));
+        s
+    }
+
+    /// Subject, bridge id (events) and envelope of an outgoing item.
+    pub(super) fn render(&mut self, out: &Outgoing) -> (Subject, Option<u64>, Bytes) {
+        match out {
+            Outgoing::Event { item, epoch } => {
+                let subject = self.event_subject(item.name(), item.agent_id());
+                let body = event_body(&self.subjects.gateway, *epoch, item);
+                (subject, Some(item.id), body)
+            }
+            Outgoing::Marker { epoch, payload } => (
+                Subject::from(self.subjects.resync()),
+                None,
+                marker_body(&self.subjects, *epoch, payload),
+            ),
+        }
+    }
+}
+
+/// [`Renderer::render`] once, with the subject as a string (tests).
+#[cfg(test)]
+pub(super) fn render(subjects: &Subjects, out: &Outgoing) -> (String, Option<u64>, Bytes) {
+    let (s, id, body) = Renderer::new(subjects.clone()).render(out);
+    (s.to_string(), id, body)
 }
 
 pub(super) fn marker_body(subjects: &Subjects, epoch: u64, payload: &Value) -> Bytes {

@@ -75,7 +75,7 @@ use crate::actors::{AgentRegistry, Supervisor};
 use crate::config::NatsSettings;
 use crate::telemetry::events as ev;
 
-use envelope::{marker_body, render};
+use envelope::{marker_body, Renderer};
 use kv::kv_task;
 use rpc::rpc_task;
 use sink::{Outgoing, Shared};
@@ -188,6 +188,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let subjects = Subjects::new(&cfg.subject_prefix, &gw);
+    let mut renderer = Renderer::new(subjects.clone());
     let client = match connect(&cfg, &gw).await {
         Ok(c) => c,
         Err(e) => {
@@ -307,7 +308,7 @@ async fn run(
         if waited {
             announce_loss(&js, &gw, &subjects, &shared, epoch).await;
         }
-        let (subject, id, body) = render(&subjects, &out);
+        let (subject, id, body) = renderer.render(&out);
         match js.publish(subject, body).await {
             Ok(ack) => inflight.push_back((id, ack)),
             Err(e) => {

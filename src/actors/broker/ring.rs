@@ -28,8 +28,11 @@ const SCAN: usize = 1024;
 
 pub(super) struct Ring {
     state: Mutex<State>,
-    /// Woken after every append and on close.
+    /// Woken after an append (when someone waits) and on close.
     notify: Notify,
+    /// Readers about to wait or waiting: an append wakes only when there are
+    /// some (a busy reader finds the new items by itself).
+    waiting: AtomicUsize,
     gateway: Arc<str>,
     /// Live subscriptions (the `openclaw_bridge_sse_subscribers` gauge).
     subscribers: AtomicUsize,
@@ -68,6 +71,7 @@ impl Ring {
                 closed: false,
             }),
             notify: Notify::new(),
+            waiting: AtomicUsize::new(0),
             gateway,
             subscribers: AtomicUsize::new(0),
             dropped_total: AtomicU64::new(0),
@@ -106,7 +110,11 @@ impl Ring {
             }
             item
         };
-        self.notify.notify_waiters();
+        // A reader counts itself before it looks at the ring under the lock,
+        // so one that found nothing is seen here and woken.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_waiters();
+        }
         drop(evicted);
         item
     }
@@ -289,6 +297,7 @@ impl Subscription {
                 let notified = ring.notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
+                let _waiting = Waiting::new(&ring.waiting);
                 if !self.fill(max) {
                     return false;
                 }
@@ -301,6 +310,23 @@ impl Subscription {
             out.extend(self.ready.drain(..n));
             return true;
         }
+    }
+}
+
+/// Counts a reader in [`Ring::waiting`] while it lives (also when the wait
+/// is cancelled).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
