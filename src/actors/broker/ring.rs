@@ -93,7 +93,10 @@ impl Ring {
     /// Append the item `make` builds with the next id; return it. Evicted
     /// items are freed after the lock is released.
     pub(super) fn push(&self, make: impl FnOnce(u64) -> BrokerItem) -> Arc<BrokerItem> {
-        let mut evicted: Vec<Arc<BrokerItem>> = Vec::new();
+        // Usually one item is evicted per push: keep it out of a Vec (no
+        // allocation per event).
+        let mut evicted: Option<Arc<BrokerItem>> = None;
+        let mut more: Vec<Arc<BrokerItem>> = Vec::new();
         let item = {
             let mut s = self.lock();
             let item = Arc::new(make(s.next_id));
@@ -105,7 +108,10 @@ impl Ring {
             while s.items.len() > 1 && (s.items.len() > s.cap || s.bytes > s.cap_bytes) {
                 if let Some(old) = s.items.pop_front() {
                     s.bytes -= old.cost();
-                    evicted.push(old);
+                    match evicted {
+                        None => evicted = Some(old),
+                        Some(_) => more.push(old),
+                    }
                 }
             }
             item
@@ -115,7 +121,7 @@ impl Ring {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.notify.notify_waiters();
         }
-        drop(evicted);
+        drop((evicted, more));
         item
     }
 
@@ -276,9 +282,8 @@ impl Subscription {
 
     /// The next item; `None` once the broker closed and all was read.
     pub async fn recv(&mut self) -> Option<Arc<BrokerItem>> {
-        let mut out = Vec::with_capacity(1);
-        if self.recv_many(&mut out, 1).await {
-            out.pop()
+        if self.wait_ready(64).await {
+            self.ready.pop_front()
         } else {
             None
         }
@@ -289,27 +294,40 @@ impl Subscription {
     /// was read.
     pub async fn recv_many(&mut self, out: &mut Vec<Arc<BrokerItem>>, max: usize) -> bool {
         let max = max.max(1);
-        loop {
-            if self.ready.is_empty() {
-                // Registered before looking, so an append between the look
-                // and the wait still wakes us.
-                let ring = self.ring.clone();
-                let notified = ring.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let _waiting = Waiting::new(&ring.waiting);
-                if !self.fill(max) {
-                    return false;
-                }
-                if self.ready.is_empty() {
-                    notified.await;
-                    continue;
-                }
-            }
-            let n = self.ready.len().min(max);
-            out.extend(self.ready.drain(..n));
-            return true;
+        if !self.wait_ready(max).await {
+            return false;
         }
+        let n = self.ready.len().min(max);
+        out.extend(self.ready.drain(..n));
+        true
+    }
+
+    /// Until `ready` holds something (taking up to `max` matching items from
+    /// the ring at a time); false once the broker closed and all was read.
+    async fn wait_ready(&mut self, max: usize) -> bool {
+        while self.ready.is_empty() {
+            // A busy reader finds items without registering for a wake-up.
+            if !self.fill(max) {
+                return false;
+            }
+            if !self.ready.is_empty() {
+                break;
+            }
+            // Registered before looking again, so an append between the look
+            // and the wait still wakes us.
+            let ring = self.ring.clone();
+            let notified = ring.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _waiting = Waiting::new(&ring.waiting);
+            if !self.fill(max) {
+                return false;
+            }
+            if self.ready.is_empty() {
+                notified.await;
+            }
+        }
+        true
     }
 }
 
