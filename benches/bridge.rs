@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use support::footprint::{footprint, reconnect};
 use support::report::{median, report_ingest, report_rpc, Results};
-use support::{clients, gateway, jetstream};
+use support::{clients, gateway, jetstream, sse};
 
 /// Any one child run (a variant of one round) must finish within this.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(150);
@@ -95,9 +95,9 @@ fn child(args: &[String]) {
         "gateway" => gateway::main(n(1) as usize, n(2) as u16),
         "ingest_raw" => clients::ingest_raw(&arg(1), n(2)),
         "ingest_actor" => clients::ingest_actor(&arg(1), n(2)),
-        "ingest_sse" => clients::ingest_sse(&arg(1), n(2)),
-        "fanout1" => clients::ingest_fanout(&arg(1), n(2), 1),
-        "fanout64" => clients::ingest_fanout(&arg(1), n(2), clients::FANOUT),
+        "ingest_sse" => sse::ingest_sse(&arg(1), n(2)),
+        "fanout1" => sse::ingest_fanout(&arg(1), n(2), 1),
+        "fanout64" => sse::ingest_fanout(&arg(1), n(2), sse::FANOUT),
         NATS_ROW => jetstream::ingest_nats(&arg(1), n(2), &arg(3)),
         "rpc_raw" => clients::rpc_raw(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_actor" => clients::rpc_actor(&arg(1), n(2) as usize, n(3) as usize),

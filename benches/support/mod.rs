@@ -9,3 +9,4 @@ pub mod jetstream;
 pub mod nats_server;
 pub mod procfs;
 pub mod report;
+pub mod sse;
