@@ -7,7 +7,8 @@
 //!
 //! An event is decoded once and carries what every consumer needs: the outer
 //! `seq`, the name, the agent and run ids, the payload's own `seq`, and the
-//! payload text as a slice of the frame (no copy). How it is rendered for a
+//! payload text (copied once out of the frame into its own allocation; see
+//! [`GatewayEvent::from_frame_in`] for why not a slice). How it is rendered for a
 //! transport (SSE data line, NATS envelope) is the transport's business.
 
 use std::cell::RefCell;
@@ -229,7 +230,9 @@ impl GatewayEvent {
     }
 
     /// [`GatewayEvent::from_frame`] for a frame decoded from `text`: the
-    /// payload is a slice of `text` (shared, not copied).
+    /// payload is a slice of `text` (shared, not copied). Only for text that
+    /// owns its allocation: a slice of a socket's read buffer would keep the
+    /// whole buffer alive while the event is held (the connection copies).
     pub fn from_frame_in(
         frame: &EventFrame<'_>,
         text: &ByteString,

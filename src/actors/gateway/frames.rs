@@ -9,7 +9,6 @@ use actix::prelude::{Context, StreamHandler};
 use actix_http::ws::Item;
 use awc::ws::{Frame, Message as WsMessage};
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 
 use super::{GatewayConnection, Phase, MAX_MESSAGE_BYTES};
 use crate::actors::messages::{DisconnectCause, EventMsg, SeqGap};
@@ -18,28 +17,21 @@ use crate::telemetry::events as ev;
 
 impl GatewayConnection {
     fn on_text(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
-        let len = bytes.len();
-        // Validated once; events keep slices of it (no copy of the payload).
-        let Ok(text) = ByteString::try_from(bytes) else {
-            bad_frame(&self.cfg.gateway, "text frame is not UTF-8", len);
+        let Ok(text) = std::str::from_utf8(&bytes) else {
+            bad_frame(&self.cfg.gateway, "text frame is not UTF-8", bytes.len());
             return;
         };
-        match protocol::decode(&text) {
-            Ok(Inbound::Event(frame)) => self.on_event(frame, &text, ctx),
+        match protocol::decode(text) {
+            Ok(Inbound::Event(frame)) => self.on_event(frame, ctx),
             Ok(Inbound::Response(res)) => self.on_response(res, ctx),
             Ok(Inbound::Unknown { kind }) => {
                 tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, kind = %kind, "frame of unknown type ignored");
             }
-            Err(e) => bad_frame(&self.cfg.gateway, &e.to_string(), len),
+            Err(e) => bad_frame(&self.cfg.gateway, &e.to_string(), bytes.len()),
         }
     }
 
-    fn on_event(
-        &mut self,
-        frame: protocol::EventFrame<'_>,
-        text: &ByteString,
-        ctx: &mut Context<Self>,
-    ) {
+    fn on_event(&mut self, frame: protocol::EventFrame<'_>, ctx: &mut Context<Self>) {
         match self.phase {
             Phase::Ready { .. } => {}
             Phase::AwaitChallenge if frame.event == "connect.challenge" => {
@@ -90,7 +82,10 @@ impl GatewayConnection {
             self.expected_seq = Some(self.expected_seq.map_or(next, |e| e.max(next)));
         }
         self.event_counters.count(&frame.event);
-        let (mut event, warning) = GatewayEvent::from_frame_in(&frame, text);
+        // The payload is copied out of the frame once (not sliced): a slice
+        // would pin the socket's whole read buffer for as long as the ring
+        // holds the event, past `events.buffer_bytes`.
+        let (mut event, warning) = GatewayEvent::from_frame(&frame);
         event.gap = gap;
         if let Some(w) = warning {
             tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, "{w}");
