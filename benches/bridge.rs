@@ -14,9 +14,7 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -24,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use support::{clients, gateway, jetstream, procfs};
+use support::footprint::{footprint, reconnect};
+use support::report::{median, report_ingest, report_rpc, Results};
+use support::{clients, gateway, jetstream, sse};
 
 /// Any one child run (a variant of one round) must finish within this.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(150);
@@ -95,7 +95,9 @@ fn child(args: &[String]) {
         "gateway" => gateway::main(n(1) as usize, n(2) as u16),
         "ingest_raw" => clients::ingest_raw(&arg(1), n(2)),
         "ingest_actor" => clients::ingest_actor(&arg(1), n(2)),
-        "ingest_sse" => clients::ingest_sse(&arg(1), n(2)),
+        "ingest_sse" => sse::ingest_sse(&arg(1), n(2)),
+        "fanout1" => sse::ingest_fanout(&arg(1), n(2), 1),
+        "fanout64" => sse::ingest_fanout(&arg(1), n(2), sse::FANOUT),
         NATS_ROW => jetstream::ingest_nats(&arg(1), n(2), &arg(3)),
         "rpc_raw" => clients::rpc_raw(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_actor" => clients::rpc_actor(&arg(1), n(2) as usize, n(3) as usize),
@@ -290,106 +292,6 @@ impl Peer {
     }
 }
 
-// ------------------------------------------------------------ statistics
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let m = s.len() / 2;
-    if s.len() % 2 == 1 {
-        s[m]
-    } else {
-        (s[m - 1] + s[m]) / 2.0
-    }
-}
-
-fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
-            (a.min(*x), b.max(*x))
-        })
-}
-
-fn fmt_rate(x: f64) -> String {
-    if x >= 10_000.0 {
-        format!("{:.0}k", x / 1000.0)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
-/// `min–max` of rates, each as [`fmt_rate`] writes it.
-fn rate_range(v: &[f64]) -> String {
-    let (lo, hi) = min_max(v);
-    format!("{}–{}", fmt_rate(lo), fmt_rate(hi))
-}
-
-fn list(v: &[f64]) -> String {
-    v.iter()
-        .map(|x| format!("{x:.2}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Per-round results: variant → one value per round.
-#[derive(Default)]
-struct Results(BTreeMap<String, Vec<Value>>);
-
-impl Results {
-    fn push(&mut self, k: &str, v: Value) {
-        self.0.entry(k.to_owned()).or_default().push(v);
-    }
-    fn has(&self, k: &str) -> bool {
-        self.0.get(k).is_some_and(|v| !v.is_empty())
-    }
-    /// A number at `path` (e.g. "k256/rps") of every round, in round order.
-    fn series(&self, k: &str, path: &str) -> Vec<f64> {
-        self.0
-            .get(k)
-            .map(|rounds| {
-                rounds
-                    .iter()
-                    .filter_map(|r| {
-                        path.split('/')
-                            .try_fold(r, |v, p| v.get(p))
-                            .and_then(Value::as_f64)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-    /// A number of an ingest variant's every round: the reference client
-    /// reports its ingest under `flood/`.
-    fn ingest(&self, k: &str, field: &str) -> Vec<f64> {
-        if k == "peer" {
-            self.series(k, &format!("flood/{field}"))
-        } else {
-            self.series(k, field)
-        }
-    }
-    /// Events per second of an ingest variant, per round.
-    fn eps(&self, k: &str) -> Vec<f64> {
-        let ev = self.ingest(k, "events");
-        let secs = self.ingest(k, "secs");
-        ev.iter().zip(&secs).map(|(e, s)| e / s).collect()
-    }
-    /// CPU seconds per million events of an ingest variant (median of the
-    /// rounds).
-    fn cpu_s_per_1m(&self, k: &str) -> f64 {
-        median(&Self::ratios(
-            &self.ingest(k, "cpu"),
-            &self.ingest(k, "events"),
-        )) * 1e6
-    }
-    /// Per-round ratio a / b of a series (rounds where both ran).
-    fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
-        a.iter().zip(b).map(|(x, y)| x / y).collect()
-    }
-}
-
 // ------------------------------------------------------------ the run
 
 fn machine() -> String {
@@ -473,6 +375,8 @@ fn run(plan: &Plan) {
         "ingest_raw",
         "ingest_actor",
         "ingest_sse",
+        "fanout1",
+        "fanout64",
         "rpc_raw",
         "rpc_actor",
         "rpc_http",
@@ -501,6 +405,10 @@ fn run(plan: &Plan) {
                     plan.events.to_string(),
                     nats_url.clone(),
                 ]),
+                // A flood of an eighth: 64 subscribers read it 64 times.
+                v if v.starts_with("fanout") => {
+                    self_cmd(&[v.into(), url.clone(), (plan.events / 8).to_string()])
+                }
                 v if v.starts_with("ingest") => {
                     self_cmd(&[v.into(), url.clone(), plan.events.to_string()])
                 }
@@ -555,6 +463,10 @@ fn run(plan: &Plan) {
     ratio(
         "ingest_sse_vs_raw",
         Results::ratios(&res.eps("ingest_sse"), &raw),
+    );
+    ratio(
+        "fanout64_vs_fanout1",
+        Results::ratios(&res.eps("fanout64"), &res.eps("fanout1")),
     );
     match &nats_skipped {
         None => ratio(
@@ -612,6 +524,15 @@ fn run(plan: &Plan) {
         res.cpu_s_per_1m("ingest_actor"),
     );
     metric("ingest_sse_cpu_s_per_1m", res.cpu_s_per_1m("ingest_sse"));
+    // Events an SSE subscriber missed (bridge.gap) over all rounds: 0 is the target.
+    metric(
+        "ingest_sse_lost",
+        res.ingest("ingest_sse", "dropped").iter().sum(),
+    );
+    metric(
+        "fanout64_lost",
+        res.ingest("fanout64", "dropped").iter().sum(),
+    );
     metric("ingest_raw_cpu_s_per_1m", res.cpu_s_per_1m("ingest_raw"));
     metric("ingest_nats_cpu_s_per_1m", res.cpu_s_per_1m(NATS_ROW));
     metric("idle_rss_mib", footprint.0 / 1024.0);
@@ -619,288 +540,4 @@ fn run(plan: &Plan) {
     metric("reconnect_announced_ms", reconnect.0);
     metric("reconnect_abrupt_ms", reconnect.1);
     println!("# done in {:.1}s", started.elapsed().as_secs_f64());
-}
-
-fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
-    println!("\n## Ingest: agent events gateway → consumer");
-    println!(
-        "{:<34} {:>10} {:>17} {:>12} {:>10} {:>8}",
-        "variant", "events/s", "min–max", "CPU s/1M ev", "peak RSS", "dropped"
-    );
-    let rows = [
-        ("ingest_raw", "raw limit (awc + typed serde)"),
-        ("ingest_actor", "bridge: actors → subscriber"),
-        ("ingest_sse", "bridge: GET /v1/events (SSE)"),
-        (NATS_ROW, "bridge: published to JetStream"),
-        ("peer", "reference GatewayClient (Node)"),
-    ];
-    for (k, label) in rows {
-        if k == NATS_ROW {
-            if let Some(why) = nats_skipped {
-                println!("{label:<34} skipped: {why}");
-            }
-        }
-        if !res.has(k) {
-            continue;
-        }
-        let eps = res.eps(k);
-        let peak = res
-            .series(k, "peak_kib")
-            .iter()
-            .fold(0.0f64, |a, b| a.max(*b));
-        let dropped: f64 = res.ingest(k, "dropped").iter().sum();
-        println!(
-            "{:<34} {:>10} {:>17} {:>12.2} {:>7.1} MiB {:>8}",
-            label,
-            fmt_rate(median(&eps)),
-            rate_range(&eps),
-            res.cpu_s_per_1m(k),
-            peak / 1024.0,
-            dropped
-        );
-    }
-    println!("(peak RSS: VmHWM of each variant's own process; the SSE client thread's CPU is subtracted)");
-    if res.has(NATS_ROW) {
-        println!("(JetStream: events stored and acknowledged by nats-server -js, file store, counted by polling a consumer; the bridge process's CPU only, the counter thread's subtracted)");
-    }
-    let (raw, actor) = (res.eps("ingest_raw"), res.eps("ingest_actor"));
-    println!(
-        "per-round actor/raw: {}",
-        list(&Results::ratios(&actor, &raw))
-    );
-    println!(
-        "per-round sse/raw:   {}",
-        list(&Results::ratios(&res.eps("ingest_sse"), &raw))
-    );
-    if res.has(NATS_ROW) {
-        println!(
-            "per-round nats/actor: {}",
-            list(&Results::ratios(&res.eps(NATS_ROW), &actor))
-        );
-    }
-    if res.has("peer") {
-        println!(
-            "per-round actor/reference: {}",
-            list(&Results::ratios(&actor, &res.eps("peer")))
-        );
-    }
-}
-
-fn report_rpc(res: &Results) {
-    println!("\n## RPC: bench.echo round trips");
-    println!(
-        "{:<34} {:>9} {:>10} {:>17} {:>9} {:>9}",
-        "variant", "in flight", "req/s", "min–max", "p50 µs", "p99 µs"
-    );
-    let rows = [
-        ("rpc_raw", "raw limit (one socket, HashMap)"),
-        ("rpc_actor", "bridge: Send → Supervisor"),
-        ("rpc_http", "bridge: POST /v1/rpc"),
-        ("peer", "reference GatewayClient (Node)"),
-    ];
-    for k in ["k1", "k256"] {
-        for (v, label) in rows {
-            let rps = res.series(v, &format!("{k}/rps"));
-            if rps.is_empty() {
-                continue;
-            }
-            println!(
-                "{:<34} {:>9} {:>10} {:>17} {:>9.0} {:>9.0}",
-                label,
-                &k[1..],
-                fmt_rate(median(&rps)),
-                rate_range(&rps),
-                median(&res.series(v, &format!("{k}/p50_us"))),
-                median(&res.series(v, &format!("{k}/p99_us")))
-            );
-        }
-    }
-    for k in ["k1", "k256"] {
-        let raw = res.series("rpc_raw", &format!("{k}/rps"));
-        for v in ["rpc_actor", "rpc_http", "peer"] {
-            let r = Results::ratios(&res.series(v, &format!("{k}/rps")), &raw);
-            if !r.is_empty() {
-                println!("per-round {v}/raw at {}: {}", &k[1..], list(&r));
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn readyz_status(port: u16) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut buf = [0u8; 32];
-    let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Idle RSS (KiB, median) and start → ready (ms, median) of the real binary.
-fn footprint(plan: &Plan, url: &str) -> (f64, f64) {
-    println!("\n## Footprint: the release binary, `openclaw-bridge run`");
-    let bin = env!("CARGO_BIN_EXE_openclaw-bridge");
-    let (mut rss, mut ready, mut hwm) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..plan.footprint_rounds {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let t0 = Instant::now();
-        let mut child = match Command::new(bin)
-            .arg("run")
-            .env("OPENCLAW_GATEWAY_URL", url)
-            .env("OPENCLAW_GATEWAY_TOKEN", clients::TOKEN)
-            .env("OPENCLAW_BRIDGE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-            .env("OPENCLAW_BRIDGE__STATE__DIR", dir.path())
-            .env("OPENCLAW_BRIDGE__LOG__LEVEL", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                println!("cannot start {bin}: {e}");
-                return (f64::NAN, f64::NAN);
-            }
-        };
-        let deadline = t0 + Duration::from_secs(20);
-        let mut ok = false;
-        while Instant::now() < deadline {
-            if readyz_status(port) == Some(200) {
-                ok = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        if ok {
-            ready.push(t0.elapsed().as_secs_f64() * 1000.0);
-            std::thread::sleep(Duration::from_millis(500));
-            let pid = child.id().to_string();
-            rss.push(procfs::status_kib(&pid, "VmRSS") as f64);
-            hwm.push(procfs::status_kib(&pid, "VmHWM") as f64);
-        } else {
-            println!("the bridge did not become ready within 20 s");
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let r = (median(&rss), median(&ready));
-    let (lo, hi) = min_max(&ready);
-    println!(
-        "idle RSS after connect: {:.1} MiB (VmHWM {:.1} MiB); start → /readyz 200: {:.1} ms median ({:.1}–{:.1}), {} runs",
-        r.0 / 1024.0,
-        median(&hwm) / 1024.0,
-        r.1,
-        lo,
-        hi,
-        ready.len()
-    );
-    r
-}
-
-/// Median ms from the gateway being back to the bridge ready again:
-/// (announced restart, abrupt drop).
-fn reconnect(plan: &Plan) -> (f64, f64) {
-    println!(
-        "\n## Reconnect: gateway gone and back at once → bridge ready again ({} runs each)",
-        plan.reconnect_rounds
-    );
-    let port = free_port();
-    let mut gw = Some(GatewayProc::spawn(0, port));
-    let url = format!("ws://127.0.0.1:{port}/");
-    let (up_tx, up_rx) = mpsc::channel::<Instant>();
-    std::thread::spawn(move || {
-        actix_rt::System::new().block_on(async move {
-            use openclaw_bridge::actors::broker::{Filter, Subscribe};
-            // A short stable_after so every run starts from attempt 0, as
-            // after a long session.
-            let b = clients::start_bridge(
-                &url,
-                &[("OPENCLAW_BRIDGE__RECONNECT__STABLE_AFTER_MS", "100")],
-            )
-            .await;
-            let mut sub = b
-                .broker
-                .send(Subscribe {
-                    filter: Filter {
-                        // Only bridge.* lifecycle messages.
-                        events: vec!["-".into()],
-                        ..Default::default()
-                    },
-                    since: None,
-                    label: "bench".into(),
-                })
-                .await
-                .expect("subscribe");
-            let _ = up_tx.send(Instant::now());
-            while let Some(item) = sub.rx.recv().await {
-                if item.name == "bridge.connected" && up_tx.send(Instant::now()).is_err() {
-                    return;
-                }
-            }
-        });
-    });
-    if up_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        println!("the bridge did not connect; skipped");
-        return (f64::NAN, f64::NAN);
-    }
-    let mut medians = (f64::NAN, f64::NAN);
-    for announced in [true, false] {
-        let (mut back, mut down) = (Vec::new(), Vec::new());
-        for _ in 0..plan.reconnect_rounds {
-            std::thread::sleep(Duration::from_millis(250));
-            while up_rx.try_recv().is_ok() {}
-            let t_down = Instant::now();
-            let old = gw.take().expect("gateway");
-            if announced {
-                old.restart();
-            } else {
-                old.kill();
-            }
-            let next = GatewayProc::spawn(0, port);
-            let t_back = Instant::now();
-            gw = Some(next);
-            match up_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(t) => {
-                    back.push(t.saturating_duration_since(t_back).as_secs_f64() * 1000.0);
-                    down.push(t.duration_since(t_down).as_secs_f64() * 1000.0);
-                }
-                Err(_) => println!("no reconnect within 30 s"),
-            }
-        }
-        let label = if announced {
-            format!(
-                "announced restart (shutdown restartExpectedMs={RESTART_EXPECTED_MS}, close 1012)"
-            )
-        } else {
-            "abrupt drop (SIGKILL, no close frame)".to_owned()
-        };
-        let (lo, hi) = min_max(&back);
-        println!(
-            "{label}: gateway back → ready {:.1} ms median ({:.1}–{:.1}); gone → ready {:.1} ms median",
-            median(&back),
-            lo,
-            hi,
-            median(&down)
-        );
-        println!("  runs (back → ready, ms): {}", list(&back));
-        if announced {
-            medians.0 = median(&back);
-        } else {
-            medians.1 = median(&back);
-        }
-    }
-    medians
 }

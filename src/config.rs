@@ -98,9 +98,12 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         "reconnect",
         &["initial_ms", "max_ms", "stable_after_ms", "park_retry_ms"],
     ),
-    ("http", &["listen", "token", "token_file"]),
+    (
+        "http",
+        &["listen", "token", "token_file", "max_sse_subscribers"],
+    ),
     ("state", &["dir"]),
-    ("events", &["buffer", "subscriber_queue"]),
+    ("events", &["buffer", "buffer_bytes", "subscriber_queue"]),
     ("log", &["format", "level"]),
     (
         "nats",
@@ -226,6 +229,8 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
+    /// Live `GET /v1/events` streams per gateway; past it 503 `BRIDGE_OVERLOADED`.
+    pub max_sse_subscribers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +240,11 @@ pub struct StateSettings {
 
 #[derive(Debug, Clone)]
 pub struct EventsSettings {
+    /// Events in the ring every subscriber reads from (and resumes from).
     pub buffer: usize,
+    /// The ring's bound in bytes (payloads plus a fixed overhead per event).
+    pub buffer_bytes: usize,
+    /// Accepted for old configs; no longer used (subscribers read the ring).
     pub subscriber_queue: usize,
 }
 
@@ -520,7 +529,9 @@ impl Settings {
 
         // [events]
         let buffer = r.number("events.buffer", 1, 10_000_000) as usize;
+        let buffer_bytes = r.number("events.buffer_bytes", 65_536, 1 << 36) as usize;
         let subscriber_queue = r.number("events.subscriber_queue", 1, 1_000_000) as usize;
+        let max_sse_subscribers = r.number("http.max_sse_subscribers", 1, 1_000_000) as usize;
 
         // [log]
         let format = match r.opt_string("log.format").as_deref() {
@@ -559,10 +570,12 @@ impl Settings {
                         listen,
                         token: http_token,
                         token_file: http_token_file,
+                        max_sse_subscribers,
                     },
                     state: StateSettings { dir },
                     events: EventsSettings {
                         buffer,
+                        buffer_bytes,
                         subscriber_queue,
                     },
                     log: LogSettings { format, level },

@@ -308,13 +308,13 @@ impl GatewayStack {
         });
         let registry = registry_for(settings, &g.id);
         let registry = AgentRegistry::start_in_arbiter(&arbiter, move |_| registry);
-        let (buffer, queue, id) = (
-            settings.events.buffer,
-            settings.events.subscriber_queue,
-            g.id.clone(),
-        );
+        let events = settings.events.clone();
+        let max_subscribers = settings.http.max_sse_subscribers;
+        let id = g.id.clone();
         let broker = EventBroker::start_in_arbiter(&arbiter, move |_| {
-            EventBroker::new(buffer, queue)
+            EventBroker::new(events.buffer)
+                .buffer_bytes(events.buffer_bytes)
+                .max_subscribers(max_subscribers)
                 .for_gateway(&id)
                 .starting_at(actors::broker::boot_first_id())
         });

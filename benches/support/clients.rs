@@ -385,7 +385,7 @@ pub fn start_flood(sup: &Addr<Supervisor>) -> (f64, Instant) {
 }
 
 /// `dropped` of a `bridge.gap` data line.
-fn gap_dropped(data: &str) -> u64 {
+pub(crate) fn gap_dropped(data: &str) -> u64 {
     serde_json::from_str::<Value>(data)
         .ok()
         .and_then(|v| v["payload"]["dropped"].as_u64())
@@ -395,9 +395,9 @@ fn gap_dropped(data: &str) -> u64 {
 /// How long a consumer waits for the next event before it asks the broker
 /// how many it dropped (a lagged subscriber hears of a gap only with the next
 /// event, and after the flood's last one there is none).
-const QUIET: Duration = Duration::from_millis(300);
+pub(crate) const QUIET: Duration = Duration::from_millis(300);
 
-async fn broker_dropped(broker: &Addr<openclaw_bridge::actors::EventBroker>) -> u64 {
+pub(crate) async fn broker_dropped(broker: &Addr<openclaw_bridge::actors::EventBroker>) -> u64 {
     broker
         .send(openclaw_bridge::actors::broker::BrokerStats)
         .await
@@ -415,7 +415,8 @@ pub fn ingest_actor(url: &str, n: u64) {
                 label: "bench".into(),
             })
             .await
-            .expect("subscribe");
+            .expect("subscribe")
+            .expect("under the subscriber cap");
         let (cpu0, t0) = start_flood(&b.supervisor);
         // The subscriber is an ordinary task on the bridge's thread, as an
         // in-process consumer would be.
@@ -424,11 +425,11 @@ pub fn ingest_actor(url: &str, n: u64) {
             let (mut events, mut dropped, mut last) = (0u64, 0u64, Instant::now());
             while events + dropped < n {
                 // Drain without timers; wait (bounded) only when empty.
-                let item = match sub.rx.try_recv() {
+                let item = match sub.try_recv() {
                     Ok(item) => item,
                     Err(_) => {
                         last = Instant::now();
-                        match actix_rt::time::timeout(QUIET, sub.rx.recv()).await {
+                        match actix_rt::time::timeout(QUIET, sub.recv()).await {
                             Ok(Some(item)) => item,
                             Ok(None) => panic!("subscription ended"),
                             Err(_) => {
@@ -438,12 +439,14 @@ pub fn ingest_actor(url: &str, n: u64) {
                         }
                     }
                 };
-                match item.name.as_str() {
+                match item.name() {
                     "agent" => {
-                        std::hint::black_box(&item.data);
+                        std::hint::black_box(item.payload());
                         events += 1;
                     }
-                    "bridge.gap" => dropped += gap_dropped(&item.data),
+                    "bridge.gap" => {
+                        dropped += gap_dropped(&format!(r#"{{"payload":{}}}"#, item.payload()))
+                    }
                     _ => {}
                 }
                 if events + dropped >= n {
@@ -457,108 +460,6 @@ pub fn ingest_actor(url: &str, n: u64) {
         let secs = last.duration_since(t0).as_secs_f64();
         let cpu = procfs::process_cpu() - cpu0;
         emit_ingest(events, dropped, secs, cpu, None);
-        std::process::exit(0);
-    });
-}
-
-struct SseDone {
-    events: u64,
-    dropped: u64,
-    end: Instant,
-    client_cpu: f64,
-}
-
-/// The `event:` field of one SSE message, when present.
-fn sse_event_name(msg: &[u8]) -> Option<&[u8]> {
-    msg.split(|b| *b == b'\n')
-        .find_map(|line| line.strip_prefix(b"event: "))
-}
-
-/// Count `\n\n`-terminated SSE messages; `event: agent` ones are events.
-fn sse_client(addr: std::net::SocketAddr, n: u64, ready: std::sync::mpsc::Sender<()>) -> SseDone {
-    let mut result = None;
-    actix_rt::System::new().block_on(async {
-        let cpu0 = procfs::thread_cpu();
-        let client = awc::Client::builder().disable_timeout().finish();
-        let mut res = client
-            .get(format!("http://{addr}/v1/events"))
-            .send()
-            .await
-            .expect("GET /v1/events");
-        assert_eq!(res.status().as_u16(), 200);
-        let (mut events, mut dropped) = (0u64, 0u64);
-        // Bytes of an unfinished message carried over from earlier chunks.
-        let mut carry: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut greeted = false;
-        let mut last = Instant::now();
-        'outer: loop {
-            let chunk = match actix_rt::time::timeout(QUIET, res.next()).await {
-                Ok(Some(chunk)) => chunk.expect("SSE body"),
-                Ok(None) => break,
-                // Quiet: the rest was dropped (the caller asks the broker).
-                Err(_) if greeted && events > 0 => break,
-                Err(_) => continue,
-            };
-            last = Instant::now();
-            let scan_from = carry.len().saturating_sub(1);
-            carry.extend_from_slice(&chunk);
-            let (mut start, mut i) = (0usize, scan_from);
-            while let Some(p) = carry[i..].windows(2).position(|w| w == b"\n\n") {
-                let end = i + p + 2;
-                let msg = &carry[start..end];
-                start = end;
-                i = end;
-                if !greeted {
-                    greeted = true;
-                    let _ = ready.send(());
-                }
-                match sse_event_name(msg) {
-                    Some(b"agent") => events += 1,
-                    Some(b"bridge.gap") => {
-                        let text = String::from_utf8_lossy(msg);
-                        if let Some(d) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                            dropped += gap_dropped(d);
-                        }
-                    }
-                    _ => {}
-                }
-                if events + dropped >= n {
-                    break 'outer;
-                }
-            }
-            carry.drain(..start);
-        }
-        result = Some(SseDone {
-            events,
-            dropped,
-            end: last,
-            client_cpu: procfs::thread_cpu() - cpu0,
-        });
-    });
-    result.expect("SSE client finished")
-}
-
-pub fn ingest_sse(url: &str, n: u64) {
-    run_system(async {
-        let b = start_bridge(url, &[]).await;
-        let addr = b.app_addr;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let _ = done_tx.send(sse_client(addr, n, ready_tx));
-        });
-        // The greeting arrives once the stream is subscribed.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ready_rx.try_recv().is_err() {
-            assert!(Instant::now() < deadline, "no SSE greeting");
-            actix_rt::time::sleep(Duration::from_millis(1)).await;
-        }
-        let (cpu0, t0) = start_flood(&b.supervisor);
-        let done = done_rx.await.expect("SSE client result");
-        let cpu = procfs::process_cpu() - cpu0 - done.client_cpu;
-        let dropped = done.dropped.max(broker_dropped(&b.broker).await);
-        let secs = done.end.duration_since(t0).as_secs_f64();
-        emit_ingest(done.events, dropped, secs, cpu, Some(done.client_cpu));
         std::process::exit(0);
     });
 }

@@ -118,3 +118,25 @@ pub fn flood(n: usize) -> (Vec<u8>, (usize, usize, usize)) {
     }
     (out, (min, max, sum / n.max(1)))
 }
+
+/// Bytes of the first `m` frames of `buf` (unmasked frames as [`encode_frame`]
+/// writes them).
+pub fn prefix_len(buf: &[u8], m: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..m {
+        if at + 2 > buf.len() {
+            break;
+        }
+        let (len, head) = match buf[at + 1] & 0x7f {
+            126 => (u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize, 4),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[at + 2..at + 10]);
+                (u64::from_be_bytes(b) as usize, 10)
+            }
+            n => (n as usize, 2),
+        };
+        at = (at + head + len).min(buf.len());
+    }
+    at
+}

@@ -212,7 +212,8 @@ async fn session(
                     Ok(_) => {}
                 }
                 let mut out: Vec<u8> = Vec::new();
-                let mut flood_now = false;
+                // Frames of the flood to send: all, or `params.frames`.
+                let mut flood_now: Option<usize> = None;
                 loop {
                     match codec.decode(&mut rbuf) {
                         Ok(Some(Frame::Text(t))) => {
@@ -227,8 +228,13 @@ async fn session(
                                 }
                                 "agents.list" => r#"{"defaultId":"main","mainKey":"main","scope":"per-sender","agents":[{"id":"main","name":"Main"}]}"#.into(),
                                 FLOOD_METHOD => {
-                                    flood_now = true;
-                                    format!(r#"{{"events":{frames}}}"#).into()
+                                    let m = req
+                                        .params
+                                        .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
+                                        .and_then(|v| v["frames"].as_u64())
+                                        .map_or(frames, |m| (m as usize).min(frames));
+                                    flood_now = Some(m);
+                                    format!(r#"{{"events":{m}}}"#).into()
                                 }
                                 _ => match req.params {
                                     Some(p) => format!(r#"{{"ok":true,"params":{}}}"#, p.get()).into(),
@@ -252,9 +258,14 @@ async fn session(
                 if !out.is_empty() && !send(Bytes::from(out)) {
                     return;
                 }
-                if flood_now && hello_done {
-                    next_seq += frames as u64;
-                    if !send(flood.clone()) {
+                if let (Some(m), true) = (flood_now, hello_done) {
+                    next_seq += m as u64;
+                    let part = if m == frames {
+                        flood.clone()
+                    } else {
+                        flood.slice(..super::frames::prefix_len(&flood, m))
+                    };
+                    if !send(part) {
                         return;
                     }
                 }

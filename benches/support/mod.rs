@@ -1,4 +1,5 @@
 pub mod clients;
+pub mod footprint;
 pub mod frames;
 pub mod gateway;
 pub mod jetstream;
@@ -7,3 +8,5 @@ pub mod jetstream;
 #[path = "../../tests/it/support/nats_server.rs"]
 pub mod nats_server;
 pub mod procfs;
+pub mod report;
+pub mod sse;

@@ -144,10 +144,15 @@ fn reload(
     restart_needed.extend(
         [
             ("http.listen", current.http.listen != next.http.listen),
+            (
+                "http.max_sse_subscribers",
+                current.http.max_sse_subscribers != next.http.max_sse_subscribers,
+            ),
             ("state.dir", current.state.dir != next.state.dir),
             (
                 "events",
                 current.events.buffer != next.events.buffer
+                    || current.events.buffer_bytes != next.events.buffer_bytes
                     || current.events.subscriber_queue != next.events.subscriber_queue,
             ),
             ("log.format", current.log.format != next.log.format),

@@ -32,6 +32,10 @@ impl Settings {
         http.insert("listen".into(), Value::String(self.http.listen.to_string()));
         secret(&mut http, "token", &self.http.token);
         path(&mut http, "token_file", &self.http.token_file);
+        http.insert(
+            "max_sse_subscribers".into(),
+            Value::Integer(self.http.max_sse_subscribers as i64),
+        );
         let mut state = Table::new();
         state.insert(
             "dir".into(),
@@ -39,6 +43,10 @@ impl Settings {
         );
         let mut events = Table::new();
         events.insert("buffer".into(), Value::Integer(self.events.buffer as i64));
+        events.insert(
+            "buffer_bytes".into(),
+            Value::Integer(self.events.buffer_bytes as i64),
+        );
         events.insert(
             "subscriber_queue".into(),
             Value::Integer(self.events.subscriber_queue as i64),

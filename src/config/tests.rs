@@ -36,6 +36,8 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(s.http.listen.to_string(), "127.0.0.1:18800");
     assert_eq!(s.events.buffer, 10_000);
     assert_eq!(s.events.subscriber_queue, 1024);
+    assert_eq!(s.events.buffer_bytes, 16 << 20);
+    assert_eq!(s.http.max_sse_subscribers, 1024);
     assert_eq!(s.state.dir, PathBuf::from("./state"));
     assert!(!s.gateways[0].uses_device_identity());
 }

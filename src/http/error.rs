@@ -26,6 +26,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the body must be sent as Content-Type: application/json")]
     UnsupportedMediaType,
+    /// A bound was hit (e.g. `http.max_sse_subscribers`): retry later.
+    #[error("{message}")]
+    Overloaded { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -49,6 +52,9 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed { .. } => {
                 json!({"code": "BRIDGE_METHOD_NOT_ALLOWED", "message": self.to_string()})
+            }
+            ApiError::Overloaded { message, .. } => {
+                json!({"code": "BRIDGE_OVERLOADED", "message": message})
             }
             ApiError::Internal(m) => json!({"code": "BRIDGE_INTERNAL", "message": m}),
         }
@@ -74,6 +80,7 @@ impl ApiError {
                 RequestError::Overloaded { retry_after_ms, .. } => Some(*retry_after_ms),
                 _ => None,
             },
+            ApiError::Overloaded { retry_after_s, .. } => return Some((*retry_after_s).max(1)),
             _ => None,
         }?;
         Some(ms.div_ceil(1000).max(1))
@@ -112,6 +119,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

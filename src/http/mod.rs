@@ -221,6 +221,7 @@ pub fn server(state: ApiState, listen: SocketAddr) -> std::io::Result<(Server, S
             .wrap(actix_web::middleware::from_fn(routes::access_log))
             .configure(routes::configure)
     })
+    .on_connect(sse::remember_peer)
     .workers(1)
     .disable_signals()
     .shutdown_timeout(5)

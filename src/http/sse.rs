@@ -1,14 +1,21 @@
 //! `GET /v1/events`: Server-Sent Events from the `EventBroker`.
 
+use std::any::Any;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use actix_web::dev::Extensions;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{ApiError, ApiState};
-use crate::actors::broker::{BrokerItem, Filter, Subscribe};
+use crate::actors::broker::{BrokerItem, Filter, Subscribe, Subscription};
+use crate::telemetry::events as ev;
 
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -23,17 +30,58 @@ struct EventsQuery {
     access_token: Option<String>,
 }
 
-/// Items already queued are sent together, up to this many per chunk.
+/// Items already in the ring are sent together, up to this many per chunk.
 const BATCH: usize = 64;
 
+/// How long a client refused for `http.max_sse_subscribers` is asked to wait.
+const OVERLOADED_RETRY_S: u64 = 1;
+
+/// A second handle on a connection's socket (`on_connect`), so an event
+/// stream can tell when its client went away. actix-web drops a response
+/// stream only when a write fails, so a stream with nothing to send (a
+/// filter that matches nothing) would otherwise outlive its client until the
+/// next keepalive, holding a subscriber place (actix/actix-web#1313).
+pub(super) struct PeerSocket(Cell<Option<socket2::Socket>>);
+
+/// `on_connect`: keep a duplicate of the connection's socket.
+pub(super) fn remember_peer(conn: &dyn Any, ext: &mut Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Ok(dup) = socket2::SockRef::from(tcp).try_clone() {
+            ext.insert(PeerSocket(Cell::new(Some(dup))));
+        }
+    }
+}
+
+/// Resolves once the client has closed the connection; never when that
+/// cannot be told (no socket, or the client sent more bytes).
+async fn peer_closed(sock: Option<socket2::Socket>) {
+    let watch = async move {
+        let std: std::net::TcpStream = sock?.into();
+        std.set_nonblocking(true).ok()?;
+        let tcp = tokio::net::TcpStream::from_std(std).ok()?;
+        let mut b = [0u8; 1];
+        // EOF (or a reset) means gone; bytes mean a pipelined request, which
+        // says nothing about the stream: stop watching.
+        match tcp.peek(&mut b).await {
+            Ok(0) | Err(_) => Some(()),
+            Ok(_) => None,
+        }
+    };
+    if watch.await.is_none() {
+        std::future::pending::<()>().await;
+    }
+}
+
 struct StreamState {
-    rx: tokio::sync::mpsc::Receiver<Arc<BrokerItem>>,
+    sub: Subscription,
+    closed: Pin<Box<dyn Future<Output = ()>>>,
+    batch: Vec<Arc<BrokerItem>>,
     keepalive: tokio::time::Interval,
     greeted: bool,
 }
 
 /// Whether `s` holds a CR or LF; branch-free over 32-byte blocks so it
-/// vectorises (this runs over every event's data).
+/// vectorises (this runs over every event's payload).
 fn has_line_break(s: &str) -> bool {
     let b = s.as_bytes();
     let mut blocks = b.chunks_exact(32);
@@ -48,36 +96,55 @@ fn has_line_break(s: &str) -> bool {
     blocks.remainder().iter().any(|&c| c == b'\n' || c == b'\r')
 }
 
+/// The item's SSE message: `id:`, `event:` and the data line
+/// `{"seq":N|null,"payload":…}`. Rendered once per item and shared by every
+/// subscriber that sends it.
+fn rendered(item: &BrokerItem) -> &Bytes {
+    item.rendered.get_or_init(|| {
+        let mut s = String::with_capacity(item.payload().len() + 80);
+        push_frame(&mut s, item);
+        Bytes::from(s)
+    })
+}
+
 fn push_frame(s: &mut String, item: &BrokerItem) {
     use std::fmt::Write as _;
     let _ = write!(s, "id: {}\nevent: ", item.id);
     // The name comes from the gateway: a line break in it would end the
     // field and let the rest pose as other fields.
-    if has_line_break(&item.name) {
-        s.push_str(&item.name.replace(['\r', '\n'], " "));
+    let name = item.name();
+    if has_line_break(name) {
+        s.push_str(&name.replace(['\r', '\n'], " "));
     } else {
-        s.push_str(&item.name);
+        s.push_str(name);
     }
+    s.push_str("\ndata: {\"seq\":");
+    match item.seq() {
+        Some(n) => {
+            let _ = write!(s, "{n}");
+        }
+        None => s.push_str("null"),
+    }
+    s.push_str(",\"payload\":");
     // The payload is the gateway's JSON text as sent, which may be
     // pretty-printed. Raw line breaks in JSON are only whitespace between
     // tokens (never inside strings), so one `data:` line per line (SSE ends
     // a line at CR, LF or CRLF; empty ones dropped) is the same JSON once the
     // client joins them with "\n", as SSE clients do.
-    if !has_line_break(&item.data) {
+    let payload = item.payload();
+    if !has_line_break(payload) {
         // Compact JSON (what the gateway sends): one line as it is.
-        s.push_str("\ndata: ");
-        s.push_str(&item.data);
-        s.push_str("\n\n");
+        s.push_str(payload);
+        s.push_str("}\n\n");
         return;
     }
-    let mut lines = item.data.split(['\r', '\n']).filter(|l| !l.is_empty());
-    s.push_str("\ndata: ");
+    let mut lines = payload.split(['\r', '\n']).filter(|l| !l.is_empty());
     s.push_str(lines.next().unwrap_or_default());
     for line in lines {
         s.push_str("\ndata: ");
         s.push_str(line);
     }
-    s.push_str("\n\n");
+    s.push_str("}\n\n");
 }
 
 pub async fn events(
@@ -131,13 +198,23 @@ pub async fn events(
         .send(Subscribe {
             filter,
             since,
-            label,
+            label: label.clone(),
         })
         .await
-        .map_err(|_| ApiError::Internal("the event broker is not running".into()))?;
+        .map_err(|_| ApiError::Internal("the event broker is not running".into()))?
+        .map_err(|e| {
+            tracing::warn!(gateway = %gateway.id, event = ev::HTTP_OVERLOADED, peer = %label, max = e.max, "event stream refused: http.max_sse_subscribers reached");
+            ApiError::Overloaded {
+                message: format!("{e}; retry later"),
+                retry_after_s: OVERLOADED_RETRY_S,
+            }
+        })?;
     let keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let peer = req.conn_data::<PeerSocket>().and_then(|p| p.0.take());
     let state = StreamState {
-        rx: sub.rx,
+        sub,
+        closed: Box::pin(peer_closed(peer)),
+        batch: Vec::with_capacity(BATCH),
         keepalive,
         greeted: false,
     };
@@ -147,22 +224,21 @@ pub async fn events(
             return Some((Ok(Bytes::from_static(b"retry: 1000\n: connected\n\n")), st));
         }
         tokio::select! {
-            item = st.rx.recv() => {
-                let item = item?;
-                // Send what is already queued in the same chunk.
-                let queued = st.rx.len().min(BATCH);
-                let mut buf = String::with_capacity((item.data.len() + 64) * (queued + 1));
-                push_frame(&mut buf, &item);
-                for _ in 0..BATCH {
-                    match st.rx.try_recv() {
-                        Ok(next) => push_frame(&mut buf, &next),
-                        Err(_) => break,
-                    }
+            more = st.sub.recv_many(&mut st.batch, BATCH) => {
+                if !more {
+                    return None;
                 }
-                let buf = Bytes::from(buf);
-                Some((Ok::<_, actix_web::Error>(buf), st))
+                // What is already in the ring goes out in the same chunk.
+                let len = st.batch.iter().map(|i| rendered(i).len()).sum();
+                let mut buf = bytes::BytesMut::with_capacity(len);
+                for item in st.batch.drain(..) {
+                    buf.extend_from_slice(rendered(&item));
+                }
+                Some((Ok::<_, actix_web::Error>(buf.freeze()), st))
             }
             _ = st.keepalive.tick() => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
+            // Ending the stream drops the subscription at once.
+            () = &mut st.closed => None,
         }
     });
     Ok(HttpResponse::Ok()
@@ -175,39 +251,45 @@ pub async fn events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{decode, GatewayEvent, Inbound};
 
-    fn frame(name: &str, data: &str) -> String {
-        let mut s = String::new();
-        push_frame(
-            &mut s,
-            &BrokerItem {
-                id: 7,
-                name: name.into(),
-                agent_id: None,
-                run_id: None,
-                data: data.into(),
-            },
+    /// The SSE message of a gateway event `name` with seq 7 and `payload`.
+    fn frame(name: &str, payload: &str) -> String {
+        let text = format!(
+            r#"{{"type":"event","event":{},"seq":7,"payload":{payload}}}"#,
+            serde_json::to_string(name).unwrap()
         );
-        s
+        let event = match decode(&text).unwrap() {
+            Inbound::Event(f) => GatewayEvent::from_frame(&f).0,
+            other => panic!("{other:?}"),
+        };
+        let item = BrokerItem::gateway(7, 1, Arc::new(event));
+        String::from_utf8(rendered(&item).to_vec()).unwrap()
     }
 
     #[test]
     fn compact_data_is_one_line() {
         assert_eq!(
-            frame("agent", r#"{"seq":1,"payload":{}}"#),
-            "id: 7\nevent: agent\ndata: {\"seq\":1,\"payload\":{}}\n\n"
+            frame("agent", r#"{}"#),
+            "id: 7\nevent: agent\ndata: {\"seq\":7,\"payload\":{}}\n\n"
+        );
+    }
+
+    #[test]
+    fn bridge_items_have_a_null_seq() {
+        let item = BrokerItem::bridge(3, 0, "bridge.gap", r#"{"from":1}"#.into());
+        assert_eq!(
+            rendered(&item).as_ref(),
+            b"id: 3\nevent: bridge.gap\ndata: {\"seq\":null,\"payload\":{\"from\":1}}\n\n"
         );
     }
 
     #[test]
     fn line_breaks_in_data_and_name_keep_the_framing() {
-        let s = frame(
-            "a\nid: 9\r",
-            "{\"seq\":null,\"payload\":{\r\n \"x\": \"y\\n\"\r}}",
-        );
+        let s = frame("a\nid: 9\r", "{\r\n \"x\": \"y\\n\"\r}");
         assert_eq!(
             s,
-            "id: 7\nevent: a id: 9 \ndata: {\"seq\":null,\"payload\":{\ndata:  \"x\": \"y\\n\"\ndata: }}\n\n"
+            "id: 7\nevent: a id: 9 \ndata: {\"seq\":7,\"payload\":{\ndata:  \"x\": \"y\\n\"\ndata: }}\n\n"
         );
         // One message: the only blank line is the terminator.
         assert_eq!(s.matches("\n\n").count(), 1);

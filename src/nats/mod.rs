@@ -1,7 +1,8 @@
 //! NATS JetStream: fan-out to many Control Center replicas (`[nats]`).
 //!
-//! **Owns:** one NATS client (the official `async-nats`, on the actix system's
-//! tokio runtime), a bounded publish queue fed by [`NatsSink`] (an
+//! **Owns:** one NATS client (the official `async-nats`, on a thread of its
+//! own, an actix arbiter, so publishing never takes the gateway reader's
+//! time), a bounded publish queue fed by [`NatsSink`] (an
 //! [`EventSink`] on the `EventBroker`), and three tasks: the publisher, the
 //! registry → KV mirror, and the RPC responder.
 //!
@@ -75,7 +76,7 @@ use crate::actors::{AgentRegistry, Supervisor};
 use crate::config::NatsSettings;
 use crate::telemetry::events as ev;
 
-use envelope::{marker_body, render};
+use envelope::{marker_body, Renderer};
 use kv::kv_task;
 use rpc::rpc_task;
 use sink::{Outgoing, Shared};
@@ -93,6 +94,8 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 pub struct NatsHandle {
     stop: Arc<watch::Sender<bool>>,
     done: watch::Receiver<bool>,
+    /// The thread the NATS client and its tasks run on.
+    arbiter: actix_rt::ArbiterHandle,
 }
 
 impl NatsHandle {
@@ -102,6 +105,7 @@ impl NatsHandle {
         let _ = self.stop.send(true);
         let mut done = self.done.clone();
         let _ = tokio::time::timeout(bound, done.wait_for(|d| *d)).await;
+        self.arbiter.stop();
     }
 }
 
@@ -125,7 +129,11 @@ pub fn start(
     let cfg = settings.clone();
     let task_gw = gw.clone();
     let task_shared = shared.clone();
-    actix_rt::spawn(async move {
+    // Its own thread: JetStream publishing (rendering, acks, the client's
+    // socket) must not share the gateway reader's thread, or every published
+    // event costs ingest time.
+    let arbiter = actix_rt::Arbiter::new();
+    arbiter.spawn(async move {
         run(cfg, task_gw, rx, task_shared, supervisor, registry, stop_rx).await;
         let _ = done_tx.send(true);
     });
@@ -134,6 +142,7 @@ pub fn start(
         NatsHandle {
             stop: Arc::new(stop_tx),
             done: done_rx,
+            arbiter: arbiter.handle(),
         },
     )
 }
@@ -191,6 +200,7 @@ async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let subjects = Subjects::new(&cfg.subject_prefix, &gw);
+    let mut renderer = Renderer::new(subjects.clone());
     let client = match connect(&cfg, &gw).await {
         Ok(c) => c,
         Err(e) => {
@@ -310,7 +320,7 @@ async fn run(
         if waited {
             announce_loss(&js, &gw, &subjects, &shared, epoch).await;
         }
-        let (subject, id, body) = render(&subjects, &out);
+        let (subject, id, body) = renderer.render(&out);
         match js.publish(subject, body).await {
             Ok(ack) => inflight.push_back((id, ack)),
             Err(e) => {

@@ -1,5 +1,8 @@
-//! The broker side of NATS: [`NatsSink`] numbers epochs, notices seq gaps
-//! and queues with `try_send`; what it cannot queue is counted in [`Lost`].
+//! The broker side of NATS: [`NatsSink`] queues each item with `try_send`,
+//! preceded by a `bridge.resync` marker where the item says so (a new epoch:
+//! the broker counts sessions from the supervisor's link changes; a seq gap:
+//! the connection's own detection, carried on the event). What it cannot
+//! queue is counted in [`Lost`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -7,7 +10,6 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::envelope::data_seq;
 use super::LOG_EVERY;
 use crate::actors::broker::{BrokerItem, EventSink};
 use crate::telemetry::events as ev;
@@ -111,13 +113,13 @@ impl Shared {
     }
 }
 
-/// The broker side: numbers epochs, notices seq gaps, queues with `try_send`.
+/// The broker side: turns epochs and seq gaps into markers, queues with `try_send`.
 pub struct NatsSink {
     gateway: Arc<str>,
     tx: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
+    /// The epoch of the last item offered: a new one starts a session.
     epoch: u64,
-    last_seq: Option<u64>,
     /// A marker that could not be queued: sent with the next item that fits.
     pending_marker: Option<Value>,
     dropped_unlogged: u64,
@@ -135,7 +137,6 @@ impl NatsSink {
             tx,
             shared,
             epoch: 0,
-            last_seq: None,
             pending_marker: None,
             dropped_unlogged: 0,
             dropped_total: 0,
@@ -172,30 +173,20 @@ impl NatsSink {
 
 impl EventSink for NatsSink {
     fn offer(&mut self, item: &Arc<BrokerItem>) {
-        let mut after = None;
-        if item.name == "bridge.connected" {
-            self.epoch += 1;
-            self.last_seq = None;
-            after = Some(json!({"reason": "reconnect", "bridge_id": item.id}));
-        } else if !item.name.starts_with("bridge.") {
-            if let Some(seq) = data_seq(&item.data) {
-                if let Some(last) = self.last_seq {
-                    if seq != last.wrapping_add(1) {
-                        let m = json!({"reason": "seq_gap", "expected": last.wrapping_add(1), "got": seq, "bridge_id": item.id});
-                        let epoch = self.epoch;
-                        self.queue(Outgoing::Marker { epoch, payload: m });
-                    }
-                }
-                self.last_seq = Some(seq);
-            }
+        let epoch = item.epoch;
+        // The first item of a new session (its `bridge.connected`) is
+        // followed by the reconnect marker.
+        let after =
+            (epoch != self.epoch).then(|| json!({"reason": "reconnect", "bridge_id": item.id}));
+        self.epoch = epoch;
+        if let Some(gap) = item.seq_gap() {
+            let m = json!({"reason": "seq_gap", "expected": gap.expected, "got": gap.got, "bridge_id": item.id});
+            self.queue(Outgoing::Marker { epoch, payload: m });
         }
         if let Some(m) = self.pending_marker.take() {
-            let epoch = self.epoch;
-            if !self.queue(Outgoing::Marker { epoch, payload: m }) {
-                // Still full: the item below is dropped too.
-            }
+            // Still full: the item below is dropped too (and counted).
+            self.queue(Outgoing::Marker { epoch, payload: m });
         }
-        let epoch = self.epoch;
         self.queue(Outgoing::Event {
             item: item.clone(),
             epoch,

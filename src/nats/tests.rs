@@ -3,10 +3,11 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::envelope::{data_seq, render};
+use super::envelope::render;
 use super::sink::{Shared, MAX_RANGES};
 use super::{agent_key, filter_covers_tree, kv_key, Lost, NatsSink, Subjects};
 use crate::actors::broker::{BrokerItem, EventSink};
+use crate::protocol::{decode, GatewayEvent, Inbound, SeqSkip};
 
 #[test]
 fn stream_filters_that_capture_a_gateway() {
@@ -60,13 +61,6 @@ fn subjects_are_sanitized_and_levelled() {
 }
 
 #[test]
-fn seq_is_read_from_the_data_line() {
-    assert_eq!(data_seq("{\"seq\":42,\"payload\":{}}"), Some(42));
-    assert_eq!(data_seq("{\"seq\":null,\"payload\":{}}"), None);
-    assert_eq!(data_seq("{\"payload\":{},\"seq\":1}"), None);
-}
-
-#[test]
 fn lost_ids_become_ranges_and_never_shrink() {
     let mut l = Lost::default();
     for id in [3, 4, 5, 9, 10, 4] {
@@ -91,27 +85,39 @@ fn lost_ids_become_ranges_and_never_shrink() {
     assert_eq!(a.count, 4);
 }
 
-fn item(id: u64, name: &str, seq: Option<u64>) -> Arc<BrokerItem> {
-    let seq = seq.map_or("null".to_owned(), |s| s.to_string());
-    Arc::new(BrokerItem {
+fn item(id: u64, epoch: u64, seq: Option<u64>, gap: Option<(u64, u64)>) -> Arc<BrokerItem> {
+    let seq = seq.map_or(String::new(), |s| format!(",\"seq\":{s}"));
+    let text = format!(
+        r#"{{"type":"event","event":"agent","payload":{{"runId":"r","agentId":"main","seq":7,"x":1}}{seq}}}"#
+    );
+    let mut event = match decode(&text).unwrap() {
+        Inbound::Event(f) => GatewayEvent::from_frame(&f).0,
+        other => panic!("{other:?}"),
+    };
+    event.gap = gap.map(|(expected, got)| SeqSkip { expected, got });
+    Arc::new(BrokerItem::gateway(id, epoch, Arc::new(event)))
+}
+
+fn connected(id: u64, epoch: u64) -> Arc<BrokerItem> {
+    Arc::new(BrokerItem::bridge(
         id,
-        name: name.into(),
-        agent_id: Some("main".into()),
-        run_id: None,
-        data: format!("{{\"seq\":{seq},\"payload\":{{\"x\":1}}}}").into(),
-    })
+        epoch,
+        "bridge.connected",
+        "{}".into(),
+    ))
 }
 
 #[test]
-fn sink_numbers_epochs_marks_gaps_and_counts_drops() {
+fn sink_takes_epochs_and_gaps_from_the_items_and_counts_drops() {
     let (tx, mut rx) = mpsc::channel(5);
     let shared = Arc::new(Shared {
         lost: Mutex::new(Lost::default()),
     });
     let mut sink = NatsSink::new(Arc::from("default"), tx, shared.clone());
-    sink.offer(&item(1, "bridge.connected", None));
-    sink.offer(&item(2, "agent", Some(1)));
-    sink.offer(&item(3, "agent", Some(3)));
+    sink.offer(&connected(1, 1));
+    sink.offer(&item(2, 1, Some(1), None));
+    // The seq skipped 2: the connection said so on the event.
+    sink.offer(&item(3, 1, Some(3), Some((2, 3))));
     let subjects = Subjects::new("openclaw", "default");
     let mut got = Vec::new();
     while let Ok(o) = rx.try_recv() {
@@ -119,21 +125,83 @@ fn sink_numbers_epochs_marks_gaps_and_counts_drops() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         got.push((subject, v));
     }
-    assert_eq!(got[0].0, "openclaw.default.bridge.connected.main");
+    assert_eq!(got[0].0, "openclaw.default.bridge.connected");
     assert_eq!(got[0].1["epoch"], 1);
     assert_eq!(got[1].0, "openclaw.default.bridge.resync");
     assert_eq!(got[1].1["payload"]["reason"], "reconnect");
-    assert_eq!(got[2].1["seq"], 1);
-    assert_eq!(got[2].1["bridge_id"], 2);
-    assert_eq!(got[2].1["payload"], json!({"x": 1}));
+    assert_eq!(got[2].0, "openclaw.default.agent.main");
+    assert_eq!(
+        got[2].1,
+        json!({"gateway": "default", "epoch": 1, "seq": 1, "bridge_id": 2, "event": "agent",
+            "agent_id": "main", "run_id": "r", "payload": {"runId": "r", "agentId": "main", "seq": 7, "x": 1}})
+    );
     assert_eq!(got[3].1["payload"]["reason"], "seq_gap");
     assert_eq!(got[3].1["payload"]["expected"], 2);
+    assert_eq!(got[3].1["payload"]["got"], 3);
     assert_eq!(got[4].1["bridge_id"], 3);
+    assert_eq!(got.len(), 5);
+    // A seq that goes back (no gap reported by the connection) is no marker.
+    sink.offer(&item(4, 1, Some(2), None));
+    let o = rx.try_recv().unwrap();
+    assert_eq!(render(&subjects, &o).1, Some(4));
     // Queue of 5 now empty; fill it and overflow.
     for id in 10..20 {
-        sink.offer(&item(id, "agent", Some(id - 6)));
+        sink.offer(&item(id, 1, Some(id - 6), None));
     }
     let lost = shared.take();
     assert_eq!(lost.ranges, vec![(15, 19)]);
     assert_eq!(lost.count, 5);
+}
+
+#[test]
+fn envelope_bytes_are_what_serde_writes() {
+    // The hand-written envelope must stay byte-identical to the documented
+    // serde shape (field order, escaping, absent ids left out).
+    let subjects = Subjects::new("openclaw", "gw\"1");
+    for it in [
+        item(9, 3, Some(4), None),
+        Arc::new(BrokerItem::bridge(
+            5,
+            2,
+            "bridge.disconnected",
+            r#"{"reason":"x\n"}"#.into(),
+        )),
+    ] {
+        let (_, _, body) = render(
+            &subjects,
+            &super::sink::Outgoing::Event {
+                item: it.clone(),
+                epoch: it.epoch,
+            },
+        );
+        let expected = serde_json::to_vec(&Envelope {
+            gateway: "gw\"1",
+            epoch: it.epoch,
+            seq: it.seq(),
+            bridge_id: Some(it.id),
+            event: it.name(),
+            agent_id: it.agent_id(),
+            run_id: it.run_id(),
+            payload: &serde_json::value::RawValue::from_string(it.payload().to_owned()).unwrap(),
+        })
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    gateway: &'a str,
+    epoch: u64,
+    seq: Option<u64>,
+    bridge_id: Option<u64>,
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_id: Option<&'a str>,
+    payload: &'a serde_json::value::RawValue,
 }

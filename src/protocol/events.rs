@@ -5,18 +5,21 @@
 //! whose payload does not have the expected shape degrades to
 //! [`EventKind::Other`] with a warning instead of being dropped.
 //!
-//! The subscribers' data line (`{"seq":…,"payload":…}`) is rendered once here
-//! and shared ([`Text`]) with the broker's items, as are the name and ids, so
-//! the event path copies the payload once and clones no strings.
+//! An event is decoded once and carries what every consumer needs: the outer
+//! `seq`, the name, the agent and run ids, the payload's own `seq`, and the
+//! payload text (copied once out of the frame into its own allocation; see
+//! [`GatewayEvent::from_frame_in`] for why not a slice). How it is rendered for a
+//! transport (SSE data line, NATS envelope) is the transport's business.
 
 use std::cell::RefCell;
 
+use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::frames::{AgentFields, RawJson, Str};
+use super::text::Text;
 use super::EventFrame;
-use crate::actors::broker::Text;
 
 /// One gateway event, decoded once, shared (`Arc`) by every consumer.
 #[derive(Debug)]
@@ -24,11 +27,20 @@ pub struct GatewayEvent {
     pub name: Text,
     /// Outer per-socket sequence number; `None` for direct sends.
     pub seq: Option<u64>,
-    /// `{"seq":N|null,"payload":…}`: what subscribers get as `data`.
-    data: Text,
-    /// Where the payload starts in `data`.
-    payload_at: usize,
+    /// The payload's JSON text as the gateway sent it (`null` when absent).
+    payload: ByteString,
     pub kind: EventKind,
+    /// Set by the connection when this event's outer `seq` skipped ahead
+    /// (the same detection that sends `SeqGap` to the supervisor), so that
+    /// transports announce the gap in order, before this event.
+    pub gap: Option<SeqSkip>,
+}
+
+/// Outer seqs the gateway skipped before an event: `expected..got`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSkip {
+    pub expected: u64,
+    pub got: u64,
 }
 
 /// The typed view of the events the bridge acts on.
@@ -63,6 +75,8 @@ pub struct AgentEvent {
     pub agent_id: Option<Text>,
     pub session_key: Option<Text>,
     pub ts: Option<u64>,
+    /// The payload's own `seq` (per run), when it is a whole number.
+    pub payload_seq: Option<u64>,
     /// `data.phase` for `lifecycle` / `run_status`.
     pub data_phase: Option<String>,
     pub phase: RunPhase,
@@ -77,6 +91,8 @@ pub struct ChatEvent {
     pub session_key: Option<String>,
     pub agent_id: Option<Text>,
     pub state: Option<String>,
+    /// The payload's own `seq`, when it is a whole number.
+    pub payload_seq: Option<u64>,
 }
 
 /// A `health` event: the ids in `agents[]` tell when the agent list changed.
@@ -106,6 +122,8 @@ struct AgentWire<'a> {
     #[serde(default)]
     ts: Option<u64>,
     #[serde(borrow, default)]
+    seq: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     data: Option<&'a RawValue>,
 }
 
@@ -129,6 +147,8 @@ struct ChatWire<'a> {
     agent_id: Option<Str<'a>>,
     #[serde(default)]
     state: Option<String>,
+    #[serde(borrow, default)]
+    seq: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -170,8 +190,6 @@ fn known(s: &str) -> Text {
 }
 
 thread_local! {
-    /// Scratch for rendering the data line (then copied once into a `Text`).
-    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
     /// The last run id, agent id and session key seen: consecutive events of
     /// one run share them instead of allocating each.
     static RECENT: RefCell<[Option<Text>; 3]> = const { RefCell::new([None, None, None]) };
@@ -196,10 +214,47 @@ fn recent(slot: usize, s: &str) -> Text {
     })
 }
 
+/// A whole-number `seq` read leniently: anything else is no seq, not an error
+/// (the payload's `seq` is informational; a gateway may change its type).
+fn whole(v: Option<&RawValue>) -> Option<u64> {
+    v.and_then(|v| v.get().trim().parse().ok())
+}
+
 impl GatewayEvent {
-    /// Build the shared event from a decoded frame. The second value is a
-    /// warning when a known event's payload had an unexpected shape.
+    /// Build the shared event from a decoded frame, copying the payload. The
+    /// second value is a warning when a known event's payload had an
+    /// unexpected shape.
     pub fn from_frame(frame: &EventFrame<'_>) -> (GatewayEvent, Option<String>) {
+        let payload = frame.payload.map_or("null", |p| p.get());
+        Self::build(frame, ByteString::from(payload))
+    }
+
+    /// [`GatewayEvent::from_frame`] for a frame decoded from `text`: the
+    /// payload is a slice of `text` (shared, not copied). Only for text that
+    /// owns its allocation: a slice of a socket's read buffer would keep the
+    /// whole buffer alive while the event is held (the connection copies).
+    pub fn from_frame_in(
+        frame: &EventFrame<'_>,
+        text: &ByteString,
+    ) -> (GatewayEvent, Option<String>) {
+        let payload = match frame.payload {
+            None => ByteString::from_static("null"),
+            Some(p) => {
+                let (base, len) = (text.as_ptr() as usize, text.len());
+                let (at, plen) = (p.get().as_ptr() as usize, p.get().len());
+                // Only a sub-slice can be shared (`slice_ref` panics otherwise);
+                // decoded frames always borrow, but never bet on it.
+                if at >= base && at + plen <= base + len {
+                    text.slice_ref(p.get())
+                } else {
+                    ByteString::from(p.get())
+                }
+            }
+        };
+        Self::build(frame, payload)
+    }
+
+    fn build(frame: &EventFrame<'_>, payload: ByteString) -> (GatewayEvent, Option<String>) {
         let (kind, warning) = match typed(frame) {
             Ok(kind) => (kind, None),
             Err(e) => (
@@ -207,47 +262,33 @@ impl GatewayEvent {
                 Some(format!("{} payload not as expected: {e}", frame.event)),
             ),
         };
-        let payload = frame.payload.map_or("null", |p| p.get());
-        let (data, payload_at) = SCRATCH.with(|buf| {
-            let mut s = buf.borrow_mut();
-            s.clear();
-            s.push_str("{\"seq\":");
-            match frame.seq {
-                Some(n) => {
-                    use std::fmt::Write;
-                    let _ = write!(s, "{n}");
-                }
-                None => s.push_str("null"),
-            }
-            s.push_str(",\"payload\":");
-            let at = s.len();
-            s.push_str(payload);
-            s.push('}');
-            let data = Text::from(s.as_str());
-            if s.capacity() > 1 << 16 {
-                // Do not keep a huge frame's buffer around.
-                *s = String::new();
-            }
-            (data, at)
-        });
         let event = GatewayEvent {
             name: known(&frame.event),
             seq: frame.seq,
-            data,
-            payload_at,
+            payload,
             kind,
+            gap: None,
         };
         (event, warning)
     }
 
     /// The raw payload text (`null` when absent).
     pub fn payload_json(&self) -> &str {
-        &self.data[self.payload_at..self.data.len() - 1]
+        &self.payload
     }
 
-    /// `{"seq":N|null,"payload":…}` (the SSE `data:` line).
-    pub fn data(&self) -> &Text {
-        &self.data
+    /// [`GatewayEvent::payload_json`], shareable (a slice of the frame).
+    pub fn payload(&self) -> &ByteString {
+        &self.payload
+    }
+
+    /// The payload's own `seq` (`agent` and `chat` events), when present.
+    pub fn payload_seq(&self) -> Option<u64> {
+        match &self.kind {
+            EventKind::Agent(a) => a.payload_seq,
+            EventKind::Chat(c) => c.payload_seq,
+            _ => None,
+        }
     }
 
     /// The agent this event concerns, when it names one.
@@ -300,6 +341,7 @@ fn agent_wire<'a>(f: &AgentFields<'a>) -> Option<AgentWire<'a>> {
         agent_id: opt(f.agent_id)?,
         session_key: opt(f.session_key)?,
         ts: opt(f.ts)?,
+        seq: f.seq,
         data: opt(f.data)?,
     })
 }
@@ -332,6 +374,7 @@ fn typed(frame: &EventFrame<'_>) -> Result<EventKind, String> {
                 agent_id: w.agent_id.map(|s| recent(RECENT_AGENT, &s.0)),
                 session_key: w.session_key.map(|s| recent(RECENT_SESSION, &s.0)),
                 ts: w.ts,
+                payload_seq: whole(w.seq),
                 data_phase,
                 phase,
                 aborted,
@@ -344,6 +387,7 @@ fn typed(frame: &EventFrame<'_>) -> Result<EventKind, String> {
                 session_key: w.session_key,
                 agent_id: w.agent_id.map(|s| recent(RECENT_AGENT, &s.0)),
                 state: w.state,
+                payload_seq: whole(w.seq),
             })
         }
         "health" => {

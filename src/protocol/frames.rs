@@ -51,6 +51,7 @@ pub(crate) struct AgentFields<'a> {
     pub(crate) agent_id: Option<&'a RawValue>,
     pub(crate) session_key: Option<&'a RawValue>,
     pub(crate) ts: Option<&'a RawValue>,
+    pub(crate) seq: Option<&'a RawValue>,
     pub(crate) data: Option<&'a RawValue>,
 }
 
@@ -168,6 +169,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Captured<'a> {
                         "agentId" => &mut f.agent_id,
                         "sessionKey" => &mut f.session_key,
                         "ts" => &mut f.ts,
+                        "seq" => &mut f.seq,
                         "data" => &mut f.data,
                         _ => continue,
                     };

@@ -10,13 +10,15 @@ mod error;
 mod events;
 mod frames;
 mod handshake;
+mod text;
 
 pub use error::GatewayError;
 pub use events::{
-    AgentEvent, ChatEvent, EventKind, GatewayEvent, HealthEvent, RunPhase, ShutdownEvent,
+    AgentEvent, ChatEvent, EventKind, GatewayEvent, HealthEvent, RunPhase, SeqSkip, ShutdownEvent,
 };
 pub use frames::{decode, encode_request, DecodeError, EventFrame, Inbound, ResponseFrame};
 pub use handshake::{
     missing_scopes, Challenge, ClientInfo, ConnectAuth, ConnectParams, DeviceProof, HelloOk,
     HelloPolicy, HelloServer, PROTOCOL_VERSION,
 };
+pub use text::Text;

@@ -25,5 +25,6 @@ mod rpc;
 mod secrets;
 mod shutdown;
 mod sse;
+mod sse_ring;
 mod store;
 mod tls;

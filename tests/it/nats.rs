@@ -261,7 +261,8 @@ async fn nats_killed_under_a_flood_sse_keeps_working_and_the_gap_is_announced() 
             label: "flood".into(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .expect("subscribed");
     server.kill();
     const FLOOD: u64 = 400;
     for i in 1..=FLOOD {
@@ -272,11 +273,11 @@ async fn nats_killed_under_a_flood_sse_keeps_working_and_the_gap_is_announced() 
     let deadline = Instant::now() + T;
     while flood_ids.len() < FLOOD as usize {
         let left = deadline.saturating_duration_since(Instant::now());
-        let item = tokio::time::timeout(left, sub.rx.recv())
+        let item = tokio::time::timeout(left, sub.recv())
             .await
             .expect("the broker keeps delivering while NATS is down")
             .expect("open");
-        if item.name == "agent" {
+        if item.name() == "agent" {
             flood_ids.push(item.id);
         }
     }

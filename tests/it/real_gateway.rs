@@ -125,7 +125,8 @@ async fn daemon_runs_an_agent_to_completion_and_tracks_it() {
             label: "t".into(),
         })
         .await
-        .unwrap();
+        .unwrap()
+        .expect("subscribed");
     let key = uuid::Uuid::new_v4().to_string();
     let (status, body) = app
         .rpc(json!({"method": "agent", "expectFinal": true, "timeoutMs": 60000,
@@ -145,10 +146,10 @@ async fn daemon_runs_an_agent_to_completion_and_tracks_it() {
 
     // The run's events reached the broker, ending with lifecycle end.
     let mut saw_end = false;
-    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), sub.rx.recv()).await {
-        if item.run_id.as_deref() == Some(run_id.as_str())
-            && item.data.contains("\"stream\":\"lifecycle\"")
-            && item.data.contains("\"phase\":\"end\"")
+    while let Ok(Some(item)) = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
+        if item.run_id() == Some(run_id.as_str())
+            && item.payload().contains("\"stream\":\"lifecycle\"")
+            && item.payload().contains("\"phase\":\"end\"")
         {
             saw_end = true;
             break;

@@ -59,9 +59,11 @@ impl GatewayConnection {
                 return;
             }
         }
+        let mut gap = None;
         if let Some(seq) = frame.seq {
             if let Some(expected) = self.expected_seq {
                 if seq > expected {
+                    gap = Some(protocol::SeqSkip { expected, got: seq });
                     crate::metrics::seq_gap(&self.cfg.gateway);
                     tracing::warn!(gateway = %self.cfg.gateway,
                         event = ev::GATEWAY_SEQ_GAP,
@@ -81,7 +83,11 @@ impl GatewayConnection {
             self.expected_seq = Some(self.expected_seq.map_or(next, |e| e.max(next)));
         }
         self.event_counters.count(&frame.event);
-        let (event, warning) = GatewayEvent::from_frame(&frame);
+        // The payload is copied out of the frame once (not sliced): a slice
+        // would pin the socket's whole read buffer for as long as the ring
+        // holds the event, past `events.buffer_bytes`.
+        let (mut event, warning) = GatewayEvent::from_frame(&frame);
+        event.gap = gap;
         if let Some(w) = warning {
             tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_BAD_FRAME, "{w}");
         }

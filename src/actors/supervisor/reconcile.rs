@@ -229,11 +229,12 @@ mod tests {
         })
         .unwrap();
         assert_eq!(e.name.as_str(), RUN_RECONCILED);
-        let data: serde_json::Value = serde_json::from_str(e.data().as_str()).unwrap();
+        let payload: serde_json::Value = serde_json::from_str(e.payload_json()).unwrap();
+        assert_eq!(e.seq, None);
         assert_eq!(
-            data,
-            json!({"seq": null, "payload": {"runId": "r1", "agentId": "main", "status": "ok",
-                "endedAt": 7, "stopReason": "stop", "via": "agent.wait"}})
+            payload,
+            json!({"runId": "r1", "agentId": "main", "status": "ok",
+                "endedAt": 7, "stopReason": "stop", "via": "agent.wait"})
         );
     }
 }
