@@ -16,6 +16,7 @@ use config::{Config, Environment, File, FileFormat};
 
 use crate::backoff::Backoff;
 
+mod cors;
 mod gateways;
 mod nats;
 mod reader;
@@ -23,6 +24,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+use cors::read_cors_origins;
 use gateways::read_gateways;
 pub use gateways::{gateway_id_ok, url_is_loopback};
 use nats::read_nats;
@@ -94,7 +96,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         "reconnect",
         &["initial_ms", "max_ms", "stable_after_ms", "park_retry_ms"],
     ),
-    ("http", &["listen", "token", "token_file"]),
+    ("http", &["listen", "token", "token_file", "cors_origins"]),
     ("state", &["dir"]),
     ("events", &["buffer", "subscriber_queue"]),
     ("log", &["format", "level"]),
@@ -197,6 +199,8 @@ pub struct HttpSettings {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
     pub token_file: Option<PathBuf>,
+    /// Exact origins whose pages may read `/v1/*` (CORS); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -482,6 +486,8 @@ impl Settings {
             }
         }
 
+        let cors_origins = read_cors_origins(&mut r);
+
         // [state]
         let dir = r
             .opt_string("state.dir")
@@ -530,6 +536,7 @@ impl Settings {
                         listen,
                         token: http_token,
                         token_file: http_token_file,
+                        cors_origins,
                     },
                     state: StateSettings { dir },
                     events: EventsSettings {

@@ -315,6 +315,7 @@ impl Application {
             gateways: Arc::new(http::Gateways::new(gateways.clone(), primary_id)),
             token: settings.http.token.clone(),
             metrics: metrics::install(),
+            cors_origins: settings.http.cors_origins.clone().into(),
         };
         let (server, http_addr) =
             http::server(state, settings.http.listen).map_err(|source| AppError::Bind {

@@ -32,6 +32,16 @@ impl Settings {
         http.insert("listen".into(), Value::String(self.http.listen.to_string()));
         secret(&mut http, "token", &self.http.token);
         path(&mut http, "token_file", &self.http.token_file);
+        http.insert(
+            "cors_origins".into(),
+            Value::Array(
+                self.http
+                    .cors_origins
+                    .iter()
+                    .map(|o| Value::String(o.clone()))
+                    .collect(),
+            ),
+        );
         let mut state = Table::new();
         state.insert(
             "dir".into(),

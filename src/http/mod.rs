@@ -1,6 +1,7 @@
 //! The HTTP API on `http.listen` (`../shared/CONTRACT.md`, "HTTP API"): thin
 //! adapters that turn requests into actor messages and answers into JSON.
 
+mod cors;
 mod error;
 mod routes;
 mod sse;
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub gateways: std::sync::Arc<Gateways>,
     pub token: Option<Secret>,
     pub metrics: Option<PrometheusHandle>,
+    /// `http.cors_origins`: origins granted CORS on `/v1/*`.
+    pub cors_origins: std::sync::Arc<[String]>,
 }
 
 /// The configured gateways, in configuration order, and which one the
@@ -158,6 +161,10 @@ impl ApiState {
             }
         }
         if let Some(origin) = header(actix_web::http::header::ORIGIN) {
+            // The operator named this origin in http.cors_origins.
+            if self.cors_allows(origin) {
+                return Ok(());
+            }
             let host = origin.split_once("://").map_or(origin, |(_, h)| h);
             if origin != "null" && !is_local_host(host.trim_end_matches('/')) {
                 return Err(ApiError::Forbidden(format!(
@@ -190,6 +197,7 @@ pub fn server(state: ApiState, listen: SocketAddr) -> std::io::Result<(Server, S
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(routes::access_log))
+            .wrap(actix_web::middleware::from_fn(cors::cors))
             .configure(routes::configure)
     })
     .workers(1)
