@@ -3,8 +3,10 @@
 
 mod cors;
 mod error;
+mod openapi;
 mod routes;
 mod sse;
+mod status_page;
 
 use std::net::SocketAddr;
 
@@ -13,6 +15,7 @@ use actix_web::{web, App, HttpRequest, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 pub use routes::parse_rpc_body;
 
 use crate::config::Secret;

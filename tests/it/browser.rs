@@ -253,3 +253,43 @@ async fn without_a_token_a_listed_origin_passes_the_csrf_check_and_others_do_not
     assert_eq!(res.status().as_u16(), 403);
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn the_status_page_loads_without_a_token_and_the_openapi_document_needs_one() {
+    let (_gw, app) = cors_app(Some("api-token"), LISTED).await;
+    let mut res = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(header(&res, "content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(header(&res, "content-security-policy")
+        .unwrap()
+        .contains("connect-src 'self'"));
+    let html = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    // Self-contained: no external script, style or image.
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+    assert!(html.contains("href=\"/metrics\"") && html.contains("href=\"/readyz\""));
+    assert!(html.contains("type=\"password\""), "asks for the token");
+
+    let mut res = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let _ = res.body().await;
+    let mut res = app
+        .client
+        .get(app.url("/openapi.json"))
+        .insert_header(("authorization", "Bearer api-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let doc: serde_json::Value = res.json().limit(1 << 20).await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/rpc"]["post"]["responses"]["503"].is_object());
+    assert!(doc["paths"]["/v1/gateways/{gw}/events"]["get"].is_object());
+    app.stop().await;
+}

@@ -2,6 +2,7 @@
 mod support;
 
 mod browser;
+mod browser_tools;
 mod cli;
 mod events;
 mod gateways;
