@@ -2,6 +2,7 @@
 mod support;
 
 mod browser;
+mod browser_chromium;
 mod browser_tools;
 mod cli;
 mod events;
