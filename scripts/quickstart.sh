@@ -80,7 +80,7 @@ JSON
         NODE_OPTIONS="--import=file://$REPO/tests/it/support/guard.mjs" \
         OPENCLAW_GUARD_LOG="$DIR/guard.log" OPENCLAW_GATEWAY_TOKEN="$GW_TOKEN" \
         NO_COLOR=1 FORCE_COLOR=0 \
-        exec "$OPENCLAW" gateway run --allow-unconfigured --auth token --token "$GW_TOKEN" \
+        "$OPENCLAW" gateway run --allow-unconfigured --auth token --token "$GW_TOKEN" \
             --port "$GW_PORT" --bind loopback
 ) >"$DIR/gateway.log" 2>&1 &
 pids+=($!)
