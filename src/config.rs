@@ -16,6 +16,7 @@ use config::{Config, Environment, File, FileFormat};
 
 use crate::backoff::Backoff;
 
+mod cors;
 mod gateways;
 mod nats;
 mod reader;
@@ -23,6 +24,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
+use cors::read_cors_origins;
 use gateways::read_gateways;
 pub use gateways::{gateway_id_ok, url_is_loopback};
 use nats::read_nats;
@@ -100,7 +102,13 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
     (
         "http",
-        &["listen", "token", "token_file", "max_sse_subscribers"],
+        &[
+            "listen",
+            "token",
+            "token_file",
+            "max_sse_subscribers",
+            "cors_origins",
+        ],
     ),
     ("state", &["dir"]),
     ("events", &["buffer", "buffer_bytes", "subscriber_queue"]),
@@ -231,6 +239,8 @@ pub struct HttpSettings {
     pub token_file: Option<PathBuf>,
     /// Live `GET /v1/events` streams per gateway; past it 503 `BRIDGE_OVERLOADED`.
     pub max_sse_subscribers: usize,
+    /// Exact origins whose pages may read `/v1/*` (CORS); empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -520,6 +530,8 @@ impl Settings {
             }
         }
 
+        let cors_origins = read_cors_origins(&mut r);
+
         // [state]
         let dir = r
             .opt_string("state.dir")
@@ -571,6 +583,7 @@ impl Settings {
                         token: http_token,
                         token_file: http_token_file,
                         max_sse_subscribers,
+                        cors_origins,
                     },
                     state: StateSettings { dir },
                     events: EventsSettings {

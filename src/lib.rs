@@ -393,6 +393,7 @@ impl Application {
             gateways: Arc::new(http::Gateways::new(gateways.clone(), primary_id)),
             token: api_token.clone(),
             metrics: metrics::install(),
+            cors_origins: settings.http.cors_origins.clone().into(),
         };
         let (server, http_addr) =
             http::server(state, settings.http.listen).map_err(|source| AppError::Bind {

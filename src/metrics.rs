@@ -76,9 +76,64 @@ pub fn install() -> Option<PrometheusHandle> {
                     ],
                 )
                 .ok()?;
-            builder.install_recorder().ok()
+            let handle = builder.install_recorder().ok()?;
+            describe_all();
+            Some(handle)
         })
         .clone()
+}
+
+/// `# HELP` text per metric: scrapers and `promtool check metrics` want it.
+/// A new metric gets its line here.
+const HELP: &[(&str, &str)] = &[
+    (
+        CONNECTION_STATE,
+        "Gateway link state, one-hot by state label.",
+    ),
+    (
+        CONNECTS,
+        "Gateway sessions established (hello-ok received).",
+    ),
+    (DISCONNECTS, "Gateway sessions lost, by reason."),
+    (EVENTS, "Gateway events received, by event name."),
+    (
+        BAD_FRAMES,
+        "Frames from the gateway that could not be decoded, by kind.",
+    ),
+    (
+        SEQ_GAPS,
+        "Gaps in the gateway's event sequence (events missed).",
+    ),
+    (
+        REQUESTS,
+        "Gateway requests finished, by method and outcome.",
+    ),
+    (
+        REQUEST_DURATION,
+        "Gateway request duration in seconds, by method.",
+    ),
+    (PENDING_REQUESTS, "Gateway requests awaiting an answer."),
+    (SSE_SUBSCRIBERS, "Connected Server-Sent Events subscribers."),
+    (SSE_DROPPED, "Events dropped for lagging SSE subscribers."),
+    (
+        EVENTS_UNDELIVERED,
+        "Events that could not be handed on, by destination.",
+    ),
+    (NATS_PUBLISHED, "Events published to NATS."),
+    (NATS_DROPPED, "Events not published to NATS, by reason."),
+    (
+        NATS_CONNECTION_STATE,
+        "NATS connection state, one-hot by state label.",
+    ),
+    (NATS_QUEUE, "Events queued for NATS publishing."),
+];
+
+fn describe_all() {
+    for (name, help) in HELP {
+        // The Prometheus exporter keeps one help text per name, whatever
+        // the kind named here.
+        metrics::describe_counter!(*name, *help);
+    }
 }
 
 /// Label for a method name.

@@ -460,7 +460,7 @@ pub struct SeqGap {
 pub struct EventMsg(pub Arc<GatewayEvent>);
 
 /// The connection state as `/readyz` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     Connecting,

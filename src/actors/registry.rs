@@ -73,7 +73,7 @@ pub struct ListAgents;
 #[rtype(result = "Option<AgentDetail>")]
 pub struct GetAgent(pub String);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     Idle,
@@ -81,7 +81,7 @@ pub enum AgentStatus {
 }
 
 /// One agent as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentState {
     pub id: String,
     pub name: Option<String>,
@@ -96,12 +96,14 @@ pub struct AgentState {
     pub stale: bool,
     /// The gateway's `agents.list` row, as sent.
     #[serde(skip_serializing_if = "Value::is_null")]
+    #[schema(value_type = Object)]
     pub gateway: Value,
     /// The configured id of the gateway this agent lives on.
+    #[schema(value_type = String)]
     pub gateway_id: Arc<str>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Running,
@@ -137,7 +139,7 @@ pub struct Persisted {
     pub writer: StoreWriter,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRecord {
     pub run_id: String,
     pub status: RunStatus,
@@ -155,7 +157,7 @@ pub struct RunRecord {
     pub touched: Option<std::time::Instant>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AgentDetail {
     #[serde(flatten)]
     pub agent: AgentState,

@@ -36,6 +36,16 @@ impl Settings {
             "max_sse_subscribers".into(),
             Value::Integer(self.http.max_sse_subscribers as i64),
         );
+        http.insert(
+            "cors_origins".into(),
+            Value::Array(
+                self.http
+                    .cors_origins
+                    .iter()
+                    .map(|o| Value::String(o.clone()))
+                    .collect(),
+            ),
+        );
         let mut state = Table::new();
         state.insert(
             "dir".into(),

@@ -1,9 +1,12 @@
 //! The HTTP API on `http.listen` (`../shared/CONTRACT.md`, "HTTP API"): thin
 //! adapters that turn requests into actor messages and answers into JSON.
 
+mod cors;
 mod error;
+mod openapi;
 mod routes;
 mod sse;
+mod status_page;
 
 use std::net::SocketAddr;
 
@@ -12,6 +15,7 @@ use actix_web::{web, App, HttpRequest, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 pub use routes::parse_rpc_body;
 
 use crate::config::Secret;
@@ -26,6 +30,8 @@ pub struct ApiState {
     pub gateways: std::sync::Arc<Gateways>,
     pub token: ApiToken,
     pub metrics: Option<PrometheusHandle>,
+    /// `http.cors_origins`: origins granted CORS on `/v1/*`.
+    pub cors_origins: std::sync::Arc<[String]>,
 }
 
 /// `http.token`, replaced at run time by a SIGHUP reload: after it, the old
@@ -187,6 +193,10 @@ impl ApiState {
             }
         }
         if let Some(origin) = header(actix_web::http::header::ORIGIN) {
+            // The operator named this origin in http.cors_origins.
+            if self.cors_allows(origin) {
+                return Ok(());
+            }
             let host = origin.split_once("://").map_or(origin, |(_, h)| h);
             if origin != "null" && !is_local_host(host.trim_end_matches('/')) {
                 return Err(ApiError::Forbidden(format!(
@@ -219,6 +229,7 @@ pub fn server(state: ApiState, listen: SocketAddr) -> std::io::Result<(Server, S
         App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(routes::access_log))
+            .wrap(actix_web::middleware::from_fn(cors::cors))
             .configure(routes::configure)
     })
     .on_connect(sse::remember_peer)

@@ -11,17 +11,21 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::openapi::{ErrorBody, Health, Readiness, RpcOk};
 use super::{ApiError, ApiState, MAX_BODY_BYTES};
 use crate::actors::messages::{LinkState, Rpc, Send};
-use crate::actors::registry::{GetAgent, GetRun, ListAgents};
-use crate::actors::supervisor::{GetStatus, LookupRun};
+use crate::actors::registry::{AgentDetail, AgentState};
+use crate::actors::registry::{GetAgent, GetRun, ListAgents, RunView};
+use crate::actors::supervisor::{GetStatus, LookupRun, Status};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Each path is one resource: a known path with another method is a JSON
     // 405 naming the allowed method, not a 404. The routes of one gateway
     // exist twice: under `/v1/gateways/{gw}/` and, for the primary gateway,
     // under `/v1/` (the single-gateway routes).
-    cfg.service(get("/healthz").route(web::get().to(healthz)))
+    cfg.service(get("/").route(web::get().to(super::status_page::status_page)))
+        .service(get("/openapi.json").route(web::get().to(super::openapi::openapi_json)))
+        .service(get("/healthz").route(web::get().to(healthz)))
         .service(get("/readyz").route(web::get().to(readyz)))
         .service(get("/metrics").route(web::get().to(metrics)))
         .service(get("/v1/gateways").route(web::get().to(gateways)))
@@ -81,12 +85,23 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-async fn healthz() -> HttpResponse {
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "the process serves", body = Health), (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),))]
+pub(super) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// One gateway's status as JSON: the `/readyz` body of a single gateway,
-/// plus its id, whether it is required and whether it is ready.
+/// One gateway's status: the `/readyz` body of a single gateway, plus its
+/// id, whether it is required and whether it is ready.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct GatewayStatus {
+    #[serde(flatten)]
+    status: Status,
+    id: String,
+    required: bool,
+    ready: bool,
+}
+
 async fn gateway_status(g: &crate::GatewayStack) -> Result<serde_json::Value, ApiError> {
     let status = g.supervisor.send(GetStatus).await.map_err(|_| {
         ApiError::Internal(format!(
@@ -95,14 +110,13 @@ async fn gateway_status(g: &crate::GatewayStack) -> Result<serde_json::Value, Ap
         ))
     })?;
     let ready = status.state == LinkState::Connected;
-    let mut v = serde_json::to_value(status)
-        .map_err(|e| ApiError::Internal(format!("status not serializable: {e}")))?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("id".into(), json!(g.id));
-        o.insert("required".into(), json!(g.required));
-        o.insert("ready".into(), json!(ready));
-    }
-    Ok(v)
+    serde_json::to_value(GatewayStatus {
+        status,
+        id: g.id.to_string(),
+        required: g.required,
+        ready,
+    })
+    .map_err(|e| ApiError::Internal(format!("status not serializable: {e}")))
 }
 
 /// 200 when every required gateway is connected, else 503. The body keeps
@@ -110,7 +124,13 @@ async fn gateway_status(g: &crate::GatewayStack) -> Result<serde_json::Value, Ap
 /// `next_attempt_in_ms`) for the primary gateway (or, without one, the
 /// first required gateway that is not ready) and adds `ready` and
 /// `gateways`: each gateway's status by id.
-async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "every required gateway is connected", body = Readiness),
+        (status = 503, description = "a required gateway is not connected", body = Readiness),
+        (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),
+    ))]
+pub(super) async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let list = state.gateways.list();
     let mut all = serde_json::Map::new();
     let mut statuses = Vec::with_capacity(list.len());
@@ -153,7 +173,13 @@ async fn readyz(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
 }
 
 /// `GET /v1/gateways`: every gateway's status, in configuration order.
-async fn gateways(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/gateways", tag = "gateways",
+    responses((status = 200, description = "every gateway, in configuration order", body = Vec<GatewayStatus>), (status = 401, description = "missing or wrong token", body = ErrorBody), (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),),
+    security((), ("bearer" = [])))]
+pub(super) async fn gateways(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
     let mut out = Vec::new();
     for g in state.gateways.list() {
@@ -164,13 +190,30 @@ async fn gateways(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRe
 
 /// `GET /v1/gateways/{gw}`: one gateway's status (200 whether or not it is
 /// connected; `ready` says).
-async fn gateway(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/gateways/{gw}", tag = "gateways",
+    params(("gw" = String, Path, description = "a configured gateway id")),
+    responses(
+        (status = 200, description = "the gateway's status, connected or not", body = GatewayStatus),
+        (status = 401, description = "missing or wrong token", body = ErrorBody), (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),
+        (status = 404, description = "no such gateway", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn gateway(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
     let g = state.gateways.resolve(&req)?;
     Ok(HttpResponse::Ok().json(gateway_status(g).await?))
 }
 
-async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String), (status = 401, description = "missing or wrong token", body = ErrorBody), (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),),
+    security((), ("bearer" = [])))]
+pub(super) async fn metrics(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
     let body = match &state.metrics {
         Some(h) => h.render(),
@@ -181,7 +224,17 @@ async fn metrics(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpRes
         .body(body))
 }
 
-async fn agents(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+    responses(
+        (status = 200, description = "known agents, from the store while disconnected (stale: true)", body = Vec<AgentState>),
+        (status = 401, description = "missing or wrong token", body = ErrorBody), (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),
+        (status = 404, description = "several gateways and none is the default: use /v1/gateways/{gw}/agents", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn agents(
+    req: HttpRequest,
+    state: web::Data<ApiState>,
+) -> Result<HttpResponse, ApiError> {
     state.authorize(&req, false)?;
     let list = state
         .gateways
@@ -195,11 +248,19 @@ async fn agents(req: HttpRequest, state: web::Data<ApiState>) -> Result<HttpResp
 
 /// `{id}` of `…/agents/{id}`, percent-decoded (an agent id may hold `/`).
 #[derive(Deserialize)]
-struct AgentPath {
+pub(super) struct AgentPath {
     id: String,
 }
 
-async fn agent(
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "the agent id (percent-encoded)")),
+    responses(
+        (status = 200, description = "the agent and its recent runs", body = AgentDetail),
+        (status = 401, description = "missing or wrong token", body = ErrorBody), (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),
+        (status = 404, description = "no such agent (or gateway)", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn agent(
     req: HttpRequest,
     path: web::Path<AgentPath>,
     state: web::Data<ApiState>,
@@ -220,15 +281,26 @@ async fn agent(
 }
 
 #[derive(Deserialize)]
-struct RunPath {
+pub(super) struct RunPath {
     run_id: String,
 }
 
+#[utoipa::path(get, path = "/v1/runs/{run_id}", tag = "runs",
+    params(("run_id" = String, Path, description = "the run id (an accepted `agent` answer's `runId`)")),
+    responses(
+        (status = 200, description = "what the bridge (or, failing that, the gateway) knows of the run", body = RunView),
+        (status = 401, description = "missing or wrong token", body = ErrorBody), (status = 403, description = "refused browser-borne request (tokenless bridge, foreign Origin or Host)", body = ErrorBody),
+        (status = 404, description = "neither the bridge nor the gateway knows the run (or no such gateway)", body = ErrorBody),
+        (status = 502, description = "the gateway refused the lookup", body = ErrorBody),
+        (status = 503, description = "not connected, and the registry does not hold the run", body = ErrorBody),
+        (status = 504, description = "the gateway did not answer the lookup in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
 /// `GET …/runs/{runId}`: the registry's record of a run, else what the
 /// gateway knows (`agent.wait {timeoutMs: 0}`, then `activeRunIds`). A run
 /// neither knows is 404: for the gateway an unknown run and a lost one look
 /// the same (`timeout`, not active).
-async fn run(
+pub(super) async fn run(
     req: HttpRequest,
     path: web::Path<RunPath>,
     state: web::Data<ApiState>,
@@ -258,15 +330,23 @@ async fn run(
     }
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/rpc` body.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RpcBody {
+pub(super) struct RpcBody {
+    /// A gateway method, e.g. `agents.list`, `agent`, `chat.send`.
+    #[schema(min_length = 1)]
     method: String,
+    /// The method's params object.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Box<RawValue>>,
+    /// For `agent`: wait past `accepted` for the final answer.
     #[serde(default)]
     expect_final: bool,
+    /// Per-request timeout, 1 to 600000 ms.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 600000)]
     timeout_ms: Option<u64>,
 }
 
@@ -323,7 +403,23 @@ async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError>
     Ok(body)
 }
 
-async fn rpc(
+#[utoipa::path(post, path = "/v1/rpc", tag = "rpc",
+    request_body(content = RpcBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the gateway's answer", body = RpcOk),
+        (status = 400, description = "bad body (BRIDGE_BAD_REQUEST) or the gateway's INVALID_REQUEST", body = ErrorBody),
+        (status = 401, description = "missing or wrong token", body = ErrorBody),
+        (status = 403, description = "the gateway's FORBIDDEN, or a refused browser-borne request", body = ErrorBody),
+        (status = 404, description = "no such gateway", body = ErrorBody),
+        (status = 413, description = "body over 1 MiB", body = ErrorBody),
+        (status = 415, description = "not Content-Type: application/json", body = ErrorBody),
+        (status = 502, description = "another gateway error (its object kept), BRIDGE_RUN_OUTCOME_UNKNOWN, BRIDGE_FRAME_TOO_LARGE", body = ErrorBody),
+        (status = 503, description = "BRIDGE_NOT_CONNECTED / BRIDGE_DISCONNECTED / BRIDGE_SHUTTING_DOWN / BRIDGE_OVERLOADED, NOT_PAIRED, UNAVAILABLE; Retry-After when known", body = ErrorBody,
+            headers(("Retry-After" = Option<u64>, description = "seconds"))),
+        (status = 504, description = "BRIDGE_TIMEOUT", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+pub(super) async fn rpc(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<ApiState>,

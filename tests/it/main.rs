@@ -3,6 +3,8 @@ mod support;
 
 mod bounds;
 mod browser;
+mod browser_chromium;
+mod browser_tools;
 mod cli;
 mod events;
 mod gateways;

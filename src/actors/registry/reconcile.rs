@@ -50,13 +50,15 @@ pub struct Reconciled {
 pub struct GetRun(pub String);
 
 /// A run as `GET /v1/runs/{runId}` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunView {
     pub agent_id: Option<String>,
+    #[schema(value_type = String)]
     pub gateway_id: Arc<str>,
     #[serde(flatten)]
     pub run: RunRecord,
     /// `registry` (the bridge saw the run) or `gateway` (asked `agent.wait`).
+    #[schema(value_type = String)]
     pub source: &'static str,
 }
 

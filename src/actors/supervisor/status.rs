@@ -12,7 +12,7 @@ use super::Supervisor;
 use crate::actors::messages::{DisconnectCause, LinkState};
 
 /// The last thing that went wrong, for `/readyz`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LastError {
     pub code: String,
     pub message: String,
@@ -23,12 +23,13 @@ pub struct LastError {
     pub action: Option<String>,
     /// The gateway's error object, when it sent one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub gateway_error: Option<serde_json::Value>,
     pub at_ms: u64,
 }
 
 /// The live session, for `/readyz`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GatewayInfo {
     pub url: String,
     pub server_version: Option<String>,
@@ -41,7 +42,7 @@ pub struct GatewayInfo {
 }
 
 /// The link as `/readyz` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub state: LinkState,
     pub gateway: GatewayInfo,

@@ -1,6 +1,7 @@
 //! Test support: fake gateway (faults on demand), real gateway harness, fake model.
 #![allow(dead_code)]
 pub mod app;
+pub mod cdp;
 pub mod fake_gateway;
 pub mod fake_model;
 pub mod nats_server;
