@@ -95,6 +95,9 @@ async fn attach_nats(b: &Bridge, nats_url: &str, names: &Names, queue: usize) ->
         buffer: queue,
         credentials_file: None,
         token: None,
+        duplicate_window: Duration::from_secs(120),
+        rpc: false,
+        rpc_methods: Vec::new(),
     };
     let (sink, handle) = nats::start(&settings, GATEWAY, b.supervisor.clone(), b.registry.clone());
     b.broker

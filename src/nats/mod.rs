@@ -46,6 +46,7 @@
 //!
 //! [`EventSink`]: crate::actors::broker::EventSink
 
+mod dedupe;
 mod envelope;
 mod kv;
 mod rpc;
@@ -55,6 +56,7 @@ mod subjects;
 #[cfg(test)]
 mod tests;
 
+pub use dedupe::msg_id;
 pub use kv::KV_EVERY;
 pub use rpc::rpc_answer;
 pub use sink::{Lost, NatsSink};
@@ -201,13 +203,16 @@ async fn run(
     };
     let mut js = jetstream::new(client.clone());
     js.set_timeout(ACK_TIMEOUT);
-    actix_rt::spawn(rpc_task(
-        client.clone(),
-        subjects.rpc(),
-        gw.to_string(),
-        supervisor,
-        stop.clone(),
-    ));
+    if cfg.rpc {
+        actix_rt::spawn(rpc_task(
+            client.clone(),
+            subjects.rpc(),
+            gw.to_string(),
+            Arc::new(cfg.rpc_methods.clone()),
+            supervisor,
+            stop.clone(),
+        ));
+    }
     actix_rt::spawn(kv_task(
         client.clone(),
         js.clone(),
@@ -308,7 +313,11 @@ async fn run(
             announce_loss(&js, &gw, &subjects, &shared, epoch).await;
         }
         let (subject, id, body) = render(&subjects, &out);
-        match js.publish(subject, body).await {
+        let mut publish = jetstream::message::PublishMessage::build().payload(body);
+        if let Some(m) = event_msg_id(&subjects.gateway, &out) {
+            publish = publish.message_id(m);
+        }
+        match js.send_publish(subject, publish).await {
             Ok(ack) => inflight.push_back((id, ack)),
             Err(e) => {
                 tracing::debug!(gateway = %gw, event = ev::NATS_DROPPED, "publish failed: {e}");
@@ -330,6 +339,17 @@ async fn run(
     let left = shared.take();
     if !left.is_empty() {
         tracing::warn!(gateway = %gw, event = ev::NATS_DROPPED, dropped = left.count, missed = ?left.ranges, "stopping with events that did not reach NATS");
+    }
+}
+
+/// The `Nats-Msg-Id` of an outgoing gateway event (see `dedupe`); markers
+/// have none (they describe this bridge's own queue).
+fn event_msg_id(gateway: &str, out: &Outgoing) -> Option<String> {
+    match out {
+        Outgoing::Event { item, .. } => {
+            dedupe::msg_id(gateway, &item.name, dedupe::data_payload(&item.data)?)
+        }
+        Outgoing::Marker { .. } => None,
     }
 }
 
