@@ -115,6 +115,8 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "duplicate_window_s",
             "rpc",
             "rpc_methods",
+            "user",
+            "password",
         ],
     ),
 ];
@@ -234,6 +236,9 @@ pub struct NatsSettings {
     pub buffer: usize,
     pub credentials_file: Option<PathBuf>,
     pub token: Option<Secret>,
+    /// NATS user and password (`nats.user`, `nats.password`): one NATS user
+    /// per client, so subject permissions can tell the bridge apart.
+    pub user: Option<(String, Secret)>,
     /// The stream's duplicate window: two bridges' copies of one event
     /// (same `Nats-Msg-Id`) within it are stored once.
     pub duplicate_window: Duration,

@@ -95,6 +95,7 @@ async fn attach_nats(b: &Bridge, nats_url: &str, names: &Names, queue: usize) ->
         buffer: queue,
         credentials_file: None,
         token: None,
+        user: None,
         duplicate_window: Duration::from_secs(120),
         rpc: false,
         rpc_methods: Vec::new(),

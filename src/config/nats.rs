@@ -128,6 +128,39 @@ pub(super) fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
             "set nats.token or nats.credentials_file, not both",
         );
     }
+    let user = r.opt_string("nats.user").filter(|u| !u.trim().is_empty());
+    let password = match r.opt_string("nats.password") {
+        Some(p) if p.is_empty() => {
+            r.err(
+                "nats.password",
+                "is empty; remove the key or give the password",
+            );
+            None
+        }
+        Some(p) => Some(Secret::new(p)),
+        None => None,
+    };
+    let user = match (user, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            r.err(
+                "nats.password",
+                "is required with nats.user (prefer OPENCLAW_BRIDGE__NATS__PASSWORD)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            r.err("nats.user", "is required with nats.password");
+            None
+        }
+    };
+    if user.is_some() && (token.is_some() || credentials_file.is_some()) {
+        r.err(
+            "nats.user",
+            "set one of nats.user + nats.password, nats.token or nats.credentials_file",
+        );
+    }
     let duplicate_window = Duration::from_secs(num(r, "nats.duplicate_window_s", 120, 1, 86_400));
     if duplicate_window > max_age {
         r.err(
@@ -165,6 +198,7 @@ pub(super) fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
         buffer,
         credentials_file,
         token,
+        user,
         duplicate_window,
         rpc,
         rpc_methods,

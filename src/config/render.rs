@@ -86,6 +86,10 @@ impl Settings {
             t.insert("buffer".into(), Value::Integer(n.buffer as i64));
             path(&mut t, "credentials_file", &n.credentials_file);
             secret(&mut t, "token", &n.token);
+            if let Some((u, p)) = &n.user {
+                t.insert("user".into(), Value::String(u.clone()));
+                secret(&mut t, "password", &Some(p.clone()));
+            }
             t.insert(
                 "duplicate_window_s".into(),
                 Value::Integer(n.duplicate_window.as_secs() as i64),

@@ -262,6 +262,29 @@ fn nats_is_off_by_default_and_validated() {
     assert_eq!(n.duplicate_window, Duration::from_secs(30));
     let out = s.to_redacted_toml();
     assert!(out.contains("duplicate_window_s = 30"), "{out}");
+    let s = load(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"bridge\"\n",
+        &[("OPENCLAW_BRIDGE__NATS__PASSWORD", "nats-pw-7")],
+    )
+    .unwrap();
+    let n = s.nats.as_ref().unwrap();
+    assert_eq!(
+        n.user.as_ref().map(|(u, p)| (u.as_str(), p.expose())),
+        Some(("bridge", "nats-pw-7"))
+    );
+    let out = s.to_redacted_toml();
+    assert!(
+        !out.contains("nats-pw-7") && out.contains("user = \"bridge\""),
+        "{out}"
+    );
+    let p = problems(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"bridge\"\n",
+        &[],
+    );
+    assert!(
+        p.contains("nats.password: is required with nats.user"),
+        "{p}"
+    );
     let p = problems(
         "[nats]\nurl = \"nats://127.0.0.1:4222\"\nrpc = \"maybe\"\nmax_age_s = 60\nduplicate_window_s = 120\n",
         &[],

@@ -169,6 +169,9 @@ async fn connect(cfg: &NatsSettings, gw: &Arc<str>) -> Result<async_nats::Client
     if let Some(t) = &cfg.token {
         opts = opts.token(t.expose().to_owned());
     }
+    if let Some((u, p)) = &cfg.user {
+        opts = opts.user_and_password(u.clone(), p.expose().to_owned());
+    }
     if let Some(f) = &cfg.credentials_file {
         opts = opts
             .credentials_file(f)

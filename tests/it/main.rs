@@ -10,6 +10,8 @@ mod http_api;
 mod identity;
 mod logs;
 mod nats;
+mod nats_ha;
+mod nats_rpc;
 mod notify;
 mod real_gateway;
 mod real_multi;
