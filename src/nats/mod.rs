@@ -13,7 +13,8 @@
 //!   `_`. The agent id is one level: `.`, `*`, `>` and whitespace become `_`
 //!   (the envelope carries the exact id). `P.G.agent.>` gets every agent
 //!   event that names an agent; `P.G.>` gets everything.
-//! - `P.rpc.G`: RPC request–reply. Not under `P.G.>` on purpose: the stream
+//! - `P.rpc.G`: RPC request–reply, only with `nats.rpc = true` and only for
+//!   the methods in `nats.rpc_methods`. Not under `P.G.>` on purpose: the stream
 //!   captures `P.G.>`, and JetStream acknowledges every captured message that
 //!   has a reply subject, which would answer the request before the bridge.
 //!
@@ -29,6 +30,12 @@
 //! did not reach JetStream (queue full while NATS was down or slow, or no
 //! acknowledgement). Loss is never silent.
 //!
+//! **Two bridges per gateway:** every gateway event is published with a
+//! `Nats-Msg-Id` that another bridge on the same gateway derives identically
+//! (`dedupe`), so the stream's duplicate window (`nats.duplicate_window_s`)
+//! stores it once; KV writes are revision-checked and ranked by gateway
+//! event order (`kv`).
+//!
 //! **Never blocks the broker:** [`NatsSink::offer`] is a `try_send` into a
 //! queue of `nats.buffer` items. While NATS is down the publisher holds
 //! back and the queue absorbs the outage; when it is full further events are
@@ -40,6 +47,7 @@
 //! - `subjects`: subject names and KV keys (pure functions);
 //! - `sink`: [`NatsSink`], the broker side, and the [`Lost`] id ranges;
 //! - `envelope`: the JSON envelope and resync marker bodies;
+//! - `dedupe`: the `Nats-Msg-Id` of an event (pure);
 //! - `stream`: creating or extending the JetStream stream;
 //! - `kv`: the registry → KV mirror;
 //! - `rpc`: RPC over NATS request–reply.
