@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use support::footprint::{footprint, reconnect};
-use support::report::{median, report_ingest, report_rpc, Results};
+use support::report::{fmt_rate, list, median, rate_range, report_ingest, report_rpc, Results};
 use support::{clients, gateway, jetstream, sse};
 
 /// Any one child run (a variant of one round) must finish within this.
@@ -32,6 +32,8 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(150);
 const RESTART_EXPECTED_MS: u64 = 50;
 /// The variant whose events count once JetStream has stored them.
 const NATS_ROW: &str = "ingest_nats";
+/// Two bridges on one gateway publishing to one stream (the dedupe cost).
+const NATS_PAIR_ROW: &str = "ingest_nats_pair";
 
 struct Plan {
     quick: bool,
@@ -99,6 +101,7 @@ fn child(args: &[String]) {
         "fanout1" => sse::ingest_fanout(&arg(1), n(2), 1),
         "fanout64" => sse::ingest_fanout(&arg(1), n(2), sse::FANOUT),
         NATS_ROW => jetstream::ingest_nats(&arg(1), n(2), &arg(3)),
+        NATS_PAIR_ROW => jetstream::ingest_nats_pair(&arg(1), n(2), &arg(3)),
         "rpc_raw" => clients::rpc_raw(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_actor" => clients::rpc_actor(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_http" => clients::rpc_http(&arg(1), n(2) as usize, n(3) as usize),
@@ -383,6 +386,7 @@ fn run(plan: &Plan) {
     ];
     if nats.is_ok() {
         variants.push(NATS_ROW);
+        variants.push(NATS_PAIR_ROW);
     }
     if peer.is_ok() {
         variants.push("peer");
@@ -399,8 +403,8 @@ fn run(plan: &Plan) {
                     Ok(p) => p.cmd(&url, plan, peer_home.path()),
                     Err(_) => continue,
                 },
-                NATS_ROW => self_cmd(&[
-                    NATS_ROW.into(),
+                NATS_ROW | NATS_PAIR_ROW => self_cmd(&[
+                    v.into(),
                     url.clone(),
                     plan.events.to_string(),
                     nats_url.clone(),
@@ -443,6 +447,7 @@ fn run(plan: &Plan) {
         Err(why) => Some(why),
     };
     report_ingest(&res, nats_skipped.as_deref());
+    report_nats_pair(&res);
     report_rpc(&res);
     let footprint = footprint(plan, &url);
     let reconnect = reconnect(plan);
@@ -474,6 +479,12 @@ fn run(plan: &Plan) {
             Results::ratios(&res.eps(NATS_ROW), &res.eps("ingest_actor")),
         ),
         Some(why) => println!("skipped: ratio nats_vs_inprocess: {why}"),
+    }
+    if nats_skipped.is_none() {
+        ratio(
+            "nats_two_bridges_vs_inprocess",
+            Results::ratios(&res.eps(NATS_PAIR_ROW), &res.eps("ingest_actor")),
+        );
     }
     let rps = |k: &str, n: &str| res.series(k, &format!("{n}/rps"));
     ratio(
@@ -535,9 +546,37 @@ fn run(plan: &Plan) {
     );
     metric("ingest_raw_cpu_s_per_1m", res.cpu_s_per_1m("ingest_raw"));
     metric("ingest_nats_cpu_s_per_1m", res.cpu_s_per_1m(NATS_ROW));
+    metric(
+        "ingest_nats_two_bridges_cpu_s_per_1m",
+        res.cpu_s_per_1m(NATS_PAIR_ROW),
+    );
     metric("idle_rss_mib", footprint.0 / 1024.0);
     metric("start_to_ready_ms", footprint.1);
     metric("reconnect_announced_ms", reconnect.0);
     metric("reconnect_abrupt_ms", reconnect.1);
     println!("# done in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The two-bridge JetStream row beside the single-bridge one: events/s until
+/// the stream holds the flood once, CPU of both bridges.
+fn report_nats_pair(res: &Results) {
+    if !res.has(NATS_PAIR_ROW) {
+        return;
+    }
+    let eps = res.eps(NATS_PAIR_ROW);
+    let dropped: f64 = res.ingest(NATS_PAIR_ROW, "dropped").iter().sum();
+    println!(
+        "{:<34} {:>10} {:>17} {:>12.2} {:>18} {:>8}",
+        "two bridges → JetStream, deduped",
+        fmt_rate(median(&eps)),
+        rate_range(&eps),
+        res.cpu_s_per_1m(NATS_PAIR_ROW),
+        "",
+        dropped
+    );
+    println!("(two bridges in one process on one gateway, both publishing every event with the same Nats-Msg-Id; done when the stream holds the flood once; CPU of both bridges)");
+    println!(
+        "per-round nats two bridges/one: {}",
+        list(&Results::ratios(&eps, &res.eps(NATS_ROW)))
+    );
 }

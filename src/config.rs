@@ -28,6 +28,7 @@ use cors::read_cors_origins;
 use gateways::read_gateways;
 pub use gateways::{gateway_id_ok, url_is_loopback};
 use nats::read_nats;
+pub use nats::READ_METHODS as NATS_READ_METHODS;
 pub use reader::read_token_file;
 use reader::Reader;
 use render::{path, secret};
@@ -126,6 +127,11 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "buffer",
             "credentials_file",
             "token",
+            "duplicate_window_s",
+            "rpc",
+            "rpc_methods",
+            "user",
+            "password",
         ],
     ),
 ];
@@ -278,6 +284,16 @@ pub struct NatsSettings {
     pub buffer: usize,
     pub credentials_file: Option<PathBuf>,
     pub token: Option<Secret>,
+    /// NATS user and password (`nats.user`, `nats.password`): one NATS user
+    /// per client, so subject permissions can tell the bridge apart.
+    pub user: Option<(String, Secret)>,
+    /// The stream's duplicate window: two bridges' copies of one event
+    /// (same `Nats-Msg-Id`) within it are stored once.
+    pub duplicate_window: Duration,
+    /// Serve RPC over NATS (`nats.rpc`, off by default).
+    pub rpc: bool,
+    /// Methods RPC over NATS may call (`nats.rpc_methods`); `*` allows all.
+    pub rpc_methods: Vec<String>,
 }
 
 /// The whole validated configuration.

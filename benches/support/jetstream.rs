@@ -95,6 +95,10 @@ async fn attach_nats(b: &Bridge, nats_url: &str, names: &Names, queue: usize) ->
         buffer: queue,
         credentials_file: None,
         token: None,
+        user: None,
+        duplicate_window: Duration::from_secs(120),
+        rpc: false,
+        rpc_methods: Vec::new(),
     };
     let (sink, handle) = nats::start(&settings, GATEWAY, b.supervisor.clone(), b.registry.clone());
     b.broker
@@ -216,11 +220,28 @@ async fn count_stored(
 }
 
 pub fn ingest_nats(url: &str, n: u64, nats_url: &str) {
+    ingest_nats_bridges(url, n, nats_url, 1);
+}
+
+/// The dedupe row: two bridges on one gateway, in one process, both
+/// publishing the same flood to one stream (each event with the same
+/// `Nats-Msg-Id`); done when JetStream holds the N events once. The CPU is
+/// both bridges' (the price of a second bridge, dedupe included).
+pub fn ingest_nats_pair(url: &str, n: u64, nats_url: &str) {
+    ingest_nats_bridges(url, n, nats_url, 2);
+}
+
+fn ingest_nats_bridges(url: &str, n: u64, nats_url: &str, count: usize) {
     run_system(async {
-        let b = start_bridge(url, &[]).await;
         let names = Names::for_this_process();
         let queue = usize::try_from(n).unwrap_or(usize::MAX / 2) + 1024;
-        let _nats = attach_nats(&b, nats_url, &names, queue).await;
+        let mut bridges = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..count {
+            let b = start_bridge(url, &[]).await;
+            handles.push(attach_nats(&b, nats_url, &names, queue).await);
+            bridges.push(b);
+        }
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let nats_url = nats_url.to_owned();
@@ -246,7 +267,10 @@ pub fn ingest_nats(url: &str, n: u64, nats_url: &str) {
                 }
             }
         }
-        let (cpu0, t0) = start_flood(&b.supervisor);
+        let (cpu0, t0) = start_flood(&bridges[0].supervisor);
+        for b in &bridges[1..] {
+            start_flood(&b.supervisor);
+        }
         let done = match done_rx.await {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {

@@ -20,6 +20,22 @@ pub(super) fn nats_name_ok(s: &str, dots: bool) -> bool {
     }
 }
 
+/// The default `nats.rpc_methods`: gateway methods that only read
+/// (PROTOCOL §5, scope `read` or none). Not `sessions.subscribe` or
+/// `sessions.messages.*`: they change what the bridge's socket receives for
+/// every consumer.
+pub const READ_METHODS: &[&str] = &[
+    "health",
+    "status",
+    "agents.list",
+    "agent.identity.get",
+    "system-presence",
+    "last-heartbeat",
+    "sessions.list",
+    "sessions.describe",
+    "chat.history",
+];
+
 pub(super) fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
     // The section is off unless it names a URL (or any key at all: then the
     // missing URL is reported).
@@ -115,6 +131,66 @@ pub(super) fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
             "set nats.token or nats.credentials_file, not both",
         );
     }
+    let user = r.opt_string("nats.user").filter(|u| !u.trim().is_empty());
+    let password = match r.opt_string("nats.password") {
+        Some(p) if p.is_empty() => {
+            r.err(
+                "nats.password",
+                "is empty; remove the key or give the password",
+            );
+            None
+        }
+        Some(p) => Some(Secret::new(p)),
+        None => None,
+    };
+    let user = match (user, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            r.err(
+                "nats.password",
+                "is required with nats.user (prefer OPENCLAW_BRIDGE__NATS__PASSWORD)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            r.err("nats.user", "is required with nats.password");
+            None
+        }
+    };
+    if user.is_some() && (token.is_some() || credentials_file.is_some()) {
+        r.err(
+            "nats.user",
+            "set one of nats.user + nats.password, nats.token or nats.credentials_file",
+        );
+    }
+    let duplicate_window = Duration::from_secs(num(r, "nats.duplicate_window_s", 120, 1, 86_400));
+    if duplicate_window > max_age {
+        r.err(
+            "nats.duplicate_window_s",
+            "must not be longer than nats.max_age_s (JetStream refuses such a stream)",
+        );
+    }
+    let rpc = match r.cfg.get_bool("nats.rpc") {
+        Ok(b) => b,
+        Err(config::ConfigError::NotFound(_)) => false,
+        Err(_) => {
+            r.err("nats.rpc", "is not allowed; use true or false");
+            false
+        }
+    };
+    let rpc_methods = if matches!(
+        r.cfg.get_array("nats.rpc_methods"),
+        Err(config::ConfigError::NotFound(_))
+    ) && r.opt_string("nats.rpc_methods").is_none()
+    {
+        READ_METHODS.iter().map(|m| (*m).to_owned()).collect()
+    } else {
+        r.list("nats.rpc_methods")
+    };
+    if rpc_methods.iter().any(|m| m.is_empty()) {
+        r.err("nats.rpc_methods", "has an empty method name");
+    }
     Some(NatsSettings {
         url,
         stream,
@@ -125,5 +201,9 @@ pub(super) fn read_nats(r: &mut Reader) -> Option<NatsSettings> {
         buffer,
         credentials_file,
         token,
+        user,
+        duplicate_window,
+        rpc,
+        rpc_methods,
     })
 }

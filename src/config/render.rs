@@ -107,6 +107,24 @@ impl Settings {
             t.insert("buffer".into(), Value::Integer(n.buffer as i64));
             path(&mut t, "credentials_file", &n.credentials_file);
             secret(&mut t, "token", &n.token);
+            if let Some((u, p)) = &n.user {
+                t.insert("user".into(), Value::String(u.clone()));
+                secret(&mut t, "password", &Some(p.clone()));
+            }
+            t.insert(
+                "duplicate_window_s".into(),
+                Value::Integer(n.duplicate_window.as_secs() as i64),
+            );
+            t.insert("rpc".into(), Value::Boolean(n.rpc));
+            t.insert(
+                "rpc_methods".into(),
+                Value::Array(
+                    n.rpc_methods
+                        .iter()
+                        .map(|m| Value::String(m.clone()))
+                        .collect(),
+                ),
+            );
             root.insert("nats".into(), Value::Table(t));
         }
         toml::to_string(&root).unwrap_or_else(|e| format!("# could not render: {e}\n"))

@@ -299,6 +299,68 @@ fn nats_is_off_by_default_and_validated() {
     assert_eq!(n.max_bytes, 1 << 30);
     assert_eq!(n.kv_bucket, "openclaw_agents");
     assert_eq!(n.buffer, 10_000);
+    assert_eq!(n.duplicate_window, Duration::from_secs(120));
+    assert!(!n.rpc, "RPC over NATS is opt-in");
+    assert!(n.rpc_methods.iter().any(|m| m == "agents.list"));
+    for write in [
+        "agent",
+        "chat.send",
+        "chat.abort",
+        "agent.wait",
+        "wake",
+        "sessions.subscribe",
+    ] {
+        assert!(
+            !n.rpc_methods.iter().any(|m| m == write),
+            "{write} is not a read method"
+        );
+    }
+    let s = load(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nrpc = true\nrpc_methods = [\"health\", \"agent\"]\nduplicate_window_s = 30\n",
+        &[],
+    )
+    .unwrap();
+    let n = s.nats.as_ref().unwrap();
+    assert!(n.rpc);
+    assert_eq!(n.rpc_methods, ["health", "agent"]);
+    assert_eq!(n.duplicate_window, Duration::from_secs(30));
+    let out = s.to_redacted_toml();
+    assert!(out.contains("duplicate_window_s = 30"), "{out}");
+    let s = load(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"bridge\"\n",
+        &[("OPENCLAW_BRIDGE__NATS__PASSWORD", "nats-pw-7")],
+    )
+    .unwrap();
+    let n = s.nats.as_ref().unwrap();
+    assert_eq!(
+        n.user.as_ref().map(|(u, p)| (u.as_str(), p.expose())),
+        Some(("bridge", "nats-pw-7"))
+    );
+    let out = s.to_redacted_toml();
+    assert!(
+        !out.contains("nats-pw-7") && out.contains("user = \"bridge\""),
+        "{out}"
+    );
+    let p = problems(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nuser = \"bridge\"\n",
+        &[],
+    );
+    assert!(
+        p.contains("nats.password: is required with nats.user"),
+        "{p}"
+    );
+    let p = problems(
+        "[nats]\nurl = \"nats://127.0.0.1:4222\"\nrpc = \"maybe\"\nmax_age_s = 60\nduplicate_window_s = 120\n",
+        &[],
+    );
+    assert!(
+        p.contains("nats.rpc: is not allowed; use true or false"),
+        "{p}"
+    );
+    assert!(
+        p.contains("nats.duplicate_window_s: must not be longer than nats.max_age_s"),
+        "{p}"
+    );
     let s = load(
         "[nats]\nurl = \"nats://127.0.0.1:4222\"\ntoken = \"nats-secret-3\"\n",
         &[],

@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::Addr;
 use async_nats::connection::State;
 use async_nats::jetstream;
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, UpdateErrorKind};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -66,6 +67,8 @@ pub(super) async fn kv_task(
 ) {
     let mut store: Option<jetstream::kv::Store> = None;
     let mut last: HashMap<String, Bytes> = HashMap::new();
+    // Keys of vanished agents → the revision seen when first found gone.
+    let mut doomed: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(KV_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -103,6 +106,7 @@ pub(super) async fn kv_task(
         for a in &list.agents {
             let key = agent_key(&gw, &a.id);
             seen.insert(key.clone());
+            doomed.remove(&key);
             let Ok(v) = serde_json::to_vec(a) else {
                 continue;
             };
@@ -110,12 +114,14 @@ pub(super) async fn kv_task(
             if last.get(&key) == Some(&v) {
                 continue;
             }
-            match kv.put(&key, v.clone()).await {
-                Ok(_) => {
+            match mirror_one(&kv, &key, &v).await {
+                Ok(()) => {
                     last.insert(key, v);
                 }
-                Err(e) => {
-                    tracing::debug!(gateway = %gw, event = ev::NATS_UNAVAILABLE, key, "KV put failed: {e}");
+                // Another bridge wrote first: look again next time.
+                Err(None) => {}
+                Err(Some(e)) => {
+                    tracing::debug!(gateway = %gw, event = ev::NATS_UNAVAILABLE, key, "KV write failed: {e}");
                     failed = true;
                     break;
                 }
@@ -133,12 +139,93 @@ pub(super) async fn kv_task(
                 .cloned()
                 .collect();
             for k in gone {
-                if kv.delete(&k).await.is_ok() {
+                if delete_settled(&kv, &k, &mut doomed).await {
                     last.remove(&k);
                 }
             }
         }
     }
+}
+
+/// How a bridge's view of an agent ranks against what is in the bucket:
+/// gateway event order (`last_event_at`, the gateway's own `ts`), then a
+/// live view over a stale one (the bridge lost its gateway link).
+fn rank(v: &[u8]) -> (u64, bool) {
+    #[derive(serde::Deserialize)]
+    struct Order {
+        last_event_at: Option<u64>,
+        #[serde(default)]
+        stale: bool,
+    }
+    match serde_json::from_slice::<Order>(v) {
+        Ok(o) => (o.last_event_at.unwrap_or(0), !o.stale),
+        Err(_) => (0, false),
+    }
+}
+
+/// Whether our view of an agent should replace the bucket's: never one
+/// the gateway's event order (or liveness) ranks higher, so two bridges on
+/// one gateway never undo each other (last writer wins by gateway order).
+pub(super) fn ours_wins(current: &[u8], ours: &[u8]) -> bool {
+    current != ours && rank(ours) >= rank(current)
+}
+
+/// Put one agent, revision-checked: `Ok` when the bucket holds our value
+/// or a view that outranks it, `Err(None)` when another writer got in
+/// between (try again next time), `Err(Some(_))` when NATS failed.
+async fn mirror_one(kv: &jetstream::kv::Store, key: &str, v: &Bytes) -> Result<(), Option<String>> {
+    let current = kv.entry(key).await.map_err(|e| Some(e.to_string()))?;
+    match current {
+        Some(e) if e.operation == Operation::Put => {
+            if !ours_wins(&e.value, v) {
+                return Ok(());
+            }
+            kv.update(key, v.clone(), e.revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| match e.kind() {
+                    UpdateErrorKind::WrongLastRevision => None,
+                    _ => Some(e.to_string()),
+                })
+        }
+        // Missing or deleted: create (fails if another bridge just did).
+        _ => kv
+            .create(key, v.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| match e.kind() {
+                CreateErrorKind::AlreadyExists => None,
+                _ => Some(e.to_string()),
+            }),
+    }
+}
+
+/// Delete a key of an agent the gateway no longer lists, only once the
+/// same revision has been seen on two passes (a key another bridge has
+/// just written changes revision and is kept), and only that revision.
+/// True when the key is gone.
+async fn delete_settled(
+    kv: &jetstream::kv::Store,
+    key: &str,
+    doomed: &mut HashMap<String, u64>,
+) -> bool {
+    let rev = match kv.entry(key).await {
+        Ok(Some(e)) if e.operation == Operation::Put => e.revision,
+        Ok(_) => {
+            doomed.remove(key);
+            return true;
+        }
+        Err(_) => return false,
+    };
+    if doomed.get(key) != Some(&rev) {
+        doomed.insert(key.to_owned(), rev);
+        return false;
+    }
+    if kv.delete_expect_revision(key, Some(rev)).await.is_ok() {
+        doomed.remove(key);
+        return true;
+    }
+    false
 }
 
 /// The keys of gateway `gw` in the bucket (`<gw>.…`), bounded in time.

@@ -14,7 +14,8 @@
 //!   `_`. The agent id is one level: `.`, `*`, `>` and whitespace become `_`
 //!   (the envelope carries the exact id). `P.G.agent.>` gets every agent
 //!   event that names an agent; `P.G.>` gets everything.
-//! - `P.rpc.G`: RPC request–reply. Not under `P.G.>` on purpose: the stream
+//! - `P.rpc.G`: RPC request–reply, only with `nats.rpc = true` and only for
+//!   the methods in `nats.rpc_methods`. Not under `P.G.>` on purpose: the stream
 //!   captures `P.G.>`, and JetStream acknowledges every captured message that
 //!   has a reply subject, which would answer the request before the bridge.
 //!
@@ -30,6 +31,12 @@
 //! did not reach JetStream (queue full while NATS was down or slow, or no
 //! acknowledgement). Loss is never silent.
 //!
+//! **Two bridges per gateway:** every gateway event is published with a
+//! `Nats-Msg-Id` that another bridge on the same gateway derives identically
+//! (`dedupe`), so the stream's duplicate window (`nats.duplicate_window_s`)
+//! stores it once; KV writes are revision-checked and ranked by gateway
+//! event order (`kv`).
+//!
 //! **Never blocks the broker:** [`NatsSink::offer`] is a `try_send` into a
 //! queue of `nats.buffer` items. While NATS is down the publisher holds
 //! back and the queue absorbs the outage; when it is full further events are
@@ -41,12 +48,14 @@
 //! - `subjects`: subject names and KV keys (pure functions);
 //! - `sink`: [`NatsSink`], the broker side, and the [`Lost`] id ranges;
 //! - `envelope`: the JSON envelope and resync marker bodies;
+//! - `dedupe`: the `Nats-Msg-Id` of an event (pure);
 //! - `stream`: creating or extending the JetStream stream;
 //! - `kv`: the registry → KV mirror;
 //! - `rpc`: RPC over NATS request–reply.
 //!
 //! [`EventSink`]: crate::actors::broker::EventSink
 
+mod dedupe;
 mod envelope;
 mod kv;
 mod rpc;
@@ -56,6 +65,7 @@ mod subjects;
 #[cfg(test)]
 mod tests;
 
+pub use dedupe::msg_id;
 pub use kv::KV_EVERY;
 pub use rpc::rpc_answer;
 pub use sink::{Lost, NatsSink};
@@ -176,6 +186,9 @@ async fn connect(cfg: &NatsSettings, gw: &Arc<str>) -> Result<async_nats::Client
     if let Some(t) = &cfg.token {
         opts = opts.token(t.expose().to_owned());
     }
+    if let Some((u, p)) = &cfg.user {
+        opts = opts.user_and_password(u.clone(), p.expose().to_owned());
+    }
     if let Some(f) = &cfg.credentials_file {
         opts = opts
             .credentials_file(f)
@@ -214,13 +227,16 @@ async fn run(
     };
     let mut js = jetstream::new(client.clone());
     js.set_timeout(ACK_TIMEOUT);
-    actix_rt::spawn(rpc_task(
-        client.clone(),
-        subjects.rpc(),
-        gw.to_string(),
-        supervisor,
-        stop.clone(),
-    ));
+    if cfg.rpc {
+        actix_rt::spawn(rpc_task(
+            client.clone(),
+            subjects.rpc(),
+            gw.to_string(),
+            Arc::new(cfg.rpc_methods.clone()),
+            supervisor,
+            stop.clone(),
+        ));
+    }
     actix_rt::spawn(kv_task(
         client.clone(),
         js.clone(),
@@ -321,7 +337,11 @@ async fn run(
             announce_loss(&js, &gw, &subjects, &shared, epoch).await;
         }
         let (subject, id, body) = renderer.render(&out);
-        match js.publish(subject, body).await {
+        let mut publish = jetstream::message::PublishMessage::build().payload(body);
+        if let Some(m) = event_msg_id(&gw, &out) {
+            publish = publish.message_id(m);
+        }
+        match js.send_publish(subject, publish).await {
             Ok(ack) => inflight.push_back((id, ack)),
             Err(e) => {
                 tracing::debug!(gateway = %gw, event = ev::NATS_DROPPED, "publish failed: {e}");
@@ -343,6 +363,32 @@ async fn run(
     let left = shared.take();
     if !left.is_empty() {
         tracing::warn!(gateway = %gw, event = ev::NATS_DROPPED, dropped = left.count, missed = ?left.ranges, "stopping with events that did not reach NATS");
+    }
+}
+
+/// The `Nats-Msg-Id` of an outgoing gateway event (see `dedupe`); markers
+/// have none (they describe this bridge's own queue).
+fn event_msg_id(gateway: &str, out: &Outgoing) -> Option<String> {
+    match out {
+        Outgoing::Event { item, .. } => {
+            use crate::protocol::EventKind;
+            // agent / chat (the bulk): the fields decoded with the frame.
+            let typed = item.event().and_then(|e| match &e.kind {
+                EventKind::Agent(a) => Some((a.run_id.as_str(), a.stream.as_str(), a.payload_seq)),
+                EventKind::Chat(c) => c
+                    .run_id
+                    .as_ref()
+                    .map(|r| (r.as_str(), c.state.as_deref().unwrap_or(""), c.payload_seq)),
+                _ => None,
+            });
+            match typed {
+                Some((run, part, Some(seq))) => {
+                    Some(dedupe::run_key(gateway, item.name(), run, part, seq))
+                }
+                _ => dedupe::msg_id(gateway, item.name(), item.payload()),
+            }
+        }
+        Outgoing::Marker { .. } => None,
     }
 }
 

@@ -38,6 +38,7 @@ async fn ensure_stream(
         max_bytes: i64::try_from(cfg.max_bytes).unwrap_or(i64::MAX),
         storage: jetstream::stream::StorageType::File,
         discard: jetstream::stream::DiscardPolicy::Old,
+        duplicate_window: cfg.duplicate_window,
         description: Some("openclaw-bridge: gateway events".into()),
         ..Default::default()
     };
@@ -53,24 +54,36 @@ async fn ensure_stream(
         .map_err(|e| format!("cannot read the JetStream stream {}: {e}", cfg.stream))?
         .clone();
     let covered = |subjects: &[String]| subjects.iter().any(|f| filter_covers_tree(f, &tokens));
-    if covered(&info.config.subjects) {
+    // The duplicate window is ours to set even on an existing stream: two
+    // bridges rely on it to store each event once.
+    let window_ok = info.config.duplicate_window == cfg.duplicate_window;
+    if covered(&info.config.subjects) && window_ok {
         return Ok(());
     }
     let mut config = info.config;
-    config.subjects.push(ours.clone());
+    if !covered(&config.subjects) {
+        config.subjects.push(ours.clone());
+    }
+    config.duplicate_window = cfg.duplicate_window;
     let updated = js.update_stream(&config).await.map_err(|e| {
         format!(
             "the JetStream stream {} does not capture {ours} and could not be updated: {e}",
             cfg.stream
         )
     })?;
+    if updated.config.duplicate_window != cfg.duplicate_window {
+        return Err(format!(
+            "the JetStream stream {} kept a duplicate window of {:?} after an update to {:?}",
+            cfg.stream, updated.config.duplicate_window, cfg.duplicate_window
+        ));
+    }
     if !covered(&updated.config.subjects) {
         return Err(format!(
             "the JetStream stream {} still does not capture {ours} after an update",
             cfg.stream
         ));
     }
-    tracing::info!(gateway = gw, stream = %cfg.stream, subject = %ours, "added this gateway's subjects to the existing JetStream stream");
+    tracing::info!(gateway = gw, stream = %cfg.stream, subject = %ours, duplicate_window_s = cfg.duplicate_window.as_secs(), "updated the existing JetStream stream: this gateway's subjects and the duplicate window");
     Ok(())
 }
 

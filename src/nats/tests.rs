@@ -205,3 +205,33 @@ struct Envelope<'a> {
     run_id: Option<&'a str>,
     payload: &'a serde_json::value::RawValue,
 }
+
+#[test]
+fn kv_views_of_two_bridges_rank_by_gateway_order_then_liveness() {
+    use super::kv::ours_wins;
+    let v =
+        |at: u64, stale: bool| format!(r#"{{"id":"main","last_event_at":{at},"stale":{stale}}}"#);
+    // A newer gateway event wins; an older one never undoes it.
+    assert!(ours_wins(
+        v(200, false).as_bytes(),
+        v(300, false).as_bytes()
+    ));
+    assert!(!ours_wins(
+        v(300, false).as_bytes(),
+        v(200, false).as_bytes()
+    ));
+    // A bridge that lost its gateway (stale) does not overwrite a live view
+    // of the same moment; the live one replaces the stale one.
+    assert!(!ours_wins(
+        v(300, false).as_bytes(),
+        v(300, true).as_bytes()
+    ));
+    assert!(ours_wins(v(300, true).as_bytes(), v(300, false).as_bytes()));
+    // The same bytes are never written again.
+    assert!(!ours_wins(
+        v(300, false).as_bytes(),
+        v(300, false).as_bytes()
+    ));
+    // Something unreadable in the bucket is replaced.
+    assert!(ours_wins(b"{}", v(1, true).as_bytes()));
+}

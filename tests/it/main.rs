@@ -14,6 +14,8 @@ mod identity;
 mod isolation;
 mod logs;
 mod nats;
+mod nats_ha;
+mod nats_rpc;
 mod notify;
 mod real_gateway;
 mod real_multi;

@@ -385,7 +385,7 @@ async fn nats_killed_under_a_flood_sse_keeps_working_and_the_gap_is_announced() 
 async fn rpc_over_nats_answers_like_post_v1_rpc() {
     let server = NatsServer::start();
     let gw = FakeGateway::start(FakeOptions::default());
-    let app = app_with_nats(&gw, &server, "").await;
+    let app = app_with_nats(&gw, &server, "rpc = true\nrpc_methods = [\"*\"]\n").await;
     let nc = client(&server).await;
     let ask = |body: Value| {
         let nc = nc.clone();

@@ -656,6 +656,16 @@ impl FakeGateway {
         });
     }
 
+    /// Event to every live connection, each with its own next outer `seq`
+    /// (the real gateway broadcasts; the outer seq is per socket).
+    pub fn broadcast_event(&self, event: &str, payload: Value) {
+        self.cmd_all(|| ConnCmd::Event {
+            event: event.into(),
+            payload: payload.clone(),
+            seq: SeqMode::Auto,
+        });
+    }
+
     /// Event with an explicit `seq` (`Some(n)`: later auto seqs continue at n+1, so
     /// `Some(expected + 2)` makes a gap) or none (`None`: the counter is untouched).
     pub fn send_event_with_seq(&self, event: &str, payload: Value, seq: Option<u64>) {

@@ -131,6 +131,8 @@ pub fn binary() -> &'static Path {
 pub struct NatsServer {
     pub port: u16,
     store: tempfile::TempDir,
+    /// A config file (`-c`), for auth; `None`: flags only.
+    conf: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -149,6 +151,26 @@ impl NatsServer {
                 .prefix("nats-test-")
                 .tempdir()
                 .expect("temp dir"),
+            conf: None,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Like [`start`](Self::start), with `auth` (nats-server config text,
+    /// e.g. an `authorization { users = [...] }` block) in a config file.
+    pub fn start_with_auth(auth: &str) -> NatsServer {
+        let store = tempfile::Builder::new()
+            .prefix("nats-test-")
+            .tempdir()
+            .expect("temp dir");
+        let conf = store.path().join("nats.conf");
+        std::fs::write(&conf, auth).expect("write nats.conf");
+        let mut s = NatsServer {
+            port: free_port(),
+            store,
+            conf: Some(conf),
             child: None,
         };
         s.spawn();
@@ -162,7 +184,11 @@ impl NatsServer {
     fn spawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let child = Command::new(binary())
+            let mut cmd = Command::new(binary());
+            if let Some(c) = &self.conf {
+                cmd.arg("-c").arg(c);
+            }
+            let child = cmd
                 .args(["-js", "-a", "127.0.0.1", "-p"])
                 .arg(self.port.to_string())
                 .arg("-sd")
