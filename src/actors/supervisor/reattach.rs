@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use super::run_queries::{active_runs, agent_wait, WaitAnswer};
 use super::{GatewayConnection, Supervisor};
 use crate::actors::messages::{Answer, LinkState, RequestError, Rpc, RunFailure, Send};
-use crate::actors::registry::RunStatus;
+use crate::actors::registry::{RunOutcome, RunStatus};
 use crate::telemetry::events as ev;
 
 /// A run still active but whose `agent.wait` came back early is asked
@@ -283,42 +283,53 @@ impl Supervisor {
             run_id: h.run_id.clone(),
             failure,
         };
-        let answer = match res {
+        let outcome = |w: &WaitAnswer, status| RunOutcome {
+            agent_id: h.agent_id.clone(),
+            run_id: h.run_id.clone(),
+            status,
+            started_at: w.started_at,
+            ended_at: w.ended_at,
+            stop_reason: w.stop_reason.clone(),
+        };
+        let (answer, record) = match res {
             Resolution::Ended(payload) => {
                 let w = WaitAnswer::parse(&payload);
                 tracing::info!(gateway = %gateway, event = ev::GATEWAY_RUN_REATTACHED, run_id = %h.run_id, outcome = w.status.as_deref().unwrap_or(""), stop_reason = w.stop_reason.as_deref().unwrap_or(""), held_ms, "the held caller got the run's real outcome from agent.wait");
-                self.record_outcome(
-                    h.agent_id.clone(),
-                    h.run_id.clone(),
-                    &w,
-                    w.run_status(),
-                    ctx,
-                );
-                Ok(Answer {
-                    payload,
-                    reattached: true,
-                })
+                let record = outcome(&w, w.run_status());
+                (
+                    Ok(Answer {
+                        payload,
+                        reattached: true,
+                    }),
+                    Some(record),
+                )
             }
             Resolution::Unknown { boot_changed } => {
                 tracing::warn!(gateway = %gateway, event = ev::GATEWAY_RUN_REATTACHED, run_id = %h.run_id, outcome = "unknown", boot_changed, held_ms, "the gateway no longer knows the accepted run: its outcome is unknown");
-                self.record_outcome(
-                    h.agent_id.clone(),
-                    h.run_id.clone(),
-                    &WaitAnswer::default(),
-                    RunStatus::Unknown,
-                    ctx,
-                );
-                Err(run(RunFailure::OutcomeUnknown { boot_changed }))
+                let record = outcome(&WaitAnswer::default(), RunStatus::Unknown);
+                (
+                    Err(run(RunFailure::OutcomeUnknown { boot_changed })),
+                    Some(record),
+                )
             }
-            Resolution::Timeout => Err(run(RunFailure::Timeout {
-                after_ms: h.timeout_ms,
-            })),
+            Resolution::Timeout => (
+                Err(run(RunFailure::Timeout {
+                    after_ms: h.timeout_ms,
+                })),
+                None,
+            ),
             Resolution::LinkLost => return,
-            Resolution::ShuttingDown => Err(run(RunFailure::ShuttingDown)),
-            Resolution::Failed(e) => Err(e),
+            Resolution::ShuttingDown => (Err(run(RunFailure::ShuttingDown)), None),
+            Resolution::Failed(e) => (Err(e), None),
         };
-        if let Some(tx) = h.tx.take() {
-            let _ = tx.send(answer);
+        match record {
+            // The registry first, so the caller's next read agrees.
+            Some(record) => self.record_outcome_then(record, h.tx.take(), answer, ctx),
+            None => {
+                if let Some(tx) = h.tx.take() {
+                    let _ = tx.send(answer);
+                }
+            }
         }
     }
 

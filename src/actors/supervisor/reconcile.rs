@@ -30,26 +30,23 @@ pub struct LookupRun(pub String);
 pub const RUN_RECONCILED: &str = "bridge.run_reconciled";
 
 impl Supervisor {
-    /// Hand a run's outcome to the registry; announce it if it corrected
-    /// what the registry showed.
-    pub(super) fn record_outcome(
+    /// Hand a run's outcome to the registry (announcing it if it corrected
+    /// what the registry showed), then answer the held caller: whoever got
+    /// the answer and reads `/v1/runs` next sees the same outcome.
+    pub(super) fn record_outcome_then<T: 'static>(
         &self,
-        agent_id: Option<String>,
-        run_id: String,
-        w: &WaitAnswer,
-        status: RunStatus,
+        outcome: RunOutcome,
+        tx: Option<tokio::sync::oneshot::Sender<T>>,
+        answer: T,
         ctx: &mut Context<Self>,
     ) {
         let out = self.out.clone();
-        let outcome = RunOutcome {
-            agent_id,
-            run_id,
-            status,
-            started_at: w.started_at,
-            ended_at: w.ended_at,
-            stop_reason: w.stop_reason.clone(),
-        };
-        ctx.spawn(actix::fut::wrap_future(apply(out, outcome)));
+        ctx.spawn(actix::fut::wrap_future(async move {
+            apply(out, outcome).await;
+            if let Some(tx) = tx {
+                let _ = tx.send(answer);
+            }
+        }));
     }
 
     /// Read `sessions.list` to the end, give it to the registry, and settle
