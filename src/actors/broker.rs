@@ -178,6 +178,9 @@ impl Actor for EventBroker {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(65_536);
+        // The gauge exists from the start (0), not from the first subscriber:
+        // an alert on it needs the series.
+        crate::metrics::sse_subscribers(&self.gateway, 0);
     }
 }
 

@@ -456,15 +456,23 @@ pub(super) async fn rpc(
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
-    // Held while this handler waits: if the client goes away, actix-web
-    // drops the handler and the connection releases the request.
+    // Held while this handler waits. actix-web does not drop a handler whose
+    // client hung up (actix/actix-web#1313), so the socket is watched: when
+    // the client is gone, `waiting` is dropped and the connection releases
+    // the request's place (a queued one is never written; an accepted run
+    // goes on in the gateway).
     let waiting = std::sync::Arc::new(());
     let msg = parse_rpc_body(&body)?.caller(&waiting);
-    let answer = gateway
-        .supervisor
-        .send(Rpc(msg))
-        .await
-        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))??;
+    let peer = super::sse::peer_socket(&req);
+    let send = gateway.supervisor.send(Rpc(msg));
+    let answer = tokio::select! {
+        answer = send => answer
+            .map_err(|_| ApiError::Internal("the supervisor is not running".into()))??,
+        () = super::sse::peer_closed(peer) => {
+            drop(waiting);
+            return Err(ApiError::BadRequest("the client closed the connection".into()));
+        }
+    };
     drop(waiting);
     let body = answer.to_body();
     Ok(HttpResponse::Ok()

@@ -52,9 +52,19 @@ pub(super) fn remember_peer(conn: &dyn Any, ext: &mut Extensions) {
     }
 }
 
+/// A handle on this request's client socket for [`peer_closed`], leaving
+/// the connection's own for the next request on it (keep-alive).
+pub(super) fn peer_socket(req: &actix_web::HttpRequest) -> Option<socket2::Socket> {
+    let cell = req.conn_data::<PeerSocket>()?;
+    let sock = cell.0.take()?;
+    let copy = sock.try_clone().ok();
+    cell.0.set(Some(sock));
+    copy
+}
+
 /// Resolves once the client has closed the connection; never when that
 /// cannot be told (no socket, or the client sent more bytes).
-async fn peer_closed(sock: Option<socket2::Socket>) {
+pub(super) async fn peer_closed(sock: Option<socket2::Socket>) {
     let watch = async move {
         let std: std::net::TcpStream = sock?.into();
         std.set_nonblocking(true).ok()?;

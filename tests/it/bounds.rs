@@ -297,6 +297,48 @@ async fn a_caller_that_goes_away_releases_its_pending_entry() {
     held.abort();
 }
 
+/// The same over HTTP: a client that hangs up on `POST /v1/rpc` frees its
+/// place at once (the socket is watched), not at the request's deadline.
+#[actix_rt::test]
+async fn an_http_client_that_hangs_up_releases_its_pending_entry() {
+    use tokio::io::AsyncWriteExt;
+    let (gw, app) = connected(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "1")]).await;
+    gw.set_responder(|r| match r.method.as_str() {
+        "hold" => Reply::Never,
+        _ => Reply::Default,
+    });
+    let body = r#"{"method":"hold","timeoutMs":120000}"#;
+    let mut client = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/rpc HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        app.addr,
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    assert!(gw.next_request_for("hold", T).await.is_some());
+    let (status, body) = app.rpc(json!({"method": "echo"})).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("BRIDGE_OVERLOADED")),
+        "{body}"
+    );
+    drop(client);
+    // Well before the held request's own 120 s deadline.
+    let deadline = Instant::now() + T;
+    loop {
+        let (status, body) = app.rpc(json!({"method": "echo"})).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(body["error"]["code"], "BRIDGE_OVERLOADED", "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the hung-up client's entry was never released"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A frozen gateway (stops reading its socket) while callers send 100
 /// requests/s for 40 s, then it resumes: no request whose caller had
 /// already been told `BRIDGE_TIMEOUT` before it was written reaches it.
