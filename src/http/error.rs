@@ -11,6 +11,11 @@ use crate::actors::RequestError;
 pub enum ApiError {
     #[error("{0}")]
     Request(Box<RequestError>),
+    /// The gateway refused a request the bridge made on its own account
+    /// (e.g. the `agent.wait` behind `GET /v1/runs/{runId}`): the gateway's
+    /// error object, but 502, since the client's request was well formed.
+    #[error("{0}")]
+    GatewayRefused(Box<RequestError>),
     #[error("{0}")]
     BadRequest(String),
     #[error("missing or wrong bearer token")]
@@ -37,7 +42,7 @@ impl ApiError {
     /// The error object (`{"code","message",…}`).
     fn object(&self) -> Value {
         match self {
-            ApiError::Request(e) => e.to_value(),
+            ApiError::Request(e) | ApiError::GatewayRefused(e) => e.to_value(),
             ApiError::BadRequest(m) => json!({"code": "BRIDGE_BAD_REQUEST", "message": m}),
             ApiError::Unauthorized => {
                 json!({"code": "BRIDGE_UNAUTHORIZED", "message": self.to_string()})
@@ -112,6 +117,7 @@ impl ResponseError for ApiError {
                     RunFailure::OutcomeUnknown { .. } => StatusCode::BAD_GATEWAY,
                 },
             },
+            ApiError::GatewayRefused(_) => StatusCode::BAD_GATEWAY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -167,6 +173,12 @@ mod tests {
         assert_eq!(status(rejected("NOT_PAIRED")), 503);
         assert_eq!(status(rejected("UNAVAILABLE")), 503);
         assert_eq!(status(rejected("APPROVAL_NOT_FOUND")), 502);
+        // The gateway refusing the bridge's own lookup keeps its code, as a 502.
+        let refused = ApiError::GatewayRefused(Box::new(RequestError::Rejected(Box::new(
+            GatewayError::local("INVALID_REQUEST", "unknown method: agent.wait"),
+        ))));
+        assert_eq!(refused.object()["code"], "INVALID_REQUEST");
+        assert_eq!(status(refused), 502);
         assert_eq!(
             status(ApiError::from(RequestError::NotConnected {
                 state: "backoff".into(),

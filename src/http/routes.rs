@@ -17,6 +17,7 @@ use crate::actors::messages::{LinkState, Rpc, Send};
 use crate::actors::registry::{AgentDetail, AgentState};
 use crate::actors::registry::{GetAgent, GetRun, ListAgents, RunView};
 use crate::actors::supervisor::{GetStatus, LookupRun, Status};
+use crate::actors::RequestError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Each path is one resource: a known path with another method is a JSON
@@ -320,7 +321,13 @@ pub(super) async fn run(
         .supervisor
         .send(LookupRun(run_id.clone()))
         .await
-        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))??;
+        .map_err(|_| ApiError::Internal("the supervisor is not running".into()))?
+        .map_err(|e| match e {
+            // The lookup is the bridge's request, not the client's: a gateway
+            // that refuses it (e.g. one without `agent.wait`) is a 502.
+            RequestError::Rejected(_) => ApiError::GatewayRefused(Box::new(e)),
+            other => ApiError::from(other),
+        })?;
     match asked {
         Some(view) => Ok(HttpResponse::Ok().json(view)),
         None => Err(ApiError::NotFound(format!(

@@ -246,6 +246,26 @@ async fn wrong_method_and_unknown_route_are_json_errors() {
     app.stop().await;
 }
 
+#[actix_rt::test]
+async fn a_gateway_that_refuses_the_run_lookup_is_a_502_with_its_own_error() {
+    // The fake gateway has no `agent.wait`: it answers INVALID_REQUEST, as a
+    // gateway without the method would. The client's request was fine, so
+    // the bridge answers 502 (documented), not the gateway's 400.
+    let (_gw, app) = connected().await;
+    for path in ["/v1/runs/run-x", "/v1/gateways/default/runs/run-x"] {
+        let a = get(&app, path, None).await;
+        assert_eq!(a.status, 502, "{path}: {}", a.text());
+        assert_eq!(a.json()["ok"], false);
+        assert_eq!(a.json()["error"]["code"], "INVALID_REQUEST", "{path}");
+        assert!(
+            a.text().contains("agent.wait"),
+            "{path}: the gateway's message is kept: {}",
+            a.text()
+        );
+    }
+    app.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // RPC status mapping (the parts rpc.rs does not cover)
 // ---------------------------------------------------------------------------------------------
