@@ -24,8 +24,14 @@ async fn subscribe(app: &TestApp) -> Subscription {
 
 /// Next item that is a gateway event (skips bridge.* lifecycle messages).
 async fn next_event(sub: &mut Subscription) -> std::sync::Arc<BrokerItem> {
+    next_event_within(sub, T).await
+}
+
+/// A bound, not a speed check: a 20 MB frame in a debug build on 2 busy
+/// cores takes seconds to encode, send and decode.
+async fn next_event_within(sub: &mut Subscription, t: Duration) -> std::sync::Arc<BrokerItem> {
     loop {
-        let item = tokio::time::timeout(T, sub.recv())
+        let item = tokio::time::timeout(t, sub.recv())
             .await
             .expect("an event within the timeout")
             .expect("stream open");
@@ -49,7 +55,7 @@ async fn large_events_arrive_intact() {
     for size in [1 << 20, 20_000_000] {
         let text: String = "é\"x\\ ".chars().cycle().take(size / 2).collect();
         gw.send_event("agent", json!({"runId": "big", "stream": "assistant", "agentId": "main", "data": {"text": text}}));
-        let item = next_event(&mut sub).await;
+        let item = next_event_within(&mut sub, Duration::from_secs(120)).await;
         let v = data(&item);
         assert_eq!(
             v["payload"]["data"]["text"].as_str().unwrap(),
