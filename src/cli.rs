@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::app::Application;
 use crate::config::{ConfigErrors, GatewaySettings, Settings};
 use crate::telemetry::{self, events as ev};
-use crate::Application;
 
 mod call;
 mod identity;

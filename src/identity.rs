@@ -26,11 +26,17 @@ use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
-use crate::actors::gateway::DeviceSigner;
 use crate::protocol::{ConnectParams, DeviceProof};
 
 mod token;
 pub use token::{DeviceTokenStore, StoredDeviceToken};
+
+/// Signs the connect challenge for a device identity. Implemented by
+/// [`DeviceIdentity`]; a `GatewayConnection` holds one as `dyn DeviceSigner`
+/// (tests substitute their own).
+pub trait DeviceSigner: std::fmt::Debug + std::marker::Send + Sync {
+    fn sign(&self, params: &ConnectParams, nonce: &str, signed_at: u64) -> DeviceProof;
+}
 
 /// The private key file in the state directory.
 pub const KEY_FILE: &str = "device-key";

@@ -36,7 +36,6 @@ use futures_util::stream::{SplitSink, StreamExt};
 use super::messages::{
     ConnectionDown, ConnectionUp, DisconnectCause, EventMsg, RequestError, Send, SeqGap,
 };
-use crate::protocol::{ConnectParams, DeviceProof};
 
 mod codec;
 mod correlator;
@@ -62,10 +61,7 @@ const RELEASE_SWEEP: Duration = Duration::from_secs(1);
 
 type WsSink = SplitSink<actix_codec::Framed<BoxedSocket, BoundedCodec>, WsMessage>;
 
-/// Signs the challenge for a device identity (see `identity`).
-pub trait DeviceSigner: std::fmt::Debug + std::marker::Send + Sync {
-    fn sign(&self, params: &ConnectParams, nonce: &str, signed_at: u64) -> DeviceProof;
-}
+pub use crate::identity::DeviceSigner;
 
 /// What a connection needs to know, fixed for its lifetime. `Debug` leaves
 /// the tokens out.

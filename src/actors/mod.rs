@@ -6,10 +6,12 @@ pub mod broker;
 pub mod gateway;
 pub mod messages;
 pub mod registry;
+mod stack;
 pub mod supervisor;
 
 pub use broker::EventBroker;
 pub use gateway::GatewayConnection;
 pub use messages::{RequestError, Send};
 pub use registry::AgentRegistry;
+pub use stack::GatewayStack;
 pub use supervisor::Supervisor;

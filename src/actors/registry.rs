@@ -32,7 +32,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::messages::{EventMsg, LinkChanged};
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::store::{SessionInfo, StoreWriter, StoredAgent, StoredRun};
 use crate::telemetry::events as ev;
 

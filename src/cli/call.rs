@@ -9,8 +9,8 @@ use actix::prelude::Actor;
 use super::{EXIT_CONFIG, EXIT_GATEWAY, EXIT_OK, EXIT_RUNTIME};
 use crate::actors::messages::{Answer, RequestError, Rpc, RunFailure, Send};
 use crate::actors::supervisor::{Mode, Outputs, ReadyError, Shutdown, Supervisor, WaitReady};
+use crate::app::supervisor_config;
 use crate::config::{GatewaySettings, Settings};
-use crate::supervisor_config;
 use crate::telemetry;
 
 pub(super) fn call(

@@ -40,7 +40,7 @@ pub(super) fn identity_show(settings: &Settings) -> u8 {
             println!("public_key:      {}", id.public_key_b64url());
             println!("key_file:        {}", id.key_path().display());
             for g in &settings.gateways {
-                let token = match store.load(&g.url, crate::ROLE) {
+                let token = match store.load(&g.url, crate::protocol::ROLE) {
                     Ok(Some(t)) => format!(
                         "yes (scopes {}, issued at {} ms)",
                         t.scopes.join(","),

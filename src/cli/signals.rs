@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use crate::actors::supervisor::Mode;
+use crate::actors::GatewayStack;
+use crate::app::supervisor_config;
 use crate::config::Settings;
 use crate::telemetry::{self, events as ev};
-use crate::{supervisor_config, GatewayStack};
 
 /// The daemon's signal handlers, installed before anything starts: the
 /// gateway stacks run on their own threads and may be up before the main

@@ -1,133 +1,15 @@
-//! The API's error type: one enum, mapped to HTTP status in one place.
+//! The HTTP side of [`ApiError`] (defined in `api`): status, `Retry-After`,
+//! `WWW-Authenticate` and `Allow` headers, and the `{"ok":false,"error":…}` body.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::actors::messages::RunFailure;
-use crate::actors::RequestError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    Request(Box<RequestError>),
-    /// The gateway refused a request the bridge made on its own account
-    /// (e.g. the `agent.wait` behind `GET /v1/runs/{runId}`): the gateway's
-    /// error object, but 502, since the client's request was well formed.
-    #[error("{0}")]
-    GatewayRefused(Box<RequestError>),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
-    #[error("{0}")]
-    NotFound(String),
-    #[error("request body over {limit} bytes")]
-    TooLarge { limit: usize },
-    #[error("method not allowed here; use {allow}")]
-    MethodNotAllowed { allow: &'static str },
-    /// A browser-borne request to a tokenless API (foreign Host or Origin).
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("the body must be sent as Content-Type: application/json")]
-    UnsupportedMediaType,
-    /// A bound was hit (e.g. `http.max_sse_subscribers`): retry later.
-    #[error("{message}")]
-    Overloaded { message: String, retry_after_s: u64 },
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    /// The error object (`{"code","message",…}`).
-    fn object(&self) -> Value {
-        match self {
-            ApiError::Request(e) | ApiError::GatewayRefused(e) => e.to_value(),
-            ApiError::BadRequest(m) => json!({"code": "BRIDGE_BAD_REQUEST", "message": m}),
-            ApiError::Unauthorized => {
-                json!({"code": "BRIDGE_UNAUTHORIZED", "message": self.to_string()})
-            }
-            ApiError::Forbidden(m) => json!({"code": "BRIDGE_FORBIDDEN", "message": m}),
-            ApiError::UnsupportedMediaType => {
-                json!({"code": "BRIDGE_UNSUPPORTED_MEDIA_TYPE", "message": self.to_string()})
-            }
-            ApiError::NotFound(m) => json!({"code": "BRIDGE_NOT_FOUND", "message": m}),
-            ApiError::TooLarge { .. } => {
-                json!({"code": "BRIDGE_PAYLOAD_TOO_LARGE", "message": self.to_string()})
-            }
-            ApiError::MethodNotAllowed { .. } => {
-                json!({"code": "BRIDGE_METHOD_NOT_ALLOWED", "message": self.to_string()})
-            }
-            ApiError::Overloaded { message, .. } => {
-                json!({"code": "BRIDGE_OVERLOADED", "message": message})
-            }
-            ApiError::Internal(m) => json!({"code": "BRIDGE_INTERNAL", "message": m}),
-        }
-    }
-
-    /// The reply to an RPC that failed, for transports without HTTP (NATS
-    /// request–reply): the body `POST /v1/rpc` would give plus the HTTP
-    /// status it would have, `{"ok":false,"error":{…},"status":N}`.
-    pub fn rpc_reply(&self) -> Value {
-        json!({"ok": false, "error": self.object(), "status": self.status_code().as_u16()})
-    }
-
-    /// Seconds for `Retry-After`, when the error says when to retry.
-    fn retry_after_secs(&self) -> Option<u64> {
-        let ms = match self {
-            ApiError::Request(r) => match r.as_ref() {
-                RequestError::Rejected(e) => e.retry_after_ms,
-                // Always a hint while not connected: with no attempt
-                // scheduled (a handshake under way) try again in a second.
-                RequestError::NotConnected {
-                    next_attempt_in_ms, ..
-                } => Some(next_attempt_in_ms.unwrap_or(1000)),
-                RequestError::Overloaded { retry_after_ms, .. } => Some(*retry_after_ms),
-                _ => None,
-            },
-            ApiError::Overloaded { retry_after_s, .. } => return Some((*retry_after_s).max(1)),
-            _ => None,
-        }?;
-        Some(ms.div_ceil(1000).max(1))
-    }
-}
+pub use crate::api::ApiError;
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::Request(e) => match e.as_ref() {
-                RequestError::Rejected(g) => match g.code.as_str() {
-                    "INVALID_REQUEST" => StatusCode::BAD_REQUEST,
-                    "FORBIDDEN" => StatusCode::FORBIDDEN,
-                    "NOT_PAIRED" | "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
-                    _ => StatusCode::BAD_GATEWAY,
-                },
-                RequestError::NotConnected { .. }
-                | RequestError::Disconnected { .. }
-                | RequestError::ShuttingDown
-                | RequestError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                RequestError::FrameTooLarge { .. } => StatusCode::BAD_GATEWAY,
-                RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                RequestError::BadRequest(_) => StatusCode::BAD_REQUEST,
-                RequestError::Run { failure, .. } => match failure {
-                    RunFailure::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                    RunFailure::Disconnected { .. } | RunFailure::ShuttingDown => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
-                    RunFailure::OutcomeUnknown { .. } => StatusCode::BAD_GATEWAY,
-                },
-            },
-            ApiError::GatewayRefused(_) => StatusCode::BAD_GATEWAY,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -145,15 +27,11 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<RequestError> for ApiError {
-    fn from(e: RequestError) -> Self {
-        ApiError::Request(Box::new(e))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::messages::RunFailure;
+    use crate::actors::RequestError;
     use crate::protocol::GatewayError;
 
     fn status(e: ApiError) -> u16 {

@@ -14,12 +14,12 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpRequest, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+pub use crate::api::parse_rpc_body;
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
-pub use routes::parse_rpc_body;
 
+use crate::actors::GatewayStack;
 use crate::config::Secret;
-use crate::GatewayStack;
 
 /// Request bodies larger than this get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -1,6 +1,6 @@
 //! Route handlers.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -9,15 +9,15 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use super::openapi::{ErrorBody, Health, Readiness, RpcOk};
 use super::{ApiError, ApiState, MAX_BODY_BYTES};
-use crate::actors::messages::{LinkState, Rpc, Send};
+use crate::actors::messages::{LinkState, Rpc};
 use crate::actors::registry::{AgentDetail, AgentState};
 use crate::actors::registry::{GetAgent, GetRun, ListAgents, RunView};
 use crate::actors::supervisor::{GetStatus, LookupRun, Status};
 use crate::actors::RequestError;
+use crate::api::{parse_rpc_body, RpcBody};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // Each path is one resource: a known path with another method is a JSON
@@ -103,7 +103,7 @@ pub struct GatewayStatus {
     ready: bool,
 }
 
-async fn gateway_status(g: &crate::GatewayStack) -> Result<serde_json::Value, ApiError> {
+async fn gateway_status(g: &crate::actors::GatewayStack) -> Result<serde_json::Value, ApiError> {
     let status = g.supervisor.send(GetStatus).await.map_err(|_| {
         ApiError::Internal(format!(
             "the supervisor of gateway {:?} is not running",
@@ -335,63 +335,6 @@ pub(super) async fn run(
             g.id
         ))),
     }
-}
-
-/// `POST /v1/rpc` body.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct RpcBody {
-    /// A gateway method, e.g. `agents.list`, `agent`, `chat.send`.
-    #[schema(min_length = 1)]
-    method: String,
-    /// The method's params object.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    params: Option<Box<RawValue>>,
-    /// For `agent`: wait past `accepted` for the final answer.
-    #[serde(default)]
-    expect_final: bool,
-    /// Per-request timeout, 1 to 600000 ms.
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 600000)]
-    timeout_ms: Option<u64>,
-}
-
-/// Parse and check a `POST /v1/rpc` body (`{"method","params"?,
-/// "expectFinal"?,"timeoutMs"?}`) into the request for the supervisor. Shared
-/// with RPC over NATS so both give the same answers.
-pub fn parse_rpc_body(body: &[u8]) -> Result<Send, ApiError> {
-    let rpc: RpcBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "body must be JSON {{\"method\": string, \"params\"?: object, \"expectFinal\"?: bool, \"timeoutMs\"?: number}}: {e}"
-        ))
-    })?;
-    if rpc.method.trim().is_empty() {
-        return Err(ApiError::BadRequest("method must not be empty".into()));
-    }
-    let params = match rpc.params {
-        Some(p) if p.get().trim() == "null" => None,
-        Some(p) if !p.get().trim_start().starts_with('{') => {
-            return Err(ApiError::BadRequest("params must be a JSON object".into()))
-        }
-        other => other,
-    };
-    let timeout = match rpc.timeout_ms {
-        Some(0) | Some(600_001..) => {
-            return Err(ApiError::BadRequest(
-                "timeoutMs must be from 1 to 600000".into(),
-            ))
-        }
-        Some(ms) => Some(Duration::from_millis(ms)),
-        None => None,
-    };
-    Ok(Send {
-        method: rpc.method,
-        params,
-        timeout,
-        expect_final: rpc.expect_final,
-        caller: None,
-    })
 }
 
 /// Read the body up to [`MAX_BODY_BYTES`]; over that is 413.

@@ -2,12 +2,21 @@
 //! from the item's typed fields (the payload is copied in as sent, never
 //! re-parsed).
 
+use std::sync::Arc;
+
 use async_nats::Subject;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Value};
 
-use super::sink::Outgoing;
 use super::Subjects;
+use crate::actors::broker::BrokerItem;
+
+/// What the sink hands the publisher: an event, or a gap marker.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    Event { item: Arc<BrokerItem>, epoch: u64 },
+    Marker { epoch: u64, payload: Value },
+}
 
 /// `s` as a JSON string.
 fn put_str(out: &mut BytesMut, s: &str) {
@@ -27,11 +36,7 @@ fn put_u64(out: &mut BytesMut, n: Option<u64>) {
 
 /// `{"gateway","epoch","seq","bridge_id","event","agent_id"?,"run_id"?,"payload"}`:
 /// the same bytes serde would write for these fields, in this order.
-pub(super) fn event_body(
-    gateway: &str,
-    epoch: u64,
-    item: &crate::actors::broker::BrokerItem,
-) -> Bytes {
+pub(super) fn event_body(gateway: &str, epoch: u64, item: &BrokerItem) -> Bytes {
     let payload = item.payload();
     let mut out = BytesMut::with_capacity(payload.len() + 160);
     out.extend_from_slice(b"{\"gateway\":");

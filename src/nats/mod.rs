@@ -86,10 +86,11 @@ use crate::actors::{AgentRegistry, Supervisor};
 use crate::config::NatsSettings;
 use crate::telemetry::events as ev;
 
+use envelope::Outgoing;
 use envelope::{marker_body, Renderer};
 use kv::kv_task;
 use rpc::rpc_task;
-use sink::{Outgoing, Shared};
+use sink::Shared;
 use stream::stream_ready;
 
 /// Acks awaited at once by the publisher (pipelined publishing).

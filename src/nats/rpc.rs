@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use tokio::sync::{watch, Semaphore};
 
 use crate::actors::Supervisor;
-use crate::http::ApiError;
+use crate::api::ApiError;
 use crate::telemetry::events as ev;
 
 /// Requests over NATS handled at once.
@@ -105,7 +105,7 @@ fn refused(allowed: &[String], body: &[u8]) -> Option<String> {
 /// The reply to one RPC request body.
 pub async fn rpc_answer(supervisor: &Addr<Supervisor>, body: &[u8]) -> Bytes {
     let err = |e: ApiError| Bytes::from(e.rpc_reply().to_string());
-    let msg = match crate::http::parse_rpc_body(body) {
+    let msg = match crate::api::parse_rpc_body(body) {
         Ok(m) => m,
         Err(e) => return err(e),
     };

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::envelope::Outgoing;
 use super::LOG_EVERY;
 use crate::actors::broker::{BrokerItem, EventSink};
 use crate::telemetry::events as ev;
@@ -77,13 +78,6 @@ impl Lost {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
-}
-
-/// What the sink hands the publisher.
-#[derive(Debug)]
-pub(super) enum Outgoing {
-    Event { item: Arc<BrokerItem>, epoch: u64 },
-    Marker { epoch: u64, payload: Value },
 }
 
 pub(super) struct Shared {

@@ -169,7 +169,7 @@ fn envelope_bytes_are_what_serde_writes() {
     ] {
         let (_, _, body) = render(
             &subjects,
-            &super::sink::Outgoing::Event {
+            &super::envelope::Outgoing::Event {
                 item: it.clone(),
                 epoch: it.epoch,
             },

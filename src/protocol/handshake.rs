@@ -6,6 +6,9 @@ use serde_json::Value;
 /// The only protocol this client speaks.
 pub const PROTOCOL_VERSION: u32 = 4;
 
+/// The role the bridge connects as; device tokens are kept per gateway and role.
+pub const ROLE: &str = "operator";
+
 /// Payload of the `connect.challenge` event.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Challenge {

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::{GatewayConnection, Phase};
 use crate::actors::messages::{ConnectionUp, DisconnectCause};
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::protocol::{
     self, Challenge, ClientInfo, ConnectAuth, ConnectParams, GatewayError, HelloOk, ResponseFrame,
     PROTOCOL_VERSION,
@@ -41,7 +41,7 @@ impl GatewayConnection {
                 display_name: Some(cfg.display_name.clone()),
                 device_family: None,
             },
-            role: "operator".into(),
+            role: crate::protocol::ROLE.into(),
             scopes: cfg.scopes.clone(),
             // A device token, once issued, is sent alone: it becomes the signed
             // token and authenticates as `device-token` (PROTOCOL.md §3.4), which

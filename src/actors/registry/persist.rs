@@ -12,7 +12,7 @@ use actix::prelude::{Context, Handler};
 use super::{
     AgentRegistry, AgentState, AgentStatus, FlushStore, Persisted, RunRecord, RunStatus, RUNS_KEPT,
 };
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Change, StoredAgent, StoredRun};
 use crate::telemetry::events as ev;
 

@@ -8,7 +8,7 @@ use actix::prelude::{Context, Handler, Message, MessageResult};
 use serde::Serialize;
 
 use super::{AgentRegistry, AgentStatus, RunRecord, RunStatus, RUNS_KEPT};
-use crate::now_ms;
+use crate::clock::now_ms;
 
 /// A run held as running that `sessions.list` no longer shows active.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 use actix::prelude::{Context, Handler};
 
 use super::{AgentRegistry, AgentStatus, EventMsg, RequestResync, RunRecord, RunStatus, RUNS_KEPT};
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::protocol::{EventKind, RunPhase};
 
 /// run id → agent id entries kept (chat events may not name the agent).

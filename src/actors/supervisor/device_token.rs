@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::Supervisor;
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::telemetry::events as ev;
 
 impl Supervisor {
@@ -24,7 +24,7 @@ impl Supervisor {
                 let shown_scopes = scopes.join(",");
                 let path = store.path().display().to_string();
                 let saved = actix_rt::task::spawn_blocking(move || {
-                    store.save(&url, crate::ROLE, &token, &scopes, now_ms())
+                    store.save(&url, crate::protocol::ROLE, &token, &scopes, now_ms())
                 })
                 .await;
                 match saved {
@@ -54,7 +54,7 @@ impl Supervisor {
             return false;
         }
         if let Some(store) = &self.cfg.device_tokens {
-            if let Err(e) = store.clear(&self.cfg.connection.url, crate::ROLE) {
+            if let Err(e) = store.clear(&self.cfg.connection.url, crate::protocol::ROLE) {
                 tracing::warn!(gateway = %self.cfg.connection.gateway, "could not remove the stored device token: {e}");
             }
         }

@@ -12,7 +12,7 @@ use super::{
     MAX_RETRY_AFTER, RESTART_GRACE, RESTART_POLL,
 };
 use crate::actors::messages::{DisconnectCause, LinkState, RetryClass};
-use crate::now_ms;
+use crate::clock::now_ms;
 use crate::telemetry::events as ev;
 
 impl Handler<ConnectionUp> for Supervisor {
