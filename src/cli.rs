@@ -1,4 +1,4 @@
-//! The command line (`../shared/CONTRACT.md`, "Binary and CLI").
+//! The command line (CONTRACT.md, "Binary and CLI").
 //!
 //! Exit codes: 0 success / clean shutdown, 1 runtime failure, 2 usage or
 //! configuration error, 3 could not reach or authenticate to the gateway.

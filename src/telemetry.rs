@@ -12,7 +12,7 @@ use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Stable event names (`../shared/CONTRACT.md`, "Logs").
+/// Stable event names (CONTRACT.md, "Logs").
 pub mod events {
     pub const BRIDGE_STARTED: &str = "bridge.started";
     pub const BRIDGE_STOPPING: &str = "bridge.stopping";

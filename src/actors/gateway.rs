@@ -11,9 +11,10 @@
 //! graceful close with 1000.
 //!
 //! **Sends:** [`ConnectionUp`] after hello-ok, [`SeqGap`] when the outer seq
-//! jumps, and exactly one [`ConnectionDown`] when it stops (to its owner);
-//! [`EventMsg`] for every event to the broker and, for the events the registry
-//! tracks, to the registry.
+//! jumps, [`HealthSeen`] with each `health` event's agent ids, and exactly one
+//! [`ConnectionDown`] when it stops (to its owner, the `Supervisor`);
+//! [`EventMsg`] for every event to the broker and, for `agent` and `chat`
+//! events, to the registry.
 //!
 //! **Lifecycle:** one value per socket. It never reconnects itself: when it
 //! stops, every pending request fails at once and the owner decides what next.
@@ -34,7 +35,7 @@ use bytes::BytesMut;
 use futures_util::stream::{SplitSink, StreamExt};
 
 use super::messages::{
-    ConnectionDown, ConnectionUp, DisconnectCause, EventMsg, RequestError, Send, SeqGap,
+    ConnectionDown, ConnectionUp, DisconnectCause, EventMsg, HealthSeen, RequestError, Send, SeqGap,
 };
 
 mod codec;
@@ -124,6 +125,8 @@ pub struct Wiring {
     pub up: Recipient<ConnectionUp>,
     pub down: Recipient<ConnectionDown>,
     pub gap: Recipient<SeqGap>,
+    /// The agent ids of each `health` event (the supervisor's drift check).
+    pub health: Recipient<HealthSeen>,
     /// Every event (the broker).
     pub events: Option<Recipient<EventMsg>>,
     /// `agent`, `chat`, `health` events (the registry).

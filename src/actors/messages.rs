@@ -263,6 +263,16 @@ pub struct SeqGap {
     pub got: u64,
 }
 
+/// From `GatewayConnection`: a `health` event named these agents (sorted,
+/// never empty). The supervisor compares them with the last `agents.list` and
+/// resyncs when they differ.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HealthSeen {
+    pub generation: u64,
+    pub agent_ids: Vec<String>,
+}
+
 /// A gateway event, to `AgentRegistry` and `EventBroker`.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]

@@ -1,7 +1,7 @@
 //! `AgentRegistry`: which agents exist and what each is doing.
 //!
 //! **Owns:** one [`AgentState`] per agent id (from `agents.list`, updated by
-//! `agent` / `chat` / `health` events), the recent runs of each, whether the
+//! `agent` / `chat` events), the recent runs of each, whether the
 //! view is live or stale (link down).
 //!
 //! **Handles:** [`EventMsg`] (from `GatewayConnection`), [`AgentsSnapshot`]
@@ -12,9 +12,9 @@
 //! `bridge.run_reconciled`). A [`SessionsSnapshot`] answers the runs held as
 //! running that no session lists as active any more.
 //!
-//! **Sends:** [`RequestResync`] to its resync target when `health` shows a set
-//! of agent ids different from the last `agents.list` (no event announces added
-//! or removed agents, PROTOCOL.md §5).
+//! **Sends:** nothing on its own: it answers the messages above. It never
+//! asks for a resync: the supervisor decides those (its `resync` module:
+//! hello-ok, seq gaps, `health` naming other agents than `agents.list`).
 //!
 //! **Persistence:** with a store (`state.dir`/bridge.db), it starts from what
 //! was persisted (served as stale until the gateway answers), and writes
@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recipient};
+use actix::prelude::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -54,16 +54,6 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 pub struct AgentsSnapshot {
     pub payload: Box<RawValue>,
 }
-
-/// Ask the owner of the link to refetch `agents.list`.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct RequestResync;
-
-/// Where resync requests go (set once the supervisor exists).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetResyncTarget(pub Recipient<RequestResync>);
 
 #[derive(Debug, Message)]
 #[rtype(result = "AgentList")]
@@ -198,7 +188,6 @@ pub struct AgentRegistry {
     connected: bool,
     /// See [`AgentList::synced`].
     synced: bool,
-    resync: Option<Recipient<RequestResync>>,
 }
 
 impl AgentRegistry {
@@ -278,14 +267,6 @@ impl Handler<LinkChanged> for AgentRegistry {
         for a in self.agents.values_mut() {
             a.stale = !msg.connected;
         }
-    }
-}
-
-impl Handler<SetResyncTarget> for AgentRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: SetResyncTarget, _: &mut Context<Self>) {
-        self.resync = Some(msg.0);
     }
 }
 

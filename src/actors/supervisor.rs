@@ -14,13 +14,19 @@
 //! [`LookupRun`] (`GET /v1/runs/{runId}` for runs the registry lacks),
 //! [`GetStatus`] (for `/readyz`), [`WaitReady`] (CLI), [`RetryNow`]
 //! (SIGHUP), [`Shutdown`] (held callers get `BRIDGE_SHUTTING_DOWN`); and from
-//! its connection [`ConnectionUp`], [`ConnectionDown`], [`SeqGap`].
+//! its connection [`ConnectionUp`], [`ConnectionDown`], [`SeqGap`],
+//! [`HealthSeen`](super::messages::HealthSeen); [`Reconfigure`] (SIGHUP).
 //!
-//! **Sends:** [`LinkChanged`] to the registry and broker; after each hello-ok
-//! and each seq gap it fetches `agents.list` and every page of
-//! `sessions.list` for the registry, asks `agent.wait` how the runs the
-//! registry lost sight of ended ([`RunOutcome`]), and hands each correction
-//! to the broker as `bridge.run_reconciled`.
+//! **Sends:** [`LinkChanged`] to the registry and broker; [`Send`] and
+//! [`Close`] to its connection; resyncs (module `resync`, every trigger in
+//! one file: hello-ok, a seq gap, `health` naming other agents than
+//! `agents.list`): [`AgentsSnapshot`] and [`SessionsSnapshot`] to the
+//! registry; [`RunOutcome`] to the registry for runs it lost sight of (from
+//! `agent.wait`), each correction to the broker as `bridge.run_reconciled`.
+//! Nothing sends back up to it but its own connection.
+//!
+//! **Lifecycle:** started once per gateway, on that gateway's thread; stops
+//! on [`Shutdown`] (held callers answered, the socket closed with 1000).
 //!
 //! **Restarts:** it never reuses a connection: every attempt is a fresh
 //! `GatewayConnection` (fresh socket, handshake, empty pending map). This is
@@ -36,9 +42,7 @@ use actix::prelude::{
 use tokio::sync::oneshot;
 
 use super::gateway::{Close, ConnectionConfig, GatewayConnection, Wiring};
-use super::messages::{
-    ConnectionDown, ConnectionUp, EventMsg, LinkChanged, LinkState, Send, SeqGap,
-};
+use super::messages::{ConnectionDown, ConnectionUp, EventMsg, LinkChanged, LinkState, Send};
 use super::registry::{AgentsSnapshot, RunOutcome, SessionsSnapshot};
 use crate::backoff::Backoff;
 use crate::telemetry::events as ev;
@@ -74,6 +78,7 @@ mod link;
 mod reattach;
 mod reconcile;
 mod requests;
+mod resync;
 mod run_queries;
 mod status;
 
@@ -154,6 +159,9 @@ pub struct Supervisor {
     restart_polls: u32,
     last_resync: Option<Instant>,
     resync_scheduled: bool,
+    /// The agent ids of the last `agents.list` answer, sorted (the health
+    /// drift check in `resync`).
+    listed_agents: Option<Vec<String>>,
     waiters: Vec<oneshot::Sender<Result<(), ReadyError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
     /// Shared with the futures of in-flight requests (same thread).
@@ -196,6 +204,7 @@ impl Supervisor {
             restart_polls: 0,
             last_resync: None,
             resync_scheduled: false,
+            listed_agents: None,
             waiters: Vec::new(),
             stop_waiters: Vec::new(),
             held: std::collections::HashMap::new(),
@@ -218,7 +227,8 @@ impl Supervisor {
         let wiring = Wiring {
             up: me.clone().recipient(),
             down: me.clone().recipient(),
-            gap: me.recipient(),
+            gap: me.clone().recipient(),
+            health: me.recipient(),
             events: self.out.events.clone(),
             agent_events: self.out.agent_events.clone(),
         };
@@ -281,16 +291,6 @@ impl Actor for Supervisor {
     }
 }
 
-impl Handler<SeqGap> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SeqGap, ctx: &mut Context<Self>) {
-        if msg.generation == self.generation {
-            self.resync(ctx);
-        }
-    }
-}
-
 impl Handler<RetryNow> for Supervisor {
     type Result = ();
 
@@ -327,16 +327,6 @@ impl Handler<Shutdown> for Supervisor {
                 })
             }
             None => Box::pin(async {}),
-        }
-    }
-}
-
-impl Handler<super::registry::RequestResync> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, _: super::registry::RequestResync, ctx: &mut Context<Self>) {
-        if self.state == LinkState::Connected {
-            self.resync(ctx);
         }
     }
 }

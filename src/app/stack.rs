@@ -8,7 +8,6 @@ use actix::prelude::Actor;
 use super::setup::{registry_for, supervisor_config};
 use super::AppError;
 use crate::actors::broker::AddSink;
-use crate::actors::registry::SetResyncTarget;
 use crate::actors::supervisor::{Mode, Outputs};
 use crate::actors::{self, AgentRegistry, EventBroker, GatewayStack, Supervisor};
 use crate::config::{self, Settings};
@@ -56,7 +55,6 @@ pub(super) fn start(
     let cfg = supervisor_config(settings, g, Mode::Daemon)?;
     // Its connections start from its context: on this thread too.
     let supervisor = Supervisor::start_in_arbiter(&arbiter, move |_| Supervisor::new(cfg, out));
-    registry.do_send(SetResyncTarget(supervisor.clone().recipient()));
     let nats = settings.nats.as_ref().map(|n| {
         let (sink, handle) = nats::start(n, &g.id, supervisor.clone(), registry.clone());
         broker.do_send(AddSink(Box::new(sink)));

@@ -55,12 +55,7 @@ pub(super) async fn wait_for_signals(
             _ = term.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGTERM", "stopping"); return; }
             _ = int.recv() => { tracing::info!(event = ev::BRIDGE_STOPPING, signal = "SIGINT", "stopping"); return; }
             _ = hup.recv() => {
-                if let Some(next) = reload(&current, config_path.clone(), &gateways) {
-                    if current.http.token != next.http.token {
-                        // Validation kept a non-loopback listener from
-                        // losing its token: setting it is always safe.
-                        api_token.set(next.http.token.clone());
-                    }
+                if let Some(next) = reload(&current, config_path.clone(), &gateways, &api_token) {
                     current = next;
                 }
                 for g in &gateways {
@@ -81,6 +76,7 @@ fn reload(
     current: &Settings,
     config_path: Option<PathBuf>,
     gateways: &[GatewayStack],
+    api_token: &crate::http::ApiToken,
 ) -> Option<Settings> {
     let next = match Settings::load(config_path) {
         Ok(s) => s,
@@ -179,6 +175,12 @@ fn reload(
     }
     for (supervisor, cfg) in apply {
         supervisor.do_send(crate::actors::supervisor::Reconfigure(cfg));
+    }
+    if current.http.token != next.http.token {
+        // Validation kept a non-loopback listener from losing its token:
+        // setting it is always safe. Set before `config.reloaded` is
+        // logged, so whoever waits for that line sees the new token in force.
+        api_token.set(next.http.token.clone());
     }
     tracing::info!(event = ev::CONFIG_RELOADED, changed = %changed.join(", "), restart_needed = %restart_needed.join(", "), "SIGHUP: configuration reloaded");
     Some(next)

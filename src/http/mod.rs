@@ -1,4 +1,4 @@
-//! The HTTP API on `http.listen` (`../shared/CONTRACT.md`, "HTTP API"): thin
+//! The HTTP API on `http.listen` (CONTRACT.md, "HTTP API"): thin
 //! adapters that turn requests into actor messages and answers into JSON.
 
 mod cors;

@@ -193,3 +193,55 @@ async fn a_late_lower_seq_does_not_fake_a_gap() {
     assert_eq!(resyncs, 0, "no gap in 1,2,3,2,4,5");
     app.stop().await;
 }
+
+#[actix_rt::test]
+async fn health_naming_other_agents_triggers_an_agents_list_resync() {
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = spawn_app(&gw.url(), None, "").await;
+    assert!(app.wait_connected(T).await);
+    assert!(gw.next_request_for("agents.list", T).await.is_some());
+    // Past the resync rate limit, so a resync shows at once as a request.
+    actix_rt::time::sleep(Duration::from_millis(2100)).await;
+    gw.drain_requests();
+    // The agents agents.list gave: no resync.
+    gw.send_event(
+        "health",
+        json!({"ok": true, "agents": [{"agentId": "main"}]}),
+    );
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let early = gw
+        .drain_requests()
+        .into_iter()
+        .filter(|r| r.method == "agents.list")
+        .count();
+    assert_eq!(early, 0, "health matching agents.list needs no resync");
+    // An agent was added on the gateway: no event says so but health.
+    gw.set_agents(vec![
+        json!({"id": "main"}),
+        json!({"id": "ops", "name": "Ops"}),
+    ]);
+    gw.send_event(
+        "health",
+        json!({"ok": true, "agents": [{"agentId": "ops"}, {"agentId": "main"}]}),
+    );
+    assert!(
+        gw.next_request_for("agents.list", T).await.is_some(),
+        "health drift resyncs"
+    );
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let (_, agents) = app.get("/v1/agents").await;
+        ids = agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.len() == 2 {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids, vec!["main", "ops"]);
+    app.stop().await;
+}

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::codec::{response_id, Decoded, Oversized, PREFIX_BYTES};
 use super::{GatewayConnection, Partial, Phase};
-use crate::actors::messages::{DisconnectCause, EventMsg, RequestError, SeqGap};
+use crate::actors::messages::{DisconnectCause, EventMsg, HealthSeen, RequestError, SeqGap};
 use crate::protocol::{self, Challenge, EventKind, GatewayEvent, Inbound};
 use crate::telemetry::events as ev;
 
@@ -99,10 +99,18 @@ impl GatewayConnection {
             );
             self.restart_expected_ms = s.restart_expected_ms;
         }
-        let for_registry = matches!(
-            event.kind,
-            EventKind::Agent(_) | EventKind::Chat(_) | EventKind::Health(_)
-        );
+        if let EventKind::Health(h) = &event.kind {
+            if !h.agent_ids.is_empty() {
+                let mut agent_ids = h.agent_ids.clone();
+                agent_ids.sort_unstable();
+                agent_ids.dedup();
+                let _ = self.wiring.health.try_send(HealthSeen {
+                    generation: self.generation,
+                    agent_ids,
+                });
+            }
+        }
+        let for_registry = matches!(event.kind, EventKind::Agent(_) | EventKind::Chat(_));
         let event = Arc::new(event);
         if for_registry {
             if let Some(r) = &self.wiring.agent_events {

@@ -5,7 +5,7 @@
 
 use actix::prelude::{Context, Handler};
 
-use super::{AgentRegistry, AgentStatus, EventMsg, RequestResync, RunRecord, RunStatus, RUNS_KEPT};
+use super::{AgentRegistry, AgentStatus, EventMsg, RunRecord, RunStatus, RUNS_KEPT};
 use crate::clock::now_ms;
 use crate::protocol::{EventKind, RunPhase};
 
@@ -158,22 +158,6 @@ impl Handler<EventMsg> for AgentRegistry {
                 if let Some(id) = agent_id {
                     self.agent_mut(&id).last_event_at = Some(now_ms());
                     self.mark_agent(&id);
-                }
-            }
-            EventKind::Health(h) => {
-                let mut listed: Vec<&str> = self
-                    .agents
-                    .values()
-                    .filter(|a| a.listed)
-                    .map(|a| a.id.as_str())
-                    .collect();
-                listed.sort_unstable();
-                let mut health: Vec<&str> = h.agent_ids.iter().map(String::as_str).collect();
-                health.sort_unstable();
-                if !health.is_empty() && health != listed {
-                    if let Some(r) = &self.resync {
-                        let _ = r.try_send(RequestResync);
-                    }
                 }
             }
             _ => {}

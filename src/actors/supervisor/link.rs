@@ -25,8 +25,6 @@ impl Handler<ConnectionUp> for Supervisor {
         let h = msg.hello;
         self.set_state(LinkState::Connected);
         crate::metrics::connected(&self.cfg.connection.gateway);
-        // A new session always refetches at once.
-        self.last_resync = None;
         self.restart_window_until = None;
         self.parked_code = None;
         self.info = GatewayInfo {
@@ -75,7 +73,7 @@ impl Handler<ConnectionUp> for Supervisor {
             json!({"url": self.info.url, "server_version": h.server.version, "conn_id": h.server.conn_id, "boot_id": h.server.boot_id, "gateway_restarted": restarted}),
         );
         self.wake_waiters(Ok(()));
-        self.resync(ctx);
+        self.resync_on_hello(ctx);
         self.reattach_all(ctx);
     }
 }
