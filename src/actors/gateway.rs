@@ -1,9 +1,11 @@
 //! `GatewayConnection`: one WebSocket session to the gateway.
 //!
-//! **Owns:** the socket (awc stream + `SinkWrite`), the handshake state, the
-//! map of pending request ids, the outer `seq` it expects next, and the time of
-//! the last inbound frame (watchdog). Nothing is shared: correlation state lives
-//! in this actor's mailbox-serialised state only.
+//! **Owns:** the socket (awc stream + `SinkWrite`) and its write queue, the
+//! handshake state, a [`Correlator`] (pending requests by id and deadline: a
+//! plain value with its own unit tests) and the one deadline timer, the outer
+//! `seq` it expects next, and the time of the last inbound frame (watchdog).
+//! Nothing is shared: correlation state lives in this actor's
+//! mailbox-serialised state only.
 //!
 //! **Handles:** [`Send`] (from `Supervisor`): writes a `req` with a fresh uuid
 //! id and answers when the `res` with that id arrives, in any order, or with a
@@ -20,7 +22,6 @@
 //! stops, every pending request fails at once and the owner decides what next.
 //! A fresh actor means a fresh socket, handshake and empty pending map.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,13 +40,14 @@ use super::messages::{
 };
 
 mod codec;
-mod correlator;
+pub mod correlator;
 mod frames;
 mod handshake;
+mod requests;
 mod writer;
 
 use codec::BoundedCodec;
-use correlator::{FinishedIds, Pending};
+pub use correlator::Correlator;
 use writer::{Outbound, Queued, WriteLoop};
 
 /// Added to the gateway's `policy.maxPayload` for the inbound frame cap
@@ -176,14 +178,11 @@ pub struct GatewayConnection {
     /// The inbound frame cap, shared with the codec (set at hello-ok).
     frame_cap: Arc<AtomicUsize>,
     phase: Phase,
-    pending: HashMap<String, Pending>,
-    /// Pending ids by deadline; one timer, armed for the earliest, serves
-    /// them all (a timer per request costs more than the request).
-    deadlines: BTreeMap<(Instant, u64), String>,
+    /// Pending requests (a plain value; see `correlator`).
+    requests: Correlator,
+    /// The one timer, armed for the earliest pending deadline.
     deadline_timer: Option<(Instant, SpawnHandle)>,
-    next_deadline_seq: u64,
     pending_gauge: Option<metrics::Gauge>,
-    finished: FinishedIds,
     /// Any inbound frame counts as liveness (PROTOCOL.md §4).
     last_rx: Instant,
     /// Next outer `seq` expected; `None` until the first numbered event.
@@ -215,12 +214,9 @@ impl GatewayConnection {
             out: Outbound::default(),
             frame_cap: Arc::new(AtomicUsize::new(cfg_frame_cap)),
             phase: Phase::Opening,
-            pending: HashMap::new(),
-            deadlines: BTreeMap::new(),
+            requests: Correlator::default(),
             deadline_timer: None,
-            next_deadline_seq: 0,
             pending_gauge: None,
-            finished: FinishedIds::default(),
             last_rx: Instant::now(),
             expected_seq: None,
             partial: None,
@@ -368,6 +364,3 @@ impl Handler<Close> for GatewayConnection {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

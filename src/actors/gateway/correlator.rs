@@ -1,29 +1,43 @@
-//! Request correlation: the pending map, the one deadline timer that serves
-//! every pending request, and the ids whose late answers are dropped quietly.
-//! [`Send`] writes a `req` and parks its answer here until the `res` with the
-//! same id comes back, the deadline passes, or the connection stops.
+//! Request correlation as a plain value: the pending map, the deadlines
+//! (one ordered index, so one timer serves every request), the ids whose late
+//! answers are dropped quietly, and what a request's answer is. No actix: the
+//! connection owns one [`Correlator`], feeds it responses, deadlines and
+//! departures, and arms its timer for [`Correlator::next_deadline`]. Every
+//! request registered here is answered exactly once through its responder.
 
-use std::collections::{HashSet, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
 
-use actix::prelude::{AsyncContext, Context, Handler, ResponseFuture};
-use awc::ws::Message as WsMessage;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::{GatewayConnection, Phase, Queued, RequestError, Send};
-use crate::actors::messages::RunFailure;
-use crate::protocol::{self, GatewayError, ResponseFrame};
-use crate::telemetry::events as ev;
+use crate::actors::messages::{RequestError, RunFailure};
+use crate::protocol::{GatewayError, ResponseFrame};
 
 /// Ids of requests answered early (an `agent` `accepted`) or timed out are
 /// remembered so their late answers are dropped quietly; bounded.
-pub(super) const FINISHED_IDS_KEPT: usize = 4096;
+pub const FINISHED_IDS_KEPT: usize = 4096;
 
-pub(super) struct Pending {
-    tx: oneshot::Sender<Result<Box<RawValue>, RequestError>>,
-    /// Only `agent` answers twice; only its payload is inspected.
+/// A request's answer: the payload or a typed error.
+pub type Reply = Result<Box<RawValue>, RequestError>;
+
+/// What a request needs to be correlated.
+#[derive(Debug)]
+pub struct Request {
+    /// `agent` answers twice (`accepted`, then final); only its payload is
+    /// inspected.
+    pub is_agent: bool,
+    /// For `agent`: answer with the final payload, not `accepted`.
+    pub expect_final: bool,
+    /// Alive while the caller waits (see `Send::caller`).
+    pub caller: Option<Weak<()>>,
+    pub timeout: Duration,
+}
+
+struct Pending {
+    tx: oneshot::Sender<Reply>,
     is_agent: bool,
     expect_final: bool,
     /// An `accepted` answer came; the final one is awaited.
@@ -31,9 +45,8 @@ pub(super) struct Pending {
     /// The accepted run's id: a timeout or a lost link hands it back
     /// ([`RequestError::Run`]) so the run can still be followed.
     run_id: Option<String>,
-    /// Alive while the caller waits (see `Send::caller`).
-    caller: Option<std::sync::Weak<()>>,
-    /// Key of this request in `GatewayConnection::deadlines`.
+    caller: Option<Weak<()>>,
+    /// Key of this request in `deadlines`.
     deadline: (Instant, u64),
     timeout_ms: u64,
 }
@@ -44,57 +57,89 @@ impl Pending {
     }
 }
 
-/// A bounded set of ids whose late answers are expected and dropped quietly.
+/// What became of a response frame.
+#[derive(Debug)]
+pub enum Delivered<'a> {
+    /// Its request was answered (and is no longer pending).
+    Answered,
+    /// An `accepted` for a caller awaiting the final answer: still pending.
+    KeptOpen,
+    /// A late answer to a request already finished: dropped quietly.
+    Late,
+    /// No request has this id: the frame, for the log.
+    Unknown(ResponseFrame<'a>),
+}
+
+/// The pending requests of one connection.
 #[derive(Default)]
-pub(super) struct FinishedIds {
-    order: VecDeque<String>,
-    pub(super) set: HashSet<String>,
+pub struct Correlator {
+    pending: HashMap<String, Pending>,
+    /// Pending ids by deadline (the sequence number keeps equal instants apart).
+    deadlines: BTreeMap<(Instant, u64), String>,
+    next_seq: u64,
+    finished: FinishedIds,
 }
 
-impl FinishedIds {
-    pub(super) fn insert(&mut self, id: String) {
-        if self.set.insert(id.clone()) {
-            self.order.push_back(id);
-            if self.order.len() > FINISHED_IDS_KEPT {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
+impl Correlator {
+    pub fn len(&self) -> usize {
+        self.pending.len()
     }
-    pub(super) fn remove(&mut self, id: &str) -> bool {
-        // Kept in `order` until evicted; harmless.
-        self.set.remove(id)
-    }
-}
 
-impl GatewayConnection {
-    pub(super) fn on_response(&mut self, res: ResponseFrame<'_>, ctx: &mut Context<Self>) {
-        if let Phase::AwaitHello { connect_id } = &self.phase {
-            if res.id == connect_id.as_str() {
-                self.on_hello(res, ctx);
-                return;
-            }
-        }
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Register request `id`, answered through `tx`. Its deadline (returned)
+    /// is `now` plus its timeout.
+    pub fn insert(
+        &mut self,
+        id: String,
+        req: Request,
+        tx: oneshot::Sender<Reply>,
+        now: Instant,
+    ) -> Instant {
+        self.next_seq += 1;
+        let deadline = (now + req.timeout, self.next_seq);
+        self.deadlines.insert(deadline, id.clone());
+        self.pending.insert(
+            id,
+            Pending {
+                tx,
+                is_agent: req.is_agent,
+                expect_final: req.expect_final,
+                accepted_seen: false,
+                run_id: None,
+                caller: req.caller,
+                deadline,
+                timeout_ms: req.timeout.as_millis() as u64,
+            },
+        );
+        deadline.0
+    }
+
+    /// The earliest deadline of a pending request.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first_key_value().map(|(&(at, _), _)| at)
+    }
+
+    /// Answer the request `res` is for.
+    pub fn answer<'a>(&mut self, res: ResponseFrame<'a>) -> Delivered<'a> {
         let Some(p) = self.pending.get_mut(res.id.as_ref()) else {
-            if self.finished.remove(&res.id) {
-                tracing::trace!(id = %res.id, "late answer to a finished request dropped");
+            return if self.finished.remove(&res.id) {
+                Delivered::Late
             } else {
-                tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_UNKNOWN_RESPONSE, id = %res.id, ok = res.ok, code = res.error.as_ref().map(|e| e.code.as_str()), "response for no pending request");
-            }
-            return;
+                Delivered::Unknown(res)
+            };
         };
         let accepted = res.ok && p.is_agent && res.payload.is_some_and(is_accepted);
         if accepted && p.expect_final {
             // Keep the id open for the final answer.
             p.accepted_seen = true;
             p.run_id = res.payload.and_then(accepted_run_id);
-            return;
+            return Delivered::KeptOpen;
         }
-        let removed = self.pending.remove(res.id.as_ref());
-        self.report_pending();
-        let Some(p) = removed else {
-            return;
+        let Some(p) = self.pending.remove(res.id.as_ref()) else {
+            return Delivered::Unknown(res);
         };
         self.deadlines.remove(&p.deadline);
         if accepted {
@@ -123,45 +168,20 @@ impl GatewayConnection {
             ))))
         };
         let _ = p.tx.send(result);
+        Delivered::Answered
     }
 
-    /// The pending-requests gauge (its handle is looked up once).
-    fn report_pending(&mut self) {
-        let n = self.pending.len() as f64;
-        self.pending_gauge
-            .get_or_insert_with(|| metrics::gauge!(crate::metrics::PENDING_REQUESTS, "gateway" => self.cfg.gateway.to_string()))
-            .set(n);
-    }
-
-    /// Keep the one deadline timer armed for the earliest pending deadline.
-    fn arm_deadline_timer(&mut self, ctx: &mut Context<Self>) {
-        let Some((&(at, _), _)) = self.deadlines.first_key_value() else {
-            return;
-        };
-        if let Some((armed_at, h)) = self.deadline_timer {
-            if armed_at <= at {
-                return;
-            }
-            ctx.cancel_future(h);
-        }
-        let h = ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
-            act.deadline_timer = None;
-            act.expire_requests(ctx);
-        });
-        self.deadline_timer = Some((at, h));
-    }
-
-    /// Fail every request whose deadline has passed with `Timeout`.
-    fn expire_requests(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let mut expired = false;
+    /// Fail every request whose deadline is not after `now` with a timeout
+    /// (carrying the run id of an accepted run). How many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut n = 0;
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let id = entry.remove();
             if let Some(p) = self.pending.remove(&id) {
-                expired = true;
+                n += 1;
                 self.finished.insert(id);
                 let err = match p.run_id {
                     Some(run_id) => RequestError::Run {
@@ -177,91 +197,63 @@ impl GatewayConnection {
                 let _ = p.tx.send(Err(err));
             }
         }
-        if expired {
-            self.report_pending();
-        }
-        self.arm_deadline_timer(ctx);
+        n
     }
 
     /// Fail one pending request now (its answer, if any, is dropped
     /// quietly). Whether it was pending.
-    pub(super) fn fail_request(&mut self, id: &str, err: RequestError) -> bool {
+    pub fn fail(&mut self, id: &str, err: RequestError) -> bool {
         let Some(p) = self.pending.remove(id) else {
             return false;
         };
         self.deadlines.remove(&p.deadline);
         self.finished.insert(id.to_owned());
         let _ = p.tx.send(Err(err));
-        self.report_pending();
         true
     }
 
-    /// Asked by the writer just before a request goes on the wire: is it
-    /// still wanted? Not when its deadline passed (its caller has, or is
-    /// about to get, `BRIDGE_TIMEOUT`) or its caller went away; such a
-    /// request is never written, so a frozen gateway that wakes up does not
-    /// start work nobody waits for.
-    pub(super) fn still_wanted(&mut self, id: &str, deadline: Instant) -> bool {
-        let wanted =
-            Instant::now() < deadline && self.pending.get(id).is_some_and(|p| !p.caller_gone());
+    /// Asked just before a request goes on the wire: is it still wanted?
+    /// Not when its deadline passed (its caller has, or is about to get,
+    /// `BRIDGE_TIMEOUT`) or its caller went away; such a request is answered
+    /// with a timeout here and must not be written.
+    pub fn still_wanted(&mut self, id: &str, deadline: Instant, now: Instant) -> bool {
+        let wanted = now < deadline && self.pending.get(id).is_some_and(|p| !p.caller_gone());
         if !wanted {
-            crate::metrics::unwritten(&self.cfg.gateway);
             if let Some(p) = self.pending.remove(id) {
                 self.deadlines.remove(&p.deadline);
                 let _ = p.tx.send(Err(RequestError::Timeout {
                     after_ms: p.timeout_ms,
                 }));
-                self.report_pending();
             }
         }
         wanted
     }
 
-    /// Release the entries of callers that went away (an HTTP client that
-    /// disconnected). The gateway is not told: an accepted run keeps
-    /// running; a late answer is dropped quietly.
-    pub(super) fn release_abandoned(&mut self) {
+    /// Release the entries of callers that went away. The gateway is not
+    /// told: an accepted run keeps running; a late answer is dropped quietly.
+    /// How many.
+    pub fn release_abandoned(&mut self) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
         let gone: Vec<String> = self
             .pending
             .iter()
             .filter(|(_, p)| p.caller_gone())
             .map(|(id, _)| id.clone())
             .collect();
-        if gone.is_empty() {
-            return;
-        }
-        for id in gone {
-            if let Some(p) = self.pending.remove(&id) {
+        for id in &gone {
+            if let Some(p) = self.pending.remove(id) {
                 self.deadlines.remove(&p.deadline);
-                self.finished.insert(id);
+                self.finished.insert(id.clone());
             }
         }
-        self.report_pending();
+        gone.len()
     }
 
-    /// Refuse a request past `max_pending` / `max_pending_bytes`: logged
-    /// when the bound starts being hit, counted every time.
-    fn overloaded(&mut self, bound: &'static str, limit: u64) -> RequestError {
-        crate::metrics::overloaded(&self.cfg.gateway, bound);
-        if !self.overloaded {
-            self.overloaded = true;
-            tracing::warn!(gateway = %self.cfg.gateway,
-                event = ev::HTTP_OVERLOADED,
-                bound,
-                limit,
-                pending = self.pending.len(),
-                queued_bytes = self.out.bytes,
-                "too many requests in flight to this gateway; refusing with BRIDGE_OVERLOADED until some finish"
-            );
-        }
-        RequestError::Overloaded {
-            bound,
-            limit,
-            retry_after_ms: 1000,
-        }
-    }
-
-    pub(super) fn fail_pending(&mut self, err: &RequestError) -> usize {
+    /// The connection is gone: fail every pending request with `err`
+    /// (an accepted run's caller gets its run id with it). How many.
+    pub fn fail_all(&mut self, err: &RequestError) -> usize {
         self.deadlines.clear();
         let n = self.pending.len();
         for (_, p) in self.pending.drain() {
@@ -283,10 +275,34 @@ impl GatewayConnection {
     }
 }
 
+/// A bounded set of ids whose late answers are expected and dropped quietly.
+#[derive(Default)]
+struct FinishedIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl FinishedIds {
+    fn insert(&mut self, id: String) {
+        if self.set.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > FINISHED_IDS_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+    fn remove(&mut self, id: &str) -> bool {
+        // Kept in `order` until evicted; harmless.
+        self.set.remove(id)
+    }
+}
+
 /// A fresh request id: a v4 UUID from the thread's fast PRNG (ids only
 /// correlate answers on our own socket; a syscall per id cost more than the
 /// rest of a request).
-fn request_id() -> String {
+pub(super) fn request_id() -> String {
     uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
         .into_uuid()
         .to_string()
@@ -336,83 +352,5 @@ pub(super) fn is_accepted(payload: &RawValue) -> bool {
         .is_some_and(|s| s == "accepted")
 }
 
-impl Handler<Send> for GatewayConnection {
-    type Result = ResponseFuture<Result<Box<RawValue>, RequestError>>;
-
-    fn handle(&mut self, msg: Send, ctx: &mut Context<Self>) -> Self::Result {
-        let immediate = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
-        if self.shutting_down {
-            return immediate(RequestError::ShuttingDown);
-        }
-        if !matches!(self.phase, Phase::Ready { .. }) {
-            return immediate(RequestError::NotConnected {
-                state: "connecting".into(),
-                next_attempt_in_ms: None,
-            });
-        }
-        if msg.method.is_empty() {
-            return immediate(RequestError::BadRequest("method must not be empty".into()));
-        }
-        if let Some(p) = &msg.params {
-            if !p.get().trim_start().starts_with('{') {
-                return immediate(RequestError::BadRequest(
-                    "params must be a JSON object".into(),
-                ));
-            }
-        }
-        if self.pending.len() >= self.cfg.max_pending {
-            return immediate(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
-        }
-        let id = request_id();
-        let text = match protocol::encode_request(&id, &msg.method, msg.params.as_deref()) {
-            Ok(t) => t,
-            Err(e) => return immediate(RequestError::BadRequest(e.to_string())),
-        };
-        // One request alone may exceed the byte bound when nothing else is
-        // queued: the bound is on what piles up, not on a request's size.
-        if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
-            return immediate(self.overloaded(
-                "gateway.max_pending_bytes",
-                self.cfg.max_pending_bytes as u64,
-            ));
-        }
-        self.overloaded = false;
-        if !self.out.open {
-            return immediate(RequestError::Disconnected {
-                reason: "the socket is closed".into(),
-            });
-        }
-        let (tx, rx) = oneshot::channel();
-        let timeout = msg.timeout.unwrap_or(self.cfg.request_timeout);
-        self.next_deadline_seq += 1;
-        let deadline = (Instant::now() + timeout, self.next_deadline_seq);
-        self.out.push(Queued {
-            bytes: text.len(),
-            msg: WsMessage::Text(text.into()),
-            request: Some((id.clone(), deadline.0)),
-        });
-        self.deadlines.insert(deadline, id.clone());
-        self.pending.insert(
-            id,
-            Pending {
-                tx,
-                is_agent: msg.method == "agent",
-                expect_final: msg.expect_final,
-                caller: msg.caller,
-                accepted_seen: false,
-                run_id: None,
-                deadline,
-                timeout_ms: timeout.as_millis() as u64,
-            },
-        );
-        self.report_pending();
-        self.arm_deadline_timer(ctx);
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(RequestError::Disconnected {
-                    reason: "the connection stopped".into(),
-                })
-            })
-        })
-    }
-}
+#[cfg(test)]
+mod tests;

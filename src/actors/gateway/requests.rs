@@ -1,0 +1,194 @@
+//! The actix side of request correlation: [`Send`] registers a request with
+//! the connection's [`Correlator`](super::correlator::Correlator) and queues
+//! its frame; responses, the one deadline timer, departed callers and the
+//! pending gauge are fed to and read from it here.
+
+use std::time::Instant;
+
+use actix::prelude::{AsyncContext, Context, Handler, ResponseFuture};
+use awc::ws::Message as WsMessage;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::correlator::{request_id, Delivered, Request};
+use super::{GatewayConnection, Phase, Queued, RequestError, Send};
+use crate::protocol::{self, ResponseFrame};
+use crate::telemetry::events as ev;
+
+impl GatewayConnection {
+    pub(super) fn on_response(&mut self, res: ResponseFrame<'_>, ctx: &mut Context<Self>) {
+        if let Phase::AwaitHello { connect_id } = &self.phase {
+            if res.id == connect_id.as_str() {
+                self.on_hello(res, ctx);
+                return;
+            }
+        }
+        match self.requests.answer(res) {
+            Delivered::Answered => self.report_pending(),
+            Delivered::KeptOpen => {}
+            Delivered::Late => tracing::trace!("late answer to a finished request dropped"),
+            Delivered::Unknown(res) => {
+                tracing::debug!(gateway = %self.cfg.gateway, event = ev::GATEWAY_UNKNOWN_RESPONSE, id = %res.id, ok = res.ok, code = res.error.as_ref().map(|e| e.code.as_str()), "response for no pending request");
+            }
+        }
+    }
+
+    /// The pending-requests gauge (its handle is looked up once).
+    fn report_pending(&mut self) {
+        let n = self.requests.len() as f64;
+        self.pending_gauge
+            .get_or_insert_with(|| metrics::gauge!(crate::metrics::PENDING_REQUESTS, "gateway" => self.cfg.gateway.to_string()))
+            .set(n);
+    }
+
+    /// Keep the one deadline timer armed for the earliest pending deadline.
+    fn arm_deadline_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(at) = self.requests.next_deadline() else {
+            return;
+        };
+        if let Some((armed_at, h)) = self.deadline_timer {
+            if armed_at <= at {
+                return;
+            }
+            ctx.cancel_future(h);
+        }
+        let h = ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+            act.deadline_timer = None;
+            if act.requests.expire(Instant::now()) > 0 {
+                act.report_pending();
+            }
+            act.arm_deadline_timer(ctx);
+        });
+        self.deadline_timer = Some((at, h));
+    }
+
+    /// Fail one pending request now (its answer, if any, is dropped
+    /// quietly). Whether it was pending.
+    pub(super) fn fail_request(&mut self, id: &str, err: RequestError) -> bool {
+        let failed = self.requests.fail(id, err);
+        if failed {
+            self.report_pending();
+        }
+        failed
+    }
+
+    /// Asked by the writer just before a request goes on the wire (see
+    /// [`Correlator::still_wanted`](super::correlator::Correlator::still_wanted)):
+    /// a frozen gateway that wakes up does not start work nobody waits for.
+    pub(super) fn still_wanted(&mut self, id: &str, deadline: Instant) -> bool {
+        let wanted = self.requests.still_wanted(id, deadline, Instant::now());
+        if !wanted {
+            crate::metrics::unwritten(&self.cfg.gateway);
+            self.report_pending();
+        }
+        wanted
+    }
+
+    /// Release the entries of callers that went away (an HTTP client that
+    /// disconnected).
+    pub(super) fn release_abandoned(&mut self) {
+        if self.requests.release_abandoned() > 0 {
+            self.report_pending();
+        }
+    }
+
+    /// Refuse a request past `max_pending` / `max_pending_bytes`: logged
+    /// when the bound starts being hit, counted every time.
+    fn overloaded(&mut self, bound: &'static str, limit: u64) -> RequestError {
+        crate::metrics::overloaded(&self.cfg.gateway, bound);
+        if !self.overloaded {
+            self.overloaded = true;
+            tracing::warn!(gateway = %self.cfg.gateway,
+                event = ev::HTTP_OVERLOADED,
+                bound,
+                limit,
+                pending = self.requests.len(),
+                queued_bytes = self.out.bytes,
+                "too many requests in flight to this gateway; refusing with BRIDGE_OVERLOADED until some finish"
+            );
+        }
+        RequestError::Overloaded {
+            bound,
+            limit,
+            retry_after_ms: 1000,
+        }
+    }
+
+    pub(super) fn fail_pending(&mut self, err: &RequestError) -> usize {
+        self.requests.fail_all(err)
+    }
+}
+
+impl Handler<Send> for GatewayConnection {
+    type Result = ResponseFuture<Result<Box<RawValue>, RequestError>>;
+
+    fn handle(&mut self, msg: Send, ctx: &mut Context<Self>) -> Self::Result {
+        let immediate = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
+        if self.shutting_down {
+            return immediate(RequestError::ShuttingDown);
+        }
+        if !matches!(self.phase, Phase::Ready { .. }) {
+            return immediate(RequestError::NotConnected {
+                state: "connecting".into(),
+                next_attempt_in_ms: None,
+            });
+        }
+        if msg.method.is_empty() {
+            return immediate(RequestError::BadRequest("method must not be empty".into()));
+        }
+        if let Some(p) = &msg.params {
+            if !p.get().trim_start().starts_with('{') {
+                return immediate(RequestError::BadRequest(
+                    "params must be a JSON object".into(),
+                ));
+            }
+        }
+        if self.requests.len() >= self.cfg.max_pending {
+            return immediate(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
+        }
+        let id = request_id();
+        let text = match protocol::encode_request(&id, &msg.method, msg.params.as_deref()) {
+            Ok(t) => t,
+            Err(e) => return immediate(RequestError::BadRequest(e.to_string())),
+        };
+        // One request alone may exceed the byte bound when nothing else is
+        // queued: the bound is on what piles up, not on a request's size.
+        if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
+            return immediate(self.overloaded(
+                "gateway.max_pending_bytes",
+                self.cfg.max_pending_bytes as u64,
+            ));
+        }
+        self.overloaded = false;
+        if !self.out.open {
+            return immediate(RequestError::Disconnected {
+                reason: "the socket is closed".into(),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let timeout = msg.timeout.unwrap_or(self.cfg.request_timeout);
+        let request = Request {
+            is_agent: msg.method == "agent",
+            expect_final: msg.expect_final,
+            caller: msg.caller,
+            timeout,
+        };
+        let deadline = self
+            .requests
+            .insert(id.clone(), request, tx, Instant::now());
+        self.out.push(Queued {
+            bytes: text.len(),
+            msg: WsMessage::Text(text.into()),
+            request: Some((id, deadline)),
+        });
+        self.report_pending();
+        self.arm_deadline_timer(ctx);
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(RequestError::Disconnected {
+                    reason: "the connection stopped".into(),
+                })
+            })
+        })
+    }
+}
