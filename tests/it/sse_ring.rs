@@ -9,9 +9,9 @@ use openclaw_bridge::actors::broker::BrokerStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http_api::{metric, metrics_text};
-use crate::sse::open;
 use crate::support::app::{spawn_with, test_settings, TestApp};
 use crate::support::fake_gateway::{FakeGateway, FakeOptions};
+use crate::support::sse_client::open;
 
 const T: Duration = Duration::from_secs(10);
 
