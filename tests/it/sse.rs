@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http_api::{metric, metrics_text};
-use crate::support::app::{spawn_app, TestApp};
-use crate::support::fake_gateway::{FakeGateway, FakeOptions};
+use crate::support::app::{connected, connected_toml, spawn_app};
 use crate::support::real_gateway::{shared, RealGateway};
 use crate::support::sse_client::{no_timeout_client, open, SseClient, SseEnd};
 
@@ -24,13 +23,6 @@ fn agent_ev(agent: &str, run: &str, mark: u32) -> Value {
 fn chat_ev(agent: &str, run: &str, mark: u32) -> Value {
     json!({"runId": run, "agentId": agent, "sessionKey": format!("agent:{agent}:main"),
            "seq": 1, "state": "delta", "mark": mark})
-}
-
-async fn connected(extra_toml: &str) -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, extra_toml).await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
 }
 
 /// Read gateway events until one with payload `mark == last`; return all
@@ -64,7 +56,7 @@ async fn marks_until(sub: &mut SseClient, last: u64) -> Vec<(String, u64)> {
 
 #[actix_rt::test]
 async fn subscribers_with_different_filters_get_exactly_their_events_in_order() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut by_event_and_agent = open(&app, "/v1/events?event=chat&agent=a", &[]).await;
     let mut by_run = open(&app, "/v1/events?run=r2", &[]).await;
     let mut by_agent_two_events = open(&app, "/v1/events?agent=b&event=agent,%20chat", &[]).await;
@@ -127,7 +119,7 @@ async fn subscribers_with_different_filters_get_exactly_their_events_in_order() 
 
 #[actix_rt::test]
 async fn multi_line_payloads_and_odd_event_names_keep_the_framing() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut sub = open(&app, "/v1/events", &[]).await;
     // A gateway may send pretty-printed JSON: raw newlines inside the payload.
     gw.send_text(
@@ -160,7 +152,7 @@ async fn multi_line_payloads_and_odd_event_names_keep_the_framing() {
 #[actix_rt::test]
 async fn a_stalled_subscriber_does_not_delay_the_other() {
     // A ring of 1000 events (3 MB here): far less than the flood below.
-    let (gw, app) = connected("[events]\nbuffer = 1000\n").await;
+    let (gw, app) = connected_toml("[events]\nbuffer = 1000\n").await;
     let dropped_before = metric(
         &metrics_text(&app, None).await,
         "openclaw_bridge_sse_events_dropped_total",
@@ -334,7 +326,7 @@ async fn a_stalled_subscriber_does_not_delay_the_other() {
 
 #[actix_rt::test]
 async fn reconnect_with_last_event_id_gets_exactly_the_missed_events() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut watcher = open(&app, "/v1/events?event=resume", &[]).await;
     let mut first = open(&app, "/v1/events?event=resume", &[]).await;
     for i in 0..5 {
@@ -410,7 +402,7 @@ async fn reconnect_with_last_event_id_gets_exactly_the_missed_events() {
 
 #[actix_rt::test]
 async fn resume_from_an_evicted_id_starts_with_bridge_gap() {
-    let (gw, app) = connected("[events]\nbuffer = 5\n").await;
+    let (gw, app) = connected_toml("[events]\nbuffer = 5\n").await;
     let mut watcher = open(&app, "/v1/events", &[]).await;
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -454,7 +446,7 @@ async fn resume_from_an_evicted_id_starts_with_bridge_gap() {
 
 #[actix_rt::test]
 async fn bad_resume_ids_are_400() {
-    let (_gw, app) = connected("").await;
+    let (_gw, app) = connected().await;
     let client = no_timeout_client();
     for (header, query) in [
         (Some("abc"), ""),
@@ -487,7 +479,7 @@ async fn bad_resume_ids_are_400() {
 
 #[actix_rt::test]
 async fn lifecycle_messages_when_the_gateway_drops() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     // A filter does not hide lifecycle messages.
     let mut sub = open(&app, "/v1/events?event=agent", &[]).await;
     gw.send_event("agent", agent_ev("a", "r1", 1));
@@ -510,7 +502,7 @@ async fn lifecycle_messages_when_the_gateway_drops() {
 
 #[actix_rt::test]
 async fn streams_end_cleanly_on_shutdown() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut a = open(&app, "/v1/events", &[]).await;
     let mut b = open(&app, "/v1/events?event=agent&run=r1", &[]).await;
     gw.send_event("agent", agent_ev("a", "r1", 1));
