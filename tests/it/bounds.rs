@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use crate::support::app::{spawn_app_env, TestApp};
+use crate::support::app::{connected_env, spawn_app_env, TestApp};
 use crate::support::fake_gateway::{FakeGateway, FakeOptions, Reply};
 
 const T: Duration = Duration::from_secs(10);
@@ -22,13 +22,6 @@ fn rss_bytes() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-async fn connected(env: &[(&str, &str)]) -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app_env(&gw.url(), None, env).await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
 }
 
 /// Send `method` over HTTP in the background; its (status, body).
@@ -103,7 +96,8 @@ fn run_alone(name: &str) {
 async fn giant_frame_in_its_own_process() {
     const CAP: u64 = 1 << 20;
     const STREAMED: u64 = 256 << 20;
-    let (gw, app) = connected(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576")]).await;
+    let (gw, app) =
+        connected_env(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576")]).await;
     gw.set_responder(|r| match r.method.as_str() {
         "big" => Reply::Manual,
         _ => Reply::Default,
@@ -168,7 +162,7 @@ async fn giant_frame_in_its_own_process() {
 async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
     // Its own gateway id: the oversized-frame counter of `default` belongs
     // to another test in this process.
-    let (gw, app) = connected(&[
+    let (gw, app) = connected_env(&[
         ("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576"),
         ("OPENCLAW_BRIDGE__GATEWAY__ID", "bounds-frag"),
     ])
@@ -212,7 +206,7 @@ async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
 
 #[actix_rt::test]
 async fn past_max_pending_requests_fail_fast_with_overloaded_and_retry_after() {
-    let (gw, app) = connected(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "4")]).await;
+    let (gw, app) = connected_env(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "4")]).await;
     gw.set_responder(|r| match r.method.as_str() {
         "hold" => Reply::Never,
         _ => Reply::Default,
@@ -265,7 +259,7 @@ async fn past_max_pending_requests_fail_fast_with_overloaded_and_retry_after() {
 #[actix_rt::test]
 async fn a_caller_that_goes_away_releases_its_pending_entry() {
     use openclaw_bridge::actors::Send;
-    let (gw, app) = connected(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "1")]).await;
+    let (gw, app) = connected_env(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "1")]).await;
     gw.set_responder(|r| match r.method.as_str() {
         "hold" => Reply::Never,
         _ => Reply::Default,
@@ -302,7 +296,7 @@ async fn a_caller_that_goes_away_releases_its_pending_entry() {
 #[actix_rt::test]
 async fn an_http_client_that_hangs_up_releases_its_pending_entry() {
     use tokio::io::AsyncWriteExt;
-    let (gw, app) = connected(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "1")]).await;
+    let (gw, app) = connected_env(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "1")]).await;
     gw.set_responder(|r| match r.method.as_str() {
         "hold" => Reply::Never,
         _ => Reply::Default,

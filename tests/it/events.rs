@@ -5,8 +5,7 @@ use std::time::Duration;
 use openclaw_bridge::actors::broker::{BrokerItem, Filter, Subscribe, Subscription};
 use serde_json::{json, Value};
 
-use crate::support::app::{spawn_app, TestApp};
-use crate::support::fake_gateway::{FakeGateway, FakeOptions};
+use crate::support::app::{connected, TestApp};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -48,9 +47,7 @@ fn data(item: &BrokerItem) -> Value {
 
 #[actix_rt::test]
 async fn large_events_arrive_intact() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     let mut sub = subscribe(&app).await;
     for size in [1 << 20, 20_000_000] {
         let text: String = "é\"x\\ ".chars().cycle().take(size / 2).collect();
@@ -68,9 +65,7 @@ async fn large_events_arrive_intact() {
 
 #[actix_rt::test]
 async fn fragmented_messages_with_pings_between_are_reassembled() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     let mut sub = subscribe(&app).await;
     let payload =
         json!({"runId": "r", "stream": "assistant", "data": {"text": "ünïcödé ".repeat(5000)}});
@@ -88,9 +83,7 @@ async fn fragmented_messages_with_pings_between_are_reassembled() {
 
 #[actix_rt::test]
 async fn pings_are_answered_with_pongs() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     for _ in 0..3 {
         gw.send_ping();
     }
@@ -100,9 +93,7 @@ async fn pings_are_answered_with_pongs() {
 
 #[actix_rt::test]
 async fn garbage_and_unknown_events_do_not_break_the_session() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     let mut sub = subscribe(&app).await;
     for junk in [
         "not json",
@@ -135,9 +126,7 @@ async fn garbage_and_unknown_events_do_not_break_the_session() {
 
 #[actix_rt::test]
 async fn seq_gap_triggers_an_agents_list_resync() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     assert!(
         gw.next_request_for("agents.list", T).await.is_some(),
         "listed after hello-ok"
@@ -174,9 +163,7 @@ async fn seq_gap_triggers_an_agents_list_resync() {
 
 #[actix_rt::test]
 async fn a_late_lower_seq_does_not_fake_a_gap() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     assert!(gw.next_request_for("agents.list", T).await.is_some());
     // Let the resync rate limit pass, so a false gap would show as a request.
     actix_rt::time::sleep(Duration::from_millis(2100)).await;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::http_api::{metric, metrics_text};
-use crate::sse::{open, SseClient, SseEvent};
 use crate::support::app::{multi_settings, spawn_with, Gw, TestApp};
 use crate::support::fake_gateway::{FakeGateway, FakeOptions, Reply};
 use crate::support::real_gateway::free_port;
+use crate::support::sse_client::{open, SseClient, SseEvent};
 
 const T: Duration = Duration::from_secs(10);
 

@@ -13,36 +13,28 @@ use bytes::Bytes;
 use openclaw_bridge::config::Secret;
 use serde_json::{json, Value};
 
-use crate::support::app::{spawn_app, spawn_app_env, spawn_with, test_settings, TestApp};
+use crate::support::app::{
+    connected, connected_env, connected_with, spawn_app, test_settings, TestApp,
+};
 use crate::support::fake_gateway::{ConnectMode, FakeGateway, FakeOptions, Reply};
 
 const T: Duration = Duration::from_secs(10);
-
-async fn connected() -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
-}
 
 /// Connected, with gateway id `id`: the metrics recorder is shared by every
 /// test in the process, and a unique gateway label makes this app's series
 /// its own, so counts can be exact.
 async fn connected_as(id: &str) -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app_env(&gw.url(), None, &[("OPENCLAW_BRIDGE__GATEWAY__ID", id)]).await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
+    connected_env(&[("OPENCLAW_BRIDGE__GATEWAY__ID", id)]).await
 }
 
 /// The daemon with `http.token` set.
 async fn connected_with_http_token(token: &str) -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let mut settings = test_settings(&gw.url(), None, "");
-    settings.http.token = Some(Secret::new(token));
-    let app = spawn_with(settings).await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
+    connected_with(FakeOptions::default(), |gw| {
+        let mut settings = test_settings(&gw.url(), None, "");
+        settings.http.token = Some(Secret::new(token));
+        settings
+    })
+    .await
 }
 
 /// What a user sees: status, headers, body bytes.
@@ -170,9 +162,7 @@ pub async fn metrics_text(app: &TestApp, auth: Option<&str>) -> String {
 
 #[actix_rt::test]
 async fn healthz_and_readyz_follow_the_link() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
 
     let a = get(&app, "/healthz", None).await;
     assert_eq!((a.status, a.json()), (200, json!({"status": "ok"})));
@@ -310,9 +300,7 @@ async fn not_paired_is_503_with_retry_after_and_the_error_object_intact() {
 #[actix_rt::test]
 async fn not_connected_is_503_with_retry_after_and_the_link_state() {
     // Backoff: the gateway is gone, the next attempt is scheduled.
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     gw.stop_listening();
     gw.drop_tcp();
     assert!(app.wait_state("backoff", T).await);

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::http_api::{metric, metrics_text};
-use crate::sse::open;
 use crate::support::app::{multi_settings, spawn_with, Gw};
 use crate::support::fake_gateway::{FakeGateway, FakeOptions};
+use crate::support::sse_client::open;
 
 const T: Duration = Duration::from_secs(20);
 

@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use crate::http_api::{metric, metrics_text};
 use crate::nats::read;
-use crate::sse::{open, SseClient};
 use crate::support::app::{multi_settings, spawn_with, Gw, TestApp};
 use crate::support::nats_server::NatsServer;
 use crate::support::real_gateway::{shared, GatewayOptions, RealGateway, READY_TIMEOUT};
+use crate::support::sse_client::{open, SseClient};
 
 const T: Duration = Duration::from_secs(60);
 

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::sse;
 use crate::support::app::{spawn_app, TestApp};
 use crate::support::real_gateway::{GatewayOptions, RealGateway};
+use crate::support::sse_client;
 use crate::support::tcp_proxy::TcpProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -83,7 +83,7 @@ async fn cut_after_accepted_the_caller_and_the_registry_get_the_real_outcome() {
     let proxy = TcpProxy::start(gw.port());
     let app = spawn_app(&proxy.url(), Some(gw.token()), "").await;
     assert!(app.wait_connected(WAIT).await, "{:?}", app.status().await);
-    let mut events = sse::open(&app, "/v1/events?event=bridge.run_reconciled", &[]).await;
+    let mut events = sse_client::open(&app, "/v1/events?event=bridge.run_reconciled", &[]).await;
 
     // 1. A caller waiting for the final answer, cut right after `accepted`.
     let key = uuid::Uuid::new_v4().to_string();

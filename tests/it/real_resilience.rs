@@ -187,7 +187,7 @@ impl<'a> Watch<'a> {
     /// `until` the bridge is no longer connected (within `WAIT`), or panic
     /// with `what` and the timeline.
     async fn until_down(&mut self, what: &str) -> (Instant, Status) {
-        self.until(WAIT, |s| !connected(s))
+        self.until(WAIT, |s| !is_connected(s))
             .await
             .unwrap_or_else(|| panic!("{what}\n{}", self.show()))
     }
@@ -227,7 +227,7 @@ impl<'a> Watch<'a> {
     }
 }
 
-fn connected(s: &Status) -> bool {
+fn is_connected(s: &Status) -> bool {
     s.state.as_str() == "connected"
 }
 
@@ -424,7 +424,7 @@ async fn start_again_until_back(
     let (bridge_at, up) = watch
         .until_back(
             Duration::from_secs(90),
-            |s| connected(s) && boot_of(s).as_deref() != boot1.as_str(),
+            |s| is_connected(s) && boot_of(s).as_deref() != boot1.as_str(),
             what,
             log_since,
             gw,
@@ -479,7 +479,7 @@ async fn usr2_restart_reconnects_within_2s_of_the_gateway() {
     let (bridge_at, up) = watch
         .until_back(
             WAIT,
-            |s| connected(s) && boot_of(s).as_deref() != boot1.as_str(),
+            |s| is_connected(s) && boot_of(s).as_deref() != boot1.as_str(),
             "USR2",
             (&logs, mark),
             &gw,
@@ -828,7 +828,7 @@ async fn stop_past_two_ticks_trips_the_watchdog_then_cont_reconnects() {
     drop(cont);
     let probe = probe_gateway(gw.clone(), None, WAIT);
     let (bridge_at, up) = watch
-        .until_back(WAIT, connected, "SIGCONT", (&logs, mark), &gw)
+        .until_back(WAIT, is_connected, "SIGCONT", (&logs, mark), &gw)
         .await;
     let gw_ready = off_thread(move || probe.join().expect("probe thread")).await;
     assert_eq!(

@@ -6,17 +6,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::app::{spawn_app_env, TestApp};
+use crate::support::app::{connected_with, settings_env, TestApp};
 use crate::support::fake_gateway::{FakeGateway, FakeOptions, FakeRuns};
 
 const T: Duration = Duration::from_secs(10);
 
-async fn connected(env: &[(&str, &str)], runs: &FakeRuns) -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    runs.install(&gw);
-    let app = spawn_app_env(&gw.url(), None, env).await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
+/// A bridge connected to a default fake gateway whose runs `runs` keeps.
+async fn connected_with_runs(env: &[(&str, &str)], runs: &FakeRuns) -> (FakeGateway, TestApp) {
+    connected_with(FakeOptions::default(), |gw| {
+        runs.install(gw);
+        settings_env(&gw.url(), None, env)
+    })
+    .await
 }
 
 fn agent_call(key: &str, message: &str, timeout_ms: u64) -> Value {
@@ -65,7 +66,7 @@ async fn accepted(gw: &FakeGateway, runs: &FakeRuns, key: &str) {
 #[actix_rt::test]
 async fn a_held_caller_gets_the_runs_outcome_once_with_reattached_true() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let call = start_call(&app, agent_call("k-ok", "sleep:800", 15_000));
     accepted(&gw, &runs, "k-ok").await;
     gw.drop_all();
@@ -90,7 +91,7 @@ async fn a_held_caller_gets_the_runs_outcome_once_with_reattached_true() {
 #[actix_rt::test]
 async fn agent_wait_error_is_the_runs_outcome_not_a_failed_request() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let call = start_call(&app, agent_call("k-err", "fail:500", 15_000));
     accepted(&gw, &runs, "k-err").await;
     gw.drop_all();
@@ -109,7 +110,7 @@ async fn agent_wait_error_is_the_runs_outcome_not_a_failed_request() {
 #[actix_rt::test]
 async fn agent_wait_timeout_at_the_callers_deadline_is_bridge_timeout_with_the_run_id() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let call = start_call(&app, agent_call("k-long", "sleep:60000", 2_000));
     accepted(&gw, &runs, "k-long").await;
     gw.drop_all();
@@ -138,7 +139,7 @@ async fn agent_wait_timeout_at_the_callers_deadline_is_bridge_timeout_with_the_r
 #[actix_rt::test]
 async fn a_run_lost_in_a_gateway_restart_is_outcome_unknown_well_before_the_deadline() {
     let runs = FakeRuns::new(2, 5);
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let call = start_call(&app, agent_call("k-lost", "sleep:60000", 20_000));
     accepted(&gw, &runs, "k-lost").await;
     runs.lose_all();
@@ -161,7 +162,7 @@ async fn a_run_lost_in_a_gateway_restart_is_outcome_unknown_well_before_the_dead
 #[actix_rt::test]
 async fn a_run_the_gateway_forgot_without_restarting_is_unknown_too() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let call = start_call(&app, agent_call("k-gone", "sleep:60000", 20_000));
     accepted(&gw, &runs, "k-gone").await;
     runs.lose_all();
@@ -179,7 +180,7 @@ async fn a_run_the_gateway_forgot_without_restarting_is_unknown_too() {
 #[actix_rt::test]
 async fn a_reconnect_that_never_comes_is_bridge_timeout_with_the_run_id_before_the_deadline() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let call = start_call(&app, agent_call("k-cut", "sleep:500", 1_500));
     accepted(&gw, &runs, "k-cut").await;
     gw.stop_listening();
@@ -197,7 +198,8 @@ async fn a_reconnect_that_never_comes_is_bridge_timeout_with_the_run_id_before_t
 #[actix_rt::test]
 async fn past_max_reattach_the_caller_gets_the_old_answer_which_says_why() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_REATTACH", "0")], &runs).await;
+    let (gw, app) =
+        connected_with_runs(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_REATTACH", "0")], &runs).await;
     let call = start_call(&app, agent_call("k-nohold", "sleep:500", 10_000));
     accepted(&gw, &runs, "k-nohold").await;
     gw.drop_all();
@@ -213,7 +215,7 @@ async fn past_max_reattach_the_caller_gets_the_old_answer_which_says_why() {
 #[actix_rt::test]
 async fn shutdown_answers_a_held_caller_with_shutting_down_and_its_run_id() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let call = start_call(&app, agent_call("k-stop", "sleep:500", 20_000));
     accepted(&gw, &runs, "k-stop").await;
     gw.stop_listening();
@@ -231,7 +233,7 @@ async fn shutdown_answers_a_held_caller_with_shutting_down_and_its_run_id() {
 async fn the_registry_settles_runs_that_ended_while_the_link_was_down() {
     // Two sessions a page, five idle sessions first: the runs' session is on page 3.
     let runs = FakeRuns::new(2, 5);
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     for (run, len, fails) in [
         ("r-ok", 300, false),
         ("r-err", 300, true),
@@ -314,7 +316,7 @@ async fn the_registry_settles_runs_that_ended_while_the_link_was_down() {
 #[actix_rt::test]
 async fn runs_route_asks_the_gateway_for_runs_the_registry_does_not_hold() {
     let runs = FakeRuns::default();
-    let (_gw, app) = connected(&[], &runs).await;
+    let (_gw, app) = connected_with_runs(&[], &runs).await;
     runs.add("elsewhere-done", Duration::ZERO, false);
     runs.add("elsewhere-live", Duration::from_secs(60), false);
     let (status, run) = app.get("/v1/runs/elsewhere-done").await;
@@ -342,7 +344,7 @@ async fn runs_route_asks_the_gateway_for_runs_the_registry_does_not_hold() {
 #[actix_rt::test]
 async fn two_hundred_accepted_runs_across_fifty_drops_each_answered_once_never_run_twice() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let mut rng = fastrand::Rng::with_seed(13);
     let mut calls = Vec::new();
     for i in 0..200 {
@@ -450,7 +452,7 @@ async fn call_final_prints_the_reattached_payload_and_says_so_on_stderr() {
 #[actix_rt::test]
 async fn a_gateway_still_starting_is_asked_again_not_taken_for_the_outcome() {
     let runs = FakeRuns::default();
-    let (gw, app) = connected(&[], &runs).await;
+    let (gw, app) = connected_with_runs(&[], &runs).await;
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (r, n) = (runs.clone(), refused.clone());
     gw.set_responder(move |req| {

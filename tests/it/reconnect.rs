@@ -10,7 +10,7 @@ use openclaw_bridge::actors::Send;
 use serde_json::json;
 
 use crate::http_api::metric;
-use crate::support::app::{spawn_app, spawn_app_env, TestApp};
+use crate::support::app::{connected, spawn_app, spawn_app_env, TestApp};
 use crate::support::fake_gateway::{ConnectMode, FakeGateway, FakeOptions};
 
 const T: Duration = Duration::from_secs(10);
@@ -31,16 +31,9 @@ async fn fake_and_bridge(opts: FakeOptions, env: &[(&str, &str)]) -> (FakeGatewa
     (gw, app)
 }
 
-/// A default fake gateway and a bridge that has connected to it.
-async fn connected_bridge() -> (FakeGateway, TestApp) {
-    let (gw, app) = fake_and_bridge(FakeOptions::default(), &[]).await;
-    assert!(app.wait_connected(T).await);
-    (gw, app)
-}
-
 #[actix_rt::test]
 async fn an_abrupt_drop_reconnects_and_says_why() {
-    let (gw, app) = connected_bridge().await;
+    let (gw, app) = connected().await;
     gw.drop_tcp();
     assert!(gw.wait_handshakes(2, T).await, "reconnected by itself");
     assert!(app.wait_connected(T).await);
@@ -50,7 +43,7 @@ async fn an_abrupt_drop_reconnects_and_says_why() {
 
 #[actix_rt::test]
 async fn every_close_code_is_reported_and_retried() {
-    let (gw, app) = connected_bridge().await;
+    let (gw, app) = connected().await;
     let mut n = 1;
     for (code, reason) in [
         (1000, ""),
@@ -209,7 +202,7 @@ async fn silence_trips_the_watchdog() {
 
 #[actix_rt::test]
 async fn an_oversized_frame_is_counted_and_the_session_goes_on() {
-    let (gw, app) = connected_bridge().await;
+    let (gw, app) = connected().await;
     let huge = "x".repeat(65 * 1024 * 1024);
     gw.send_event("agent", json!({"runId": "big", "data": {"text": huge}}));
     drop(huge);
@@ -487,7 +480,7 @@ fn rss_kib() -> u64 {
 async fn a_plain_stop_backs_off_but_an_announced_restart_polls() {
     // Announced: shutdown with restartExpectedMs, then 1012 — polls, the
     // backoff exponent stays 0.
-    let (gw, app) = connected_bridge().await;
+    let (gw, app) = connected().await;
     gw.send_event(
         "shutdown",
         json!({"reason": "gateway restarting", "restartExpectedMs": 100}),
@@ -506,7 +499,7 @@ async fn a_plain_stop_backs_off_but_an_announced_restart_polls() {
     app.stop().await;
 
     // Plain stop: 1012 with no restartExpectedMs — ordinary backoff.
-    let (gw, app) = connected_bridge().await;
+    let (gw, app) = connected().await;
     gw.send_event("shutdown", json!({"reason": "gateway stopping"}));
     gw.stop_listening();
     gw.close_all(1012, "service restart");

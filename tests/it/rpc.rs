@@ -5,17 +5,10 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::support::app::spawn_app;
-use crate::support::fake_gateway::{FakeGateway, FakeOptions, Reply};
+use crate::support::app::connected;
+use crate::support::fake_gateway::Reply;
 
 const T: Duration = Duration::from_secs(5);
-
-async fn connected() -> (FakeGateway, crate::support::app::TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
-}
 
 #[actix_rt::test]
 async fn payload_and_gateway_error_objects_come_back_intact() {

@@ -2,176 +2,18 @@
 //! `Last-Event-ID`, `bridge.gap`, lifecycle messages, a stalled subscriber,
 //! clean end on shutdown; and a real agent run end to end.
 
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use openclaw_bridge::actors::broker::BrokerStats;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http_api::{metric, metrics_text};
-use crate::support::app::{spawn_app, TestApp};
-use crate::support::fake_gateway::{FakeGateway, FakeOptions};
+use crate::support::app::{connected, connected_toml, spawn_app};
 use crate::support::real_gateway::{shared, RealGateway};
+use crate::support::sse_client::{no_timeout_client, open, SseClient, SseEnd};
 
 const T: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------------
-// A small SSE client: accumulate bytes, split on blank lines, parse fields.
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub id: Option<u64>,
-    /// `message` when the block has no `event:` line (SSE default).
-    pub event: String,
-    pub data: String,
-}
-
-impl SseEvent {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|e| panic!("data of {self:?} is not JSON: {e}"))
-    }
-
-    pub fn payload(&self) -> Value {
-        self.json()["payload"].clone()
-    }
-
-    fn is_bridge(&self) -> bool {
-        self.event.starts_with("bridge.")
-    }
-}
-
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, awc::error::PayloadError>>>>;
-
-pub struct SseClient {
-    body: Body,
-    buf: Vec<u8>,
-    ended: bool,
-}
-
-/// How a read ended when it did not give an event.
-#[derive(Debug, PartialEq)]
-pub enum SseEnd {
-    /// The stream ended cleanly.
-    Closed,
-    /// Nothing within the timeout.
-    Timeout,
-    /// The stream broke.
-    Error(String),
-}
-
-fn no_timeout_client() -> awc::Client {
-    awc::Client::builder().disable_timeout().finish()
-}
-
-/// Open `path` as an event stream; panics unless the answer is a 200 stream.
-pub async fn open(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> SseClient {
-    let mut req = no_timeout_client().get(app.url(path));
-    for (k, v) in headers {
-        req = req.insert_header((*k, *v));
-    }
-    let res = tokio::time::timeout(T, req.send())
-        .await
-        .expect("stream head within the timeout")
-        .expect("GET /v1/events reaches the bridge");
-    assert_eq!(res.status().as_u16(), 200, "GET {path}");
-    let ct = res
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    assert_eq!(ct, "text/event-stream", "GET {path}");
-    SseClient {
-        body: Box::pin(res),
-        buf: Vec::new(),
-        ended: false,
-    }
-}
-
-/// Parse one block (the text between blank lines); `None` for comment-only
-/// or field-less blocks (nothing is dispatched for them).
-fn parse_block(block: &str) -> Option<SseEvent> {
-    let mut id = None;
-    let mut event = None;
-    let mut data: Option<String> = None;
-    for line in block.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() || line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "id" => id = Some(value.parse::<u64>().expect("id: is a whole number")),
-            "event" => event = Some(value.to_owned()),
-            "data" => match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(value);
-                }
-                None => data = Some(value.to_owned()),
-            },
-            "retry" => {}
-            other => panic!("unexpected SSE field {other:?} in block {block:?}"),
-        }
-    }
-    let data = data?;
-    Some(SseEvent {
-        id,
-        event: event.unwrap_or_else(|| "message".into()),
-        data,
-    })
-}
-
-impl SseClient {
-    /// The next event, or how the stream ended / that it was quiet.
-    pub async fn next_within(&mut self, timeout: Duration) -> Result<SseEvent, SseEnd> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                let text = String::from_utf8(block).expect("SSE is UTF-8");
-                if let Some(ev) = parse_block(&text) {
-                    return Ok(ev);
-                }
-                continue;
-            }
-            if self.ended {
-                return Err(SseEnd::Closed);
-            }
-            match tokio::time::timeout_at(deadline, self.body.next()).await {
-                Err(_) => return Err(SseEnd::Timeout),
-                Ok(None) => self.ended = true,
-                Ok(Some(Err(e))) => return Err(SseEnd::Error(e.to_string())),
-                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
-            }
-        }
-    }
-
-    pub async fn next(&mut self) -> SseEvent {
-        match self.next_within(T).await {
-            Ok(e) => e,
-            Err(end) => panic!("no SSE event: {end:?}"),
-        }
-    }
-
-    /// The next event that is not a `bridge.*` lifecycle message (a gap fails).
-    pub async fn next_gateway_event(&mut self) -> SseEvent {
-        loop {
-            let e = self.next().await;
-            assert_ne!(e.event, "bridge.gap", "unexpected gap: {e:?}");
-            if !e.is_bridge() {
-                return e;
-            }
-        }
-    }
-}
 
 fn agent_ev(agent: &str, run: &str, mark: u32) -> Value {
     json!({"runId": run, "agentId": agent, "stream": "assistant", "ts": mark,
@@ -181,13 +23,6 @@ fn agent_ev(agent: &str, run: &str, mark: u32) -> Value {
 fn chat_ev(agent: &str, run: &str, mark: u32) -> Value {
     json!({"runId": run, "agentId": agent, "sessionKey": format!("agent:{agent}:main"),
            "seq": 1, "state": "delta", "mark": mark})
-}
-
-async fn connected(extra_toml: &str) -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, extra_toml).await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
 }
 
 /// Read gateway events until one with payload `mark == last`; return all
@@ -221,7 +56,7 @@ async fn marks_until(sub: &mut SseClient, last: u64) -> Vec<(String, u64)> {
 
 #[actix_rt::test]
 async fn subscribers_with_different_filters_get_exactly_their_events_in_order() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut by_event_and_agent = open(&app, "/v1/events?event=chat&agent=a", &[]).await;
     let mut by_run = open(&app, "/v1/events?run=r2", &[]).await;
     let mut by_agent_two_events = open(&app, "/v1/events?agent=b&event=agent,%20chat", &[]).await;
@@ -284,7 +119,7 @@ async fn subscribers_with_different_filters_get_exactly_their_events_in_order() 
 
 #[actix_rt::test]
 async fn multi_line_payloads_and_odd_event_names_keep_the_framing() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut sub = open(&app, "/v1/events", &[]).await;
     // A gateway may send pretty-printed JSON: raw newlines inside the payload.
     gw.send_text(
@@ -317,7 +152,7 @@ async fn multi_line_payloads_and_odd_event_names_keep_the_framing() {
 #[actix_rt::test]
 async fn a_stalled_subscriber_does_not_delay_the_other() {
     // A ring of 1000 events (3 MB here): far less than the flood below.
-    let (gw, app) = connected("[events]\nbuffer = 1000\n").await;
+    let (gw, app) = connected_toml("[events]\nbuffer = 1000\n").await;
     let dropped_before = metric(
         &metrics_text(&app, None).await,
         "openclaw_bridge_sse_events_dropped_total",
@@ -491,7 +326,7 @@ async fn a_stalled_subscriber_does_not_delay_the_other() {
 
 #[actix_rt::test]
 async fn reconnect_with_last_event_id_gets_exactly_the_missed_events() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut watcher = open(&app, "/v1/events?event=resume", &[]).await;
     let mut first = open(&app, "/v1/events?event=resume", &[]).await;
     for i in 0..5 {
@@ -567,7 +402,7 @@ async fn reconnect_with_last_event_id_gets_exactly_the_missed_events() {
 
 #[actix_rt::test]
 async fn resume_from_an_evicted_id_starts_with_bridge_gap() {
-    let (gw, app) = connected("[events]\nbuffer = 5\n").await;
+    let (gw, app) = connected_toml("[events]\nbuffer = 5\n").await;
     let mut watcher = open(&app, "/v1/events", &[]).await;
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -611,7 +446,7 @@ async fn resume_from_an_evicted_id_starts_with_bridge_gap() {
 
 #[actix_rt::test]
 async fn bad_resume_ids_are_400() {
-    let (_gw, app) = connected("").await;
+    let (_gw, app) = connected().await;
     let client = no_timeout_client();
     for (header, query) in [
         (Some("abc"), ""),
@@ -644,7 +479,7 @@ async fn bad_resume_ids_are_400() {
 
 #[actix_rt::test]
 async fn lifecycle_messages_when_the_gateway_drops() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     // A filter does not hide lifecycle messages.
     let mut sub = open(&app, "/v1/events?event=agent", &[]).await;
     gw.send_event("agent", agent_ev("a", "r1", 1));
@@ -667,7 +502,7 @@ async fn lifecycle_messages_when_the_gateway_drops() {
 
 #[actix_rt::test]
 async fn streams_end_cleanly_on_shutdown() {
-    let (gw, app) = connected("").await;
+    let (gw, app) = connected().await;
     let mut a = open(&app, "/v1/events", &[]).await;
     let mut b = open(&app, "/v1/events?event=agent&run=r1", &[]).await;
     gw.send_event("agent", agent_ev("a", "r1", 1));

@@ -9,28 +9,17 @@ use openclaw_bridge::actors::broker::BrokerStats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http_api::{metric, metrics_text};
-use crate::sse::open;
-use crate::support::app::{spawn_with, test_settings, TestApp};
-use crate::support::fake_gateway::{FakeGateway, FakeOptions};
+use crate::support::app::{connected, connected_with, test_settings, TestApp};
+use crate::support::fake_gateway::FakeOptions;
+use crate::support::sse_client::open;
 
 const T: Duration = Duration::from_secs(10);
-
-async fn connected(max_sse_subscribers: Option<usize>) -> (FakeGateway, TestApp) {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let mut settings = test_settings(&gw.url(), None, "");
-    if let Some(n) = max_sse_subscribers {
-        settings.http.max_sse_subscribers = n;
-    }
-    let app = spawn_with(settings).await;
-    assert!(app.wait_connected(T).await, "{:?}", app.status().await);
-    (gw, app)
-}
 
 #[actix_rt::test]
 async fn a_subscriber_paused_10ms_during_a_flood_gets_every_event_in_order() {
     // Default settings: the ring's span, not a per-subscriber queue, is what
     // a stalled reader has.
-    let (gw, app) = connected(None).await;
+    let (gw, app) = connected().await;
     let mut sub = open(&app, "/v1/events?event=flood", &[]).await;
     const N: u64 = 50_000;
     let flood: Vec<Message> = (0..N)
@@ -106,7 +95,7 @@ async fn subscribers_gauge(app: &TestApp) -> f64 {
 
 #[actix_rt::test]
 async fn ten_thousand_closed_streams_that_match_nothing_leave_no_subscriber() {
-    let (_gw, app) = connected(None).await;
+    let (_gw, app) = connected().await;
     const TOTAL: usize = 10_000;
     const AT_ONCE: usize = 50;
     for _ in 0..TOTAL / AT_ONCE {
@@ -132,7 +121,12 @@ async fn ten_thousand_closed_streams_that_match_nothing_leave_no_subscriber() {
 
 #[actix_rt::test]
 async fn streams_past_the_maximum_get_503_overloaded_with_retry_after() {
-    let (_gw, app) = connected(Some(2)).await;
+    let (_gw, app) = connected_with(FakeOptions::default(), |gw| {
+        let mut settings = test_settings(&gw.url(), None, "");
+        settings.http.max_sse_subscribers = 2;
+        settings
+    })
+    .await;
     let first = connect_nothing(&app).await;
     let _second = connect_nothing(&app).await;
     let res = app

@@ -11,6 +11,11 @@ use openclaw_bridge::config::{Settings, Sources};
 use openclaw_bridge::{Application, Stopper};
 use serde_json::Value;
 
+use super::fake_gateway::{FakeGateway, FakeOptions};
+
+/// How long [`connected`] and its variants wait for the bridge's link to come up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub supervisor: Addr<Supervisor>,
@@ -168,6 +173,45 @@ impl TestApp {
     pub async fn stop(&self) {
         self.stopper.stop().await;
     }
+}
+
+/// A fake gateway started with `opts` and a bridge spawned with the settings `settings` makes
+/// for it (the closure may also set the gateway up, e.g. install a responder, before the bridge
+/// connects). Panics with the bridge's status if the link is not up within [`CONNECT_TIMEOUT`].
+pub async fn connected_with(
+    opts: FakeOptions,
+    settings: impl FnOnce(&FakeGateway) -> Settings,
+) -> (FakeGateway, TestApp) {
+    let gw = FakeGateway::start(opts);
+    let settings = settings(&gw);
+    let app = spawn_with(settings).await;
+    assert!(
+        app.wait_connected(CONNECT_TIMEOUT).await,
+        "{:?}",
+        app.status().await
+    );
+    (gw, app)
+}
+
+/// A default fake gateway and a bridge with the test settings, connected to it.
+pub async fn connected() -> (FakeGateway, TestApp) {
+    connected_toml("").await
+}
+
+/// Like [`connected`], with `extra_toml` appended to the test settings.
+pub async fn connected_toml(extra_toml: &str) -> (FakeGateway, TestApp) {
+    connected_with(FakeOptions::default(), |gw| {
+        test_settings(&gw.url(), None, extra_toml)
+    })
+    .await
+}
+
+/// Like [`connected`], with `env` (`OPENCLAW_BRIDGE__…`) applied over the test settings.
+pub async fn connected_env(env: &[(&str, &str)]) -> (FakeGateway, TestApp) {
+    connected_with(FakeOptions::default(), |gw| {
+        settings_env(&gw.url(), None, env)
+    })
+    .await
 }
 
 /// Like [`spawn_app`], with extra `OPENCLAW_BRIDGE__…` settings applied over

@@ -6,4 +6,5 @@ pub mod fake_gateway;
 pub mod fake_model;
 pub mod nats_server;
 pub mod real_gateway;
+pub mod sse_client;
 pub mod tcp_proxy;
