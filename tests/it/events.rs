@@ -183,9 +183,7 @@ async fn a_late_lower_seq_does_not_fake_a_gap() {
 
 #[actix_rt::test]
 async fn health_naming_other_agents_triggers_an_agents_list_resync() {
-    let gw = FakeGateway::start(FakeOptions::default());
-    let app = spawn_app(&gw.url(), None, "").await;
-    assert!(app.wait_connected(T).await);
+    let (gw, app) = connected().await;
     assert!(gw.next_request_for("agents.list", T).await.is_some());
     // Past the resync rate limit, so a resync shows at once as a request.
     actix_rt::time::sleep(Duration::from_millis(2100)).await;
