@@ -1,8 +1,11 @@
-//! Logging setup and the operator-facing event names.
+//! Logging setup, the operator-facing event names, and their emitters.
 //!
 //! Every log line an operator may alert on carries a stable `event` field from
-//! [`events`]; the names are defined once here and used by both the log lines
-//! and the metrics so they never drift apart.
+//! [`events`], defined once here. An operator event that also moves a metric
+//! is written by one function in [`emit`], which does both (the table there
+//! maps each event to its metric), so the two cannot drift apart.
+
+pub mod emit;
 
 use std::io::IsTerminal;
 

@@ -29,11 +29,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{Change, Store, StoreError};
+use crate::telemetry::emit::{self, StoreFailureLog};
 
 /// Default cap on live pending changes (about 100 bytes to a few KiB each).
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
-/// The log event for a failed store write.
-pub const STORE_WRITE_FAILED: &str = "store.write_failed";
 
 /// What the writer has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -347,29 +346,32 @@ fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
         let result = store.apply(&batch);
         let mut st = shared.lock();
         let log = failure_log(st.stats.failing, result.is_ok(), failed_in_a_row);
+        let path = store.path().display().to_string();
         match &result {
             Ok(()) => {
                 st.stats.transactions += 1;
                 st.stats.changes_written += batch.len() as u64;
                 st.stats.failing = false;
                 failed_in_a_row = 0;
+                if let FailureLog::Recovered { failed } = log {
+                    emit::store_recovered(&gateway, failed, &path);
+                }
             }
             Err(e) => {
                 st.stats.write_failures += 1;
                 st.stats.last_error = Some(e.to_string());
                 st.stats.failing = true;
                 failed_in_a_row += 1;
-                crate::metrics::store_write_failed(&gateway);
+                let log = match log {
+                    FailureLog::StartedFailing => StoreFailureLog::Started {
+                        error: e,
+                        changes: batch.len(),
+                        path: &path,
+                    },
+                    _ => StoreFailureLog::Again,
+                };
+                emit::store_write_failed(&gateway, log);
             }
-        }
-        match (log, &result) {
-            (FailureLog::StartedFailing, Err(e)) => {
-                tracing::warn!(gateway = %gateway, event = STORE_WRITE_FAILED, error = %e, changes = batch.len(), path = %store.path().display(), "store writes are failing; changes are not stored until they work again (logged once; openclaw_bridge_store_write_failures_total counts them). The store is a cache: the bridge keeps serving");
-            }
-            (FailureLog::Recovered { failed }, _) => {
-                tracing::info!(gateway = %gateway, event = STORE_WRITE_FAILED, recovered = true, failed, path = %store.path().display(), "store writes work again");
-            }
-            _ => {}
         }
         st.done_through = upto;
         drop(st);

@@ -20,7 +20,6 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::item::{BrokerItem, Filter};
-use crate::telemetry::events as ev;
 
 /// Items scanned per lock hold by a reader: bounds how long a subscriber
 /// whose filter matches little holds the broker's lock.
@@ -265,8 +264,7 @@ impl Subscription {
         if let Some((from, to)) = lost {
             let dropped = to - from + 1;
             ring.dropped_total.fetch_add(dropped, Ordering::Relaxed);
-            crate::metrics::sse_dropped(&ring.gateway, dropped);
-            tracing::warn!(gateway = %ring.gateway, event = ev::SSE_SUBSCRIBER_LAGGED, subscriber = %self.label, subscriber_id = self.id, from, to, dropped, "subscriber fell behind the event ring; it gets a bridge.gap message for the ids it missed");
+            crate::telemetry::emit::sse_lagged(&ring.gateway, &self.label, self.id, from, to);
             self.ready.push_front(Arc::new(gap_item(from, to, dropped)));
         }
         true

@@ -14,7 +14,7 @@ use super::codec::{response_id, Decoded, Oversized, PREFIX_BYTES};
 use super::{GatewayConnection, Partial, Phase};
 use crate::actors::messages::{DisconnectCause, EventMsg, HealthSeen, RequestError, SeqGap};
 use crate::protocol::{self, Challenge, EventKind, GatewayEvent, Inbound};
-use crate::telemetry::events as ev;
+use crate::telemetry::{emit, events as ev};
 
 impl GatewayConnection {
     fn on_text(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
@@ -64,13 +64,7 @@ impl GatewayConnection {
             if let Some(expected) = self.expected_seq {
                 if seq > expected {
                     gap = Some(protocol::SeqSkip { expected, got: seq });
-                    crate::metrics::seq_gap(&self.cfg.gateway);
-                    tracing::warn!(gateway = %self.cfg.gateway,
-                        event = ev::GATEWAY_SEQ_GAP,
-                        expected,
-                        got = seq,
-                        "events were missed; resyncing the registry"
-                    );
+                    emit::seq_gap(&self.cfg.gateway, expected, seq);
                     let _ = self.wiring.gap.try_send(SeqGap {
                         generation: self.generation,
                         expected,
@@ -115,23 +109,13 @@ impl GatewayConnection {
         if for_registry {
             if let Some(r) = &self.wiring.agent_events {
                 if r.try_send(EventMsg(event.clone())).is_err() {
-                    crate::metrics::undelivered(&self.cfg.gateway, "registry");
-                    tracing::warn!(gateway = %self.cfg.gateway,
-                        event = ev::EVENT_UNDELIVERED,
-                        to = "registry",
-                        "registry mailbox full: event not applied"
-                    );
+                    emit::event_undelivered(&self.cfg.gateway, "registry");
                 }
             }
         }
         if let Some(b) = &self.wiring.events {
             if b.try_send(EventMsg(event)).is_err() {
-                crate::metrics::undelivered(&self.cfg.gateway, "broker");
-                tracing::warn!(gateway = %self.cfg.gateway,
-                    event = ev::EVENT_UNDELIVERED,
-                    to = "broker",
-                    "broker mailbox full: event dropped"
-                );
+                emit::event_undelivered(&self.cfg.gateway, "broker");
             }
         }
     }
@@ -230,7 +214,6 @@ impl GatewayConnection {
             self.partial = Some(Partial::Discarding);
         }
         self.oversized_frames += 1;
-        crate::metrics::bad_frame(&self.cfg.gateway, "oversized");
         let id = response_id(&o.prefix);
         let failed = id.as_deref().is_some_and(|id| {
             self.fail_request(
@@ -241,28 +224,19 @@ impl GatewayConnection {
                 },
             )
         });
-        tracing::error!(gateway = %self.cfg.gateway,
-            event = ev::GATEWAY_BAD_FRAME,
-            problem = "frame over the size limit",
-            size = o.declared,
+        emit::bad_frame_oversized(
+            &self.cfg.gateway,
+            o.declared,
             limit,
-            request_id = id.as_deref().unwrap_or(""),
-            request_failed = failed,
-            oversized_frames = self.oversized_frames,
-            "a message from the gateway was over gateway.max_frame_bytes and was skipped unread"
+            id.as_deref(),
+            failed,
+            self.oversized_frames,
         );
     }
 }
 
 fn bad_frame(gateway: &str, problem: &str, size: usize) {
-    crate::metrics::bad_frame(gateway, "undecodable");
-    tracing::warn!(
-        gateway,
-        event = ev::GATEWAY_BAD_FRAME,
-        size,
-        problem,
-        "frame from the gateway dropped"
-    );
+    emit::bad_frame_undecodable(gateway, problem, size);
 }
 
 impl StreamHandler<Result<Decoded, awc::error::WsProtocolError>> for GatewayConnection {

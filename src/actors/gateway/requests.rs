@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::correlator::{request_id, Delivered, Request};
 use super::{GatewayConnection, Phase, Queued, RequestError, Send};
 use crate::protocol::{self, ResponseFrame};
-use crate::telemetry::events as ev;
+use crate::telemetry::{emit, events as ev};
 
 impl GatewayConnection {
     pub(super) fn on_response(&mut self, res: ResponseFrame<'_>, ctx: &mut Context<Self>) {
@@ -95,18 +95,15 @@ impl GatewayConnection {
     /// Refuse a request past `max_pending` / `max_pending_bytes`: logged
     /// when the bound starts being hit, counted every time.
     fn overloaded(&mut self, bound: &'static str, limit: u64) -> RequestError {
-        crate::metrics::overloaded(&self.cfg.gateway, bound);
-        if !self.overloaded {
-            self.overloaded = true;
-            tracing::warn!(gateway = %self.cfg.gateway,
-                event = ev::HTTP_OVERLOADED,
-                bound,
-                limit,
-                pending = self.requests.len(),
-                queued_bytes = self.out.bytes,
-                "too many requests in flight to this gateway; refusing with BRIDGE_OVERLOADED until some finish"
-            );
-        }
+        emit::overloaded(
+            &self.cfg.gateway,
+            bound,
+            limit,
+            self.requests.len(),
+            self.out.bytes,
+            !self.overloaded,
+        );
+        self.overloaded = true;
         RequestError::Overloaded {
             bound,
             limit,

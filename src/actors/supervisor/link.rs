@@ -13,7 +13,7 @@ use super::{
 };
 use crate::actors::messages::{DisconnectCause, LinkState, RetryClass};
 use crate::clock::now_ms;
-use crate::telemetry::events as ev;
+use crate::telemetry::{emit, events as ev};
 
 impl Handler<ConnectionUp> for Supervisor {
     type Result = ();
@@ -24,7 +24,6 @@ impl Handler<ConnectionUp> for Supervisor {
         }
         let h = msg.hello;
         self.set_state(LinkState::Connected);
-        crate::metrics::connected(&self.cfg.connection.gateway);
         self.restart_window_until = None;
         self.parked_code = None;
         self.info = GatewayInfo {
@@ -36,16 +35,7 @@ impl Handler<ConnectionUp> for Supervisor {
             connected_since: Some(now_ms()),
             scopes: h.scopes.clone(),
         };
-        tracing::info!(gateway = %self.cfg.connection.gateway,
-            event = ev::GATEWAY_CONNECTED,
-            server_version = %h.server.version,
-            protocol = h.protocol,
-            conn_id = h.server.conn_id.as_deref().unwrap_or(""),
-            scopes = %h.scopes.join(","),
-            tick_interval_ms = h.policy.tick_interval_ms,
-            auth_method = h.auth_method.as_deref().unwrap_or(""),
-            "gateway session up"
-        );
+        emit::gateway_connected(&self.cfg.connection.gateway, &h);
         let restarted = matches!(
             (&self.last_boot_id, &h.server.boot_id),
             (Some(old), Some(new)) if old != new
@@ -90,19 +80,16 @@ impl Handler<ConnectionDown> for Supervisor {
             ctx.cancel_future(h);
         }
         let cause = msg.cause;
-        crate::metrics::pending(&self.cfg.connection.gateway, 0);
-        crate::metrics::disconnected(&self.cfg.connection.gateway, &cause.code());
+        emit::gateway_disconnected(
+            &self.cfg.connection.gateway,
+            &cause.code(),
+            &cause.message(),
+            cause.close_code(),
+            msg.connected_for,
+            msg.pending_failed,
+        );
         let was_connected = msg.connected_for.is_some();
         if was_connected {
-            tracing::warn!(gateway = %self.cfg.connection.gateway,
-                event = ev::GATEWAY_DISCONNECTED,
-                close_code = cause.close_code(),
-                reason = %cause.message(),
-                cause = %cause.code(),
-                connected_for_ms = msg.connected_for.map(|d| d.as_millis() as u64),
-                pending_failed = msg.pending_failed,
-                "gateway session lost"
-            );
             self.info.connected_since = None;
             self.notify_link(
                 false,

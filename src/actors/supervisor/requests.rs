@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::{Send, Supervisor};
 use crate::actors::messages::{LinkState, RequestError};
-use crate::telemetry::events as ev;
+use crate::telemetry::emit;
 
 impl Handler<Send> for Supervisor {
     type Result = ResponseFuture<Result<Box<RawValue>, RequestError>>;
@@ -37,16 +37,16 @@ impl Handler<Send> for Supervisor {
                 }),
                 Err(e) => Err(e),
             };
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(e) => e.code(),
-            };
-            metrics
-                .borrow_mut()
-                .done(&method, outcome, started.elapsed().as_secs_f64());
-            if let Err(e) = &result {
-                tracing::info!(gateway = %gateway, event = ev::RPC_FAILED, method = %method, code = e.code(), elapsed_ms = started.elapsed().as_millis() as u64, "request failed: {e}");
-            }
+            emit::request_done(
+                &mut metrics.borrow_mut(),
+                &gateway,
+                &method,
+                result
+                    .as_ref()
+                    .err()
+                    .map(|e| (e.code(), e as &dyn std::fmt::Display)),
+                started.elapsed(),
+            );
             result
         })
     }
