@@ -5,10 +5,59 @@ use std::time::Duration;
 
 use config::{Config, File, FileFormat};
 
-use super::{
-    nats::nats_name_ok, path, secret, DeviceIdentityMode, GatewaySettings, Reader, CLIENT_IDS,
-    CLIENT_MODES, DEFAULT_TOML, SCOPES,
-};
+use super::nats::nats_name_ok;
+use super::render::{path, secret};
+use super::{Reader, Secret, CLIENT_IDS, CLIENT_MODES, DEFAULT_TOML, SCOPES};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceIdentityMode {
+    Auto,
+    Always,
+    Never,
+}
+
+impl DeviceIdentityMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            DeviceIdentityMode::Auto => "auto",
+            DeviceIdentityMode::Always => "always",
+            DeviceIdentityMode::Never => "never",
+        }
+    }
+}
+
+/// One gateway: `[gateway]` (id `default` unless `gateway.id` says
+/// otherwise) or one `[[gateways]]` entry.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Names the gateway in routes, logs, metrics, NATS subjects and KV keys.
+    pub id: String,
+    /// `/readyz` is ready only when every required gateway is connected.
+    pub required: bool,
+    pub url: String,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub client_id: String,
+    pub client_mode: String,
+    pub display_name: String,
+    pub scopes: Vec<String>,
+    pub device_identity: DeviceIdentityMode,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Extra trusted CA (PEM) for `wss://`, besides the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Callers of accepted runs held across a dropped link (each costs one
+    /// `agent.wait` in flight after the reconnect); past it, the old
+    /// `BRIDGE_DISCONNECTED`. 0 turns reattaching off.
+    pub max_reattach: usize,
+    /// Inbound frame cap; `None` (key 0): hello-ok `maxPayload` + headroom.
+    pub max_frame_bytes: Option<usize>,
+    /// Requests in flight (queued or awaiting an answer) before
+    /// `BRIDGE_OVERLOADED`.
+    pub max_pending: usize,
+    /// Request bytes queued toward the socket before `BRIDGE_OVERLOADED`.
+    pub max_pending_bytes: usize,
+}
 
 fn check_gateway_url(r: &mut Reader, key: &str, url: &str) {
     // Error messages are logged (`config.invalid`): never with a password.

@@ -3,7 +3,33 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{NatsSettings, Reader, Secret};
+use super::{Reader, Secret};
+
+/// `[nats]`: publish events to NATS JetStream, mirror the registry to a KV
+/// bucket, serve RPC over request–reply. Absent: off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsSettings {
+    pub url: String,
+    pub stream: String,
+    pub subject_prefix: String,
+    pub max_age: Duration,
+    pub max_bytes: u64,
+    pub kv_bucket: String,
+    /// Bounded publish queue (events waiting for NATS).
+    pub buffer: usize,
+    pub credentials_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+    /// NATS user and password (`nats.user`, `nats.password`): one NATS user
+    /// per client, so subject permissions can tell the bridge apart.
+    pub user: Option<(String, Secret)>,
+    /// The stream's duplicate window: two bridges' copies of one event
+    /// (same `Nats-Msg-Id`) within it are stored once.
+    pub duplicate_window: Duration,
+    /// Serve RPC over NATS (`nats.rpc`, off by default).
+    pub rpc: bool,
+    /// Methods RPC over NATS may call (`nats.rpc_methods`); `*` allows all.
+    pub rpc_methods: Vec<String>,
+}
 
 /// A NATS subject token (or a dotted run of tokens when `dots`): ASCII
 /// letters, digits, `_` and `-` only, no empty token.

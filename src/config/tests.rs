@@ -1,5 +1,8 @@
 //! Configuration rules as an operator meets them.
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use super::*;
 
 fn load(toml: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
