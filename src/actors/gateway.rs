@@ -47,7 +47,8 @@ mod requests;
 mod writer;
 
 use codec::BoundedCodec;
-pub use correlator::Correlator;
+pub use correlator::{Correlator, Reply};
+pub use requests::Forward;
 use writer::{Outbound, Queued, WriteLoop};
 
 /// Added to the gateway's `policy.maxPayload` for the inbound frame cap
@@ -206,6 +207,21 @@ pub struct GatewayConnection {
 impl GatewayConnection {
     pub fn new(generation: u64, cfg: Arc<ConnectionConfig>, wiring: Wiring) -> Self {
         let cfg_frame_cap = cfg.frame_cap(DEFAULT_MAX_PAYLOAD);
+        let gateway = cfg.gateway.clone();
+        let mut request_metrics = crate::metrics::RequestMetrics::new(&gateway);
+        let observer = Box::new(move |method: &str, elapsed: Duration, reply: &Reply| {
+            let failure = reply
+                .as_ref()
+                .err()
+                .map(|e| (e.code(), e as &dyn std::fmt::Display));
+            crate::telemetry::emit::request_done(
+                &mut request_metrics,
+                &gateway,
+                method,
+                failure,
+                elapsed,
+            );
+        });
         GatewayConnection {
             event_counters: crate::metrics::EventCounters::new(&cfg.gateway),
             generation,
@@ -214,7 +230,7 @@ impl GatewayConnection {
             out: Outbound::default(),
             frame_cap: Arc::new(AtomicUsize::new(cfg_frame_cap)),
             phase: Phase::Opening,
-            requests: Correlator::default(),
+            requests: Correlator::observed(observer),
             deadline_timer: None,
             pending_gauge: None,
             last_rx: Instant::now(),

@@ -34,7 +34,21 @@ pub struct Request {
     /// Alive while the caller waits (see `Send::caller`).
     pub caller: Option<Weak<()>>,
     pub timeout: Duration,
+    /// A caller's request (counted and timed by the observer): its method
+    /// and when the caller asked. `None`: the bridge's own (resyncs, …).
+    pub metered: Option<Metered>,
 }
+
+/// What the observer of a caller's request needs when it ends.
+#[derive(Debug)]
+pub struct Metered {
+    pub method: String,
+    pub started: Instant,
+}
+
+/// Told how each metered request ended: its method, how long since the
+/// caller asked, and the answer (before the caller gets it).
+pub type Observer = Box<dyn FnMut(&str, Duration, &Reply)>;
 
 struct Pending {
     tx: oneshot::Sender<Reply>,
@@ -46,6 +60,7 @@ struct Pending {
     /// ([`RequestError::Run`]) so the run can still be followed.
     run_id: Option<String>,
     caller: Option<Weak<()>>,
+    metered: Option<Metered>,
     /// Key of this request in `deadlines`.
     deadline: (Instant, u64),
     timeout_ms: u64,
@@ -78,9 +93,37 @@ pub struct Correlator {
     deadlines: BTreeMap<(Instant, u64), String>,
     next_seq: u64,
     finished: FinishedIds,
+    observer: Option<Observer>,
 }
 
 impl Correlator {
+    /// A correlator that tells `observer` how each metered request ended.
+    pub fn observed(observer: Observer) -> Self {
+        Correlator {
+            observer: Some(observer),
+            ..Correlator::default()
+        }
+    }
+
+    /// Answer a request that never became pending (refused at once).
+    pub fn refuse(
+        &mut self,
+        metered: Option<Metered>,
+        tx: oneshot::Sender<Reply>,
+        err: RequestError,
+    ) {
+        self.deliver(metered.as_ref(), tx, Err(err));
+    }
+
+    /// The one place a request is answered: the observer first, then its
+    /// caller.
+    fn deliver(&mut self, metered: Option<&Metered>, tx: oneshot::Sender<Reply>, reply: Reply) {
+        if let (Some(m), Some(observe)) = (metered, self.observer.as_mut()) {
+            observe(&m.method, m.started.elapsed(), &reply);
+        }
+        let _ = tx.send(reply);
+    }
+
     pub fn len(&self) -> usize {
         self.pending.len()
     }
@@ -110,6 +153,7 @@ impl Correlator {
                 accepted_seen: false,
                 run_id: None,
                 caller: req.caller,
+                metered: req.metered,
                 deadline,
                 timeout_ms: req.timeout.as_millis() as u64,
             },
@@ -167,7 +211,7 @@ impl Correlator {
                 },
             ))))
         };
-        let _ = p.tx.send(result);
+        self.deliver(p.metered.as_ref(), p.tx, result);
         Delivered::Answered
     }
 
@@ -194,7 +238,7 @@ impl Correlator {
                         after_ms: p.timeout_ms,
                     },
                 };
-                let _ = p.tx.send(Err(err));
+                self.deliver(p.metered.as_ref(), p.tx, Err(err));
             }
         }
         n
@@ -208,7 +252,7 @@ impl Correlator {
         };
         self.deadlines.remove(&p.deadline);
         self.finished.insert(id.to_owned());
-        let _ = p.tx.send(Err(err));
+        self.deliver(p.metered.as_ref(), p.tx, Err(err));
         true
     }
 
@@ -221,9 +265,10 @@ impl Correlator {
         if !wanted {
             if let Some(p) = self.pending.remove(id) {
                 self.deadlines.remove(&p.deadline);
-                let _ = p.tx.send(Err(RequestError::Timeout {
+                let err = RequestError::Timeout {
                     after_ms: p.timeout_ms,
-                }));
+                };
+                self.deliver(p.metered.as_ref(), p.tx, Err(err));
             }
         }
         wanted
@@ -256,8 +301,9 @@ impl Correlator {
     pub fn fail_all(&mut self, err: &RequestError) -> usize {
         self.deadlines.clear();
         let n = self.pending.len();
-        for (_, p) in self.pending.drain() {
-            let _ = p.tx.send(Err(match (p.run_id, err) {
+        let pending = std::mem::take(&mut self.pending);
+        for (_, p) in pending {
+            let reply = Err(match (p.run_id, err) {
                 (Some(run_id), RequestError::Disconnected { reason }) => RequestError::Run {
                     run_id,
                     failure: RunFailure::Disconnected {
@@ -269,7 +315,8 @@ impl Correlator {
                     failure: RunFailure::ShuttingDown,
                 },
                 _ => err.clone(),
-            }));
+            });
+            self.deliver(p.metered.as_ref(), p.tx, reply);
         }
         n
     }

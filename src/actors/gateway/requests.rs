@@ -5,12 +5,11 @@
 
 use std::time::Instant;
 
-use actix::prelude::{AsyncContext, Context, Handler, ResponseFuture};
+use actix::prelude::{AsyncContext, Context, Handler, Message, ResponseFuture};
 use awc::ws::Message as WsMessage;
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::correlator::{request_id, Delivered, Request};
+use super::correlator::{request_id, Delivered, Metered, Reply, Request};
 use super::{GatewayConnection, Phase, Queued, RequestError, Send};
 use crate::protocol::{self, ResponseFrame};
 use crate::telemetry::{emit, events as ev};
@@ -116,59 +115,91 @@ impl GatewayConnection {
     }
 }
 
-impl Handler<Send> for GatewayConnection {
-    type Result = ResponseFuture<Result<Box<RawValue>, RequestError>>;
+/// A caller's request handed over by the `Supervisor` with the caller's own
+/// responder (actix's answer channel of the caller's `Send`): the connection
+/// answers the caller directly, with no future or channel of its own in
+/// between, and counts and times it (`openclaw_bridge_requests_total`,
+/// `rpc.failed`). Dropped undelivered (the connection stopped), it answers
+/// `Disconnected`: every request resolves exactly once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forward {
+    pub msg: Send,
+    pub tx: Option<oneshot::Sender<Reply>>,
+    /// When the caller asked.
+    pub started: Instant,
+}
 
-    fn handle(&mut self, msg: Send, ctx: &mut Context<Self>) -> Self::Result {
-        let immediate = |e| -> Self::Result { Box::pin(async move { Err(e) }) };
-        if self.shutting_down {
-            return immediate(RequestError::ShuttingDown);
+impl Drop for Forward {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Err(RequestError::Disconnected {
+                reason: "the connection stopped".into(),
+            }));
         }
-        if !matches!(self.phase, Phase::Ready { .. }) {
-            return immediate(RequestError::NotConnected {
-                state: "connecting".into(),
-                next_attempt_in_ms: None,
-            });
-        }
-        if msg.method.is_empty() {
-            return immediate(RequestError::BadRequest("method must not be empty".into()));
-        }
-        if let Some(p) = &msg.params {
-            if !p.get().trim_start().starts_with('{') {
-                return immediate(RequestError::BadRequest(
-                    "params must be a JSON object".into(),
-                ));
-            }
-        }
-        if self.requests.len() >= self.cfg.max_pending {
-            return immediate(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
-        }
-        let id = request_id();
-        let text = match protocol::encode_request(&id, &msg.method, msg.params.as_deref()) {
-            Ok(t) => t,
-            Err(e) => return immediate(RequestError::BadRequest(e.to_string())),
+    }
+}
+
+impl Handler<Forward> for GatewayConnection {
+    type Result = ();
+
+    fn handle(&mut self, mut fwd: Forward, ctx: &mut Context<Self>) {
+        let Some(tx) = fwd.tx.take() else {
+            return;
         };
-        // One request alone may exceed the byte bound when nothing else is
-        // queued: the bound is on what piles up, not on a request's size.
-        if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
-            return immediate(self.overloaded(
-                "gateway.max_pending_bytes",
-                self.cfg.max_pending_bytes as u64,
-            ));
-        }
-        self.overloaded = false;
-        if !self.out.open {
-            return immediate(RequestError::Disconnected {
-                reason: "the socket is closed".into(),
-            });
-        }
+        let msg = std::mem::replace(&mut fwd.msg, Send::new(String::new(), None));
+        self.start_request(msg, tx, Some(fwd.started), ctx);
+    }
+}
+
+impl Handler<Send> for GatewayConnection {
+    type Result = ResponseFuture<Reply>;
+
+    /// The bridge's own requests (resyncs, `agent.wait`): not metered.
+    fn handle(&mut self, msg: Send, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        let timeout = msg.timeout.unwrap_or(self.cfg.request_timeout);
-        let request = Request {
-            is_agent: msg.method == "agent",
-            expect_final: msg.expect_final,
-            caller: msg.caller,
+        self.start_request(msg, tx, None, ctx);
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(RequestError::Disconnected {
+                    reason: "the connection stopped".into(),
+                })
+            })
+        })
+    }
+}
+
+impl GatewayConnection {
+    /// Check, register and queue a request; `tx` gets its one answer. A
+    /// caller's request (`started`: when the caller asked) is metered.
+    fn start_request(
+        &mut self,
+        msg: Send,
+        tx: oneshot::Sender<Reply>,
+        started: Option<Instant>,
+        ctx: &mut Context<Self>,
+    ) {
+        let queued = self.queue_request(&msg);
+        let Send {
+            method,
             timeout,
+            expect_final,
+            caller,
+            ..
+        } = msg;
+        let is_agent = method == "agent";
+        let metered = started.map(|started| Metered { method, started });
+        let (id, text) = match queued {
+            Ok(q) => q,
+            Err(e) => return self.requests.refuse(metered, tx, e),
+        };
+        let timeout = timeout.unwrap_or(self.cfg.request_timeout);
+        let request = Request {
+            is_agent,
+            expect_final,
+            caller,
+            timeout,
+            metered,
         };
         let deadline = self
             .requests
@@ -180,12 +211,49 @@ impl Handler<Send> for GatewayConnection {
         });
         self.report_pending();
         self.arm_deadline_timer(ctx);
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(RequestError::Disconnected {
-                    reason: "the connection stopped".into(),
-                })
-            })
-        })
+    }
+
+    /// Whether `msg` may be sent now, and if so its id and frame.
+    fn queue_request(&mut self, msg: &Send) -> Result<(String, String), RequestError> {
+        if self.shutting_down {
+            return Err(RequestError::ShuttingDown);
+        }
+        if !matches!(self.phase, Phase::Ready { .. }) {
+            return Err(RequestError::NotConnected {
+                state: "connecting".into(),
+                next_attempt_in_ms: None,
+            });
+        }
+        if msg.method.is_empty() {
+            return Err(RequestError::BadRequest("method must not be empty".into()));
+        }
+        if let Some(p) = &msg.params {
+            if !p.get().trim_start().starts_with('{') {
+                return Err(RequestError::BadRequest(
+                    "params must be a JSON object".into(),
+                ));
+            }
+        }
+        if self.requests.len() >= self.cfg.max_pending {
+            return Err(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
+        }
+        let id = request_id();
+        let text = protocol::encode_request(&id, &msg.method, msg.params.as_deref())
+            .map_err(|e| RequestError::BadRequest(e.to_string()))?;
+        // One request alone may exceed the byte bound when nothing else is
+        // queued: the bound is on what piles up, not on a request's size.
+        if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
+            return Err(self.overloaded(
+                "gateway.max_pending_bytes",
+                self.cfg.max_pending_bytes as u64,
+            ));
+        }
+        self.overloaded = false;
+        if !self.out.open {
+            return Err(RequestError::Disconnected {
+                reason: "the socket is closed".into(),
+            });
+        }
+        Ok((id, text))
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use super::run_queries::{active_runs, agent_wait, WaitAnswer};
 use super::{GatewayConnection, Supervisor};
-use crate::actors::messages::{Answer, LinkState, RequestError, Rpc, RunFailure, Send};
+use crate::actors::messages::{Answer, LinkState, RequestError, Rpc, RunFailure};
 use crate::actors::registry::{RunOutcome, RunStatus};
 use crate::telemetry::events as ev;
 
@@ -97,7 +97,7 @@ fn agent_of(params: Option<&RawValue>) -> Option<String> {
 impl Handler<Rpc> for Supervisor {
     type Result = ResponseActFuture<Self, Result<Answer, RequestError>>;
 
-    fn handle(&mut self, Rpc(msg): Rpc, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Rpc(msg): Rpc, _: &mut Context<Self>) -> Self::Result {
         let holdable = msg.method == "agent" && msg.expect_final;
         let timeout = msg.timeout.unwrap_or(self.cfg.connection.request_timeout);
         let deadline = Instant::now() + timeout;
@@ -108,7 +108,7 @@ impl Handler<Rpc> for Supervisor {
         };
         let generation = self.generation;
         let boot_id = self.info.boot_id.clone();
-        let sent = <Self as Handler<Send>>::handle(self, msg, ctx);
+        let sent = self.forward(msg);
         Box::pin(sent.into_actor(self).then(move |res, act, ctx| match res {
             Err(RequestError::Run {
                 run_id,

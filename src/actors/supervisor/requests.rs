@@ -1,53 +1,103 @@
 //! Requests over the live connection: [`Send`] from the HTTP API / CLI,
-//! forwarded or refused at once (nothing is queued).
+//! forwarded or refused at once (nothing is queued). A forwarded request
+//! carries its caller's own answer channel to the connection
+//! ([`Forward`]): no future, task or channel of the supervisor's in between.
 
+use std::future::Future;
 use std::time::Instant;
 
-use actix::prelude::{Context, Handler, ResponseFuture};
-use serde_json::value::RawValue;
+use actix::dev::{MessageResponse, OneshotSender};
+use actix::prelude::{Addr, Context, Handler};
+use tokio::sync::oneshot;
 
 use super::{Send, Supervisor};
+use crate::actors::gateway::{Forward, GatewayConnection, Reply};
 use crate::actors::messages::{LinkState, RequestError};
 use crate::telemetry::emit;
 
-impl Handler<Send> for Supervisor {
-    type Result = ResponseFuture<Result<Box<RawValue>, RequestError>>;
+/// The supervisor's answer to a [`Send`]: refused now, or handed to the
+/// connection with the caller's responder.
+pub enum SendReply {
+    Now(Reply),
+    Forward(Addr<GatewayConnection>, Forward),
+}
 
-    fn handle(&mut self, msg: Send, _ctx: &mut Context<Self>) -> Self::Result {
-        let method = msg.method.clone();
-        let gateway = self.cfg.connection.gateway.clone();
-        let metrics = self.request_metrics.clone();
+impl MessageResponse<Supervisor, Send> for SendReply {
+    fn handle(self, _: &mut Context<Supervisor>, tx: Option<OneshotSender<Reply>>) {
+        match self {
+            SendReply::Now(reply) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(reply);
+                }
+            }
+            SendReply::Forward(conn, mut fwd) => {
+                // Nobody waits (`do_send`): the request is still made.
+                fwd.tx = Some(tx.unwrap_or_else(|| oneshot::channel().0));
+                // Undelivered (the connection just stopped), `Forward`'s
+                // drop answers `Disconnected`.
+                conn.do_send(fwd);
+            }
+        }
+    }
+}
+
+impl Supervisor {
+    /// Route `msg`: to the live connection, or refused at once with why.
+    fn route(&mut self, msg: Send) -> SendReply {
         let started = Instant::now();
-        let fut: Result<_, RequestError> = match (&self.conn, self.state) {
-            (_, LinkState::Stopping) => Err(RequestError::ShuttingDown),
-            (Some(conn), LinkState::Connected) => Ok(conn.send(msg)),
-            _ => Err(RequestError::NotConnected {
+        let refused = match (&self.conn, self.state) {
+            (_, LinkState::Stopping) => RequestError::ShuttingDown,
+            (Some(conn), LinkState::Connected) => {
+                let fwd = Forward {
+                    msg,
+                    tx: None,
+                    started,
+                };
+                return SendReply::Forward(conn.clone(), fwd);
+            }
+            _ => RequestError::NotConnected {
                 state: self.state.as_str().into(),
                 next_attempt_in_ms: self
                     .next_attempt_at
                     .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
-            }),
+            },
         };
-        Box::pin(async move {
-            let result = match fut {
-                Ok(f) => f.await.unwrap_or_else(|_| {
-                    Err(RequestError::Disconnected {
-                        reason: "the connection stopped".into(),
-                    })
-                }),
-                Err(e) => Err(e),
-            };
-            emit::request_done(
-                &mut metrics.borrow_mut(),
-                &gateway,
-                &method,
-                result
-                    .as_ref()
-                    .err()
-                    .map(|e| (e.code(), e as &dyn std::fmt::Display)),
-                started.elapsed(),
-            );
-            result
-        })
+        emit::request_done(
+            &mut self.request_metrics.borrow_mut(),
+            &self.cfg.connection.gateway,
+            &msg.method,
+            Some((refused.code(), &refused)),
+            started.elapsed(),
+        );
+        SendReply::Now(Err(refused))
+    }
+
+    /// [`Send`] as a future, for the supervisor's own handlers (`Rpc`).
+    pub(super) fn forward(&mut self, msg: Send) -> impl Future<Output = Reply> + 'static {
+        let (tx, rx) = oneshot::channel();
+        match self.route(msg) {
+            SendReply::Now(reply) => {
+                let _ = tx.send(reply);
+            }
+            SendReply::Forward(conn, mut fwd) => {
+                fwd.tx = Some(tx);
+                conn.do_send(fwd);
+            }
+        }
+        async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(RequestError::Disconnected {
+                    reason: "the connection stopped".into(),
+                })
+            })
+        }
+    }
+}
+
+impl Handler<Send> for Supervisor {
+    type Result = SendReply;
+
+    fn handle(&mut self, msg: Send, _: &mut Context<Self>) -> SendReply {
+        self.route(msg)
     }
 }

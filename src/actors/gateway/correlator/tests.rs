@@ -18,6 +18,7 @@ fn req(timeout_ms: u64) -> Request {
         expect_final: false,
         caller: None,
         timeout: Duration::from_millis(timeout_ms),
+        metered: None,
     }
 }
 
@@ -27,6 +28,7 @@ fn agent(expect_final: bool) -> Request {
         expect_final,
         caller: None,
         timeout: Duration::from_secs(60),
+        metered: None,
     }
 }
 
@@ -378,4 +380,61 @@ fn request_ids_are_uuids_and_distinct() {
     let b = request_id();
     assert_ne!(a, b);
     assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
+}
+
+#[test]
+fn the_observer_sees_each_callers_request_end_once_and_never_the_bridges_own() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let seen: Rc<RefCell<Vec<(String, String)>>> = Rc::default();
+    let log = seen.clone();
+    let mut c = Correlator::observed(Box::new(move |method, _elapsed, reply| {
+        let outcome = match reply {
+            Ok(_) => "ok".to_owned(),
+            Err(e) => e.code().to_owned(),
+        };
+        log.borrow_mut().push((method.to_owned(), outcome));
+    }));
+    let t0 = Instant::now();
+    let metered = |method: &str| {
+        Some(Metered {
+            method: method.to_owned(),
+            started: t0,
+        })
+    };
+    let mut a = add(
+        &mut c,
+        "a",
+        Request {
+            metered: metered("health"),
+            ..req(1000)
+        },
+        t0,
+    );
+    let _b = add(
+        &mut c,
+        "b",
+        Request {
+            metered: metered("status"),
+            ..req(10)
+        },
+        t0,
+    );
+    let _own = add(&mut c, "own", req(10), t0);
+    let (tx, mut refused) = oneshot::channel();
+    c.refuse(metered("agents.list"), tx, RequestError::ShuttingDown);
+    respond(&mut c, r#"{"type":"res","id":"a","ok":true,"payload":{}}"#);
+    assert_eq!(c.expire(t0 + Duration::from_millis(20)), 2);
+    // A second answer for `a` is late: not observed again.
+    respond(&mut c, r#"{"type":"res","id":"a","ok":true,"payload":{}}"#);
+    assert_eq!(payload(&mut a), serde_json::json!({}));
+    assert!(matches!(error(&mut refused), RequestError::ShuttingDown));
+    assert_eq!(
+        *seen.borrow(),
+        vec![
+            ("agents.list".to_owned(), "BRIDGE_SHUTTING_DOWN".to_owned()),
+            ("health".to_owned(), "ok".to_owned()),
+            ("status".to_owned(), "BRIDGE_TIMEOUT".to_owned()),
+        ]
+    );
 }
