@@ -345,7 +345,7 @@ pub fn nats_queue(gw: &str, n: usize) {
 
 /// Per-event-name counters, cached so the event path does not build and hash
 /// a label set for every event. Names are bounded by the gateway's event
-/// vocabulary; past [`EventCounters::MAX`] distinct names the rest count as
+/// vocabulary; past `EventCounters::MAX` distinct names the rest count as
 /// `other`.
 pub struct EventCounters {
     gateway: String,

@@ -2,20 +2,28 @@
 //!
 //! **Owns:** the bridge's own event id counter (monotonic for the process),
 //! one bounded ring of events (`events.buffer` events, `events.buffer_bytes`
-//! bytes) shared by every subscriber, and the sinks (NATS).
+//! bytes) shared by every subscriber, the session epoch, and the sinks (NATS).
 //!
-//! **Handles:** [`EventMsg`] (from `GatewayConnection`), [`LinkChanged`] (from
-//! `Supervisor`: `bridge.connected` / `bridge.disconnected`, and the session
-//! epoch), [`Subscribe`] / [`BrokerStats`] (from the HTTP API), [`AddSink`],
-//! [`CloseAll`].
+//! **Handles:** [`EventMsg`] (from `GatewayConnection`: every event),
+//! [`LinkChanged`] (from `Supervisor`: `bridge.connected` /
+//! `bridge.disconnected`, and the session epoch), `bridge.run_reconciled`
+//! items as [`EventMsg`] (from `Supervisor`), [`Subscribe`] / [`BrokerStats`]
+//! (from the HTTP API, the status page and tests), [`AddSink`] (from `app` at
+//! start, once per sink: the sink is built after the supervisor it needs, so
+//! it cannot be passed to the constructor), [`CloseAll`] (from `app`'s
+//! `Stopper`).
 //!
-//! **Never waits for a subscriber:** publishing appends to the ring and
-//! wakes readers; each subscriber reads from its own cursor on its own thread
-//! (see `ring`). One a whole ring behind gets a `bridge.gap` with the exact
-//! ids it missed, never silence. A subscriber is gone as soon as its
-//! [`Subscription`] is dropped, whatever its filter.
+//! **Sends:** nothing to other actors. Publishing appends to the ring and
+//! wakes readers; sinks are offered each item in order on this thread.
 //!
-//! **On stop ([`CloseAll`]):** readers end once they have read what is left.
+//! **Never waits for a subscriber:** each subscriber reads from its own
+//! cursor on its own thread (see `ring`). One a whole ring behind gets a
+//! `bridge.gap` with the exact ids it missed, never silence. A subscriber is
+//! gone as soon as its [`Subscription`] is dropped, whatever its filter.
+//!
+//! **Lifecycle:** one per gateway, on that gateway's thread, for the life of
+//! the process. On stop ([`CloseAll`]) readers end once they have read what
+//! is left.
 
 mod item;
 mod ring;

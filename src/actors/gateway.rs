@@ -7,10 +7,12 @@
 //! Nothing is shared: correlation state lives in this actor's
 //! mailbox-serialised state only.
 //!
-//! **Handles:** [`Send`] (from `Supervisor`): writes a `req` with a fresh uuid
-//! id and answers when the `res` with that id arrives, in any order, or with a
-//! typed error on timeout / disconnect / shutdown; [`Close`] (from `Supervisor`):
-//! graceful close with 1000.
+//! **Handles:** [`Forward`] (from `Supervisor`: a caller's request with the
+//! caller's own responder; metered) and [`Send`] (from `Supervisor`: the
+//! bridge's own requests — resyncs, `agent.wait`): writes a `req` with a
+//! fresh uuid id and answers when the `res` with that id arrives, in any
+//! order, or with a typed error on timeout / disconnect / shutdown; [`Close`]
+//! (from `Supervisor`): graceful close with 1000.
 //!
 //! **Sends:** [`ConnectionUp`] after hello-ok, [`SeqGap`] when the outer seq
 //! jumps, [`HealthSeen`] with each `health` event's agent ids, and exactly one

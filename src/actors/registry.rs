@@ -2,19 +2,24 @@
 //!
 //! **Owns:** one [`AgentState`] per agent id (from `agents.list`, updated by
 //! `agent` / `chat` events), the recent runs of each, whether the
-//! view is live or stale (link down).
+//! view is live or stale (link down), the store writer (if any).
 //!
-//! **Handles:** [`EventMsg`] (from `GatewayConnection`), [`AgentsSnapshot`]
-//! (from `Supervisor` after each hello-ok / seq gap), [`LinkChanged`] (from
-//! `Supervisor`), [`ListAgents`] / [`GetAgent`] / [`GetRun`] (from the HTTP
-//! API), [`RunOutcome`] (from `Supervisor`: how a run it lost sight of
-//! ended, per `agent.wait`; answered with the correction, if any, for
-//! `bridge.run_reconciled`). A [`SessionsSnapshot`] answers the runs held as
-//! running that no session lists as active any more.
+//! **Handles:** [`EventMsg`] (from `GatewayConnection`: `agent` and `chat`
+//! events), [`AgentsSnapshot`] and [`SessionsSnapshot`] (from `Supervisor`'s
+//! resyncs; a sessions snapshot answers the runs held as running that no
+//! session lists as active any more), [`LinkChanged`] (from `Supervisor`),
+//! [`RunOutcome`] (from `Supervisor`: how a run it lost sight of ended, per
+//! `agent.wait`; answered with the correction, if any, for
+//! `bridge.run_reconciled`), [`ListAgents`] / [`GetAgent`] / [`GetRun`] (from
+//! the HTTP API and NATS), [`FlushStore`] (from `app`'s `Stopper`).
 //!
-//! **Sends:** nothing on its own: it answers the messages above. It never
-//! asks for a resync: the supervisor decides those (its `resync` module:
-//! hello-ok, seq gaps, `health` naming other agents than `agents.list`).
+//! **Sends:** nothing to other actors: it answers the messages above. It
+//! never asks for a resync: the supervisor decides those (its `resync`
+//! module: hello-ok, seq gaps, `health` naming other agents than
+//! `agents.list`). Changes go to the store's writer thread.
+//!
+//! **Lifecycle:** one per gateway, on that gateway's thread, started before
+//! the supervisor; it lives until the process stops.
 //!
 //! **Persistence:** with a store (`state.dir`/bridge.db), it starts from what
 //! was persisted (served as stale until the gateway answers), and writes

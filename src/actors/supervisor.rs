@@ -3,22 +3,23 @@
 //!
 //! **Owns:** the current `GatewayConnection` (if any) and its generation
 //! number, the link state machine (connecting → connected → backoff / parked),
-//! the retry schedule (full-jitter [`Backoff`](crate::backoff::Backoff), reset
+//! the retry schedule (full-jitter [`Backoff`], reset
 //! only after a stable session), the last error, the last `bootId`.
 //!
-//! **Handles:** [`Send`] (forwarded to the live connection, or refused at
-//! once with `NotConnected` carrying the state and next attempt time: nothing
-//! is queued or replayed), [`Rpc`](super::messages::Rpc) from the HTTP API,
+//! **Handles:** [`Send`] (from the CLI, tests and the benchmark: forwarded
+//! to the live connection as a `Forward` carrying the caller's responder, or
+//! refused at once with `NotConnected` carrying the state and next attempt
+//! time: nothing is queued or replayed), [`Rpc`](super::messages::Rpc) from the HTTP API,
 //! NATS and the CLI (a [`Send`] whose accepted `agent` run outlives a dropped
 //! link: its caller is held and answered from `agent.wait`, see `reattach`),
 //! [`LookupRun`] (`GET /v1/runs/{runId}` for runs the registry lacks),
 //! [`GetStatus`] (for `/readyz`), [`WaitReady`] (CLI), [`RetryNow`]
 //! (SIGHUP), [`Shutdown`] (held callers get `BRIDGE_SHUTTING_DOWN`); and from
-//! its connection [`ConnectionUp`], [`ConnectionDown`], [`SeqGap`],
+//! its connection [`ConnectionUp`], [`ConnectionDown`], [`SeqGap`](super::messages::SeqGap),
 //! [`HealthSeen`](super::messages::HealthSeen); [`Reconfigure`] (SIGHUP).
 //!
-//! **Sends:** [`LinkChanged`] to the registry and broker; [`Send`] and
-//! [`Close`] to its connection; resyncs (module `resync`, every trigger in
+//! **Sends:** [`LinkChanged`] to the registry and broker; `Forward`, [`Send`]
+//! and [`Close`] to its connection; resyncs (module `resync`, every trigger in
 //! one file: hello-ok, a seq gap, `health` naming other agents than
 //! `agents.list`): [`AgentsSnapshot`] and [`SessionsSnapshot`] to the
 //! registry; [`RunOutcome`] to the registry for runs it lost sight of (from

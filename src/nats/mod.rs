@@ -37,7 +37,7 @@
 //! stores it once; KV writes are revision-checked and ranked by gateway
 //! event order (`kv`).
 //!
-//! **Never blocks the broker:** [`NatsSink::offer`] is a `try_send` into a
+//! **Never blocks the broker:** `NatsSink::offer` is a `try_send` into a
 //! queue of `nats.buffer` items. While NATS is down the publisher holds
 //! back and the queue absorbs the outage; when it is full further events are
 //! counted (`openclaw_bridge_nats_dropped_total`), logged (`nats.dropped`,
