@@ -9,7 +9,7 @@ use actix::prelude::{AsyncContext, Context, Handler, Message, ResponseFuture};
 use awc::ws::Message as WsMessage;
 use tokio::sync::oneshot;
 
-use super::correlator::{request_id, Delivered, Metered, Reply, Request};
+use super::correlator::{request_id, Delivered, Metered, Reply, Request, RequestId};
 use super::{GatewayConnection, Phase, Queued, RequestError, Send};
 use crate::protocol::{self, ResponseFrame};
 use crate::telemetry::{emit, events as ev};
@@ -74,8 +74,8 @@ impl GatewayConnection {
     /// Asked by the writer just before a request goes on the wire (see
     /// [`Correlator::still_wanted`](super::correlator::Correlator::still_wanted)):
     /// a frozen gateway that wakes up does not start work nobody waits for.
-    pub(super) fn still_wanted(&mut self, id: &str, deadline: Instant) -> bool {
-        let wanted = self.requests.still_wanted(id, deadline, Instant::now());
+    pub(super) fn still_wanted(&mut self, id: &str, deadline: Instant, now: Instant) -> bool {
+        let wanted = self.requests.still_wanted(id, deadline, now);
         if !wanted {
             crate::metrics::unwritten(&self.cfg.gateway);
             self.report_pending();
@@ -214,7 +214,7 @@ impl GatewayConnection {
     }
 
     /// Whether `msg` may be sent now, and if so its id and frame.
-    fn queue_request(&mut self, msg: &Send) -> Result<(String, String), RequestError> {
+    fn queue_request(&mut self, msg: &Send) -> Result<(RequestId, String), RequestError> {
         if self.shutting_down {
             return Err(RequestError::ShuttingDown);
         }

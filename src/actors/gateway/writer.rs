@@ -26,7 +26,7 @@ pub(super) struct Queued {
     pub msg: WsMessage,
     pub bytes: usize,
     /// For a request: its id and deadline (checked again just before writing).
-    pub request: Option<(String, Instant)>,
+    pub request: Option<(super::correlator::RequestId, Instant)>,
 }
 
 /// The frames not yet handed to the socket.
@@ -74,12 +74,15 @@ impl ActorFuture<GatewayConnection> for WriteLoop {
     ) -> Poll<()> {
         let this = self.get_mut();
         act.out.waker = Some(task.waker().clone());
+        // One clock read per batch: a request whose deadline passes while
+        // this batch is written goes out and times out as usual.
+        let now = Instant::now();
         while !act.out.queue.is_empty() {
             match Pin::new(&mut this.sink).poll_ready(task) {
                 Poll::Ready(Ok(())) => {
                     let Some(q) = act.out.pop() else { break };
                     if let Some((id, deadline)) = &q.request {
-                        if !act.still_wanted(id, *deadline) {
+                        if !act.still_wanted(id, *deadline, now) {
                             continue;
                         }
                     }

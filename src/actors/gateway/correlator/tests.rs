@@ -35,7 +35,7 @@ fn agent(expect_final: bool) -> Request {
 /// Register `id`; the receiver gets its one answer.
 fn add(c: &mut Correlator, id: &str, r: Request, now: Instant) -> oneshot::Receiver<Reply> {
     let (tx, rx) = oneshot::channel();
-    c.insert(id.to_owned(), r, tx, now);
+    c.insert(id.into(), r, tx, now);
     rx
 }
 
