@@ -40,6 +40,25 @@ async fn next_event_within(sub: &mut Subscription, t: Duration) -> std::sync::Ar
     }
 }
 
+/// The ids `/v1/agents` lists, once it lists `n` of them (or after 2 s).
+async fn agent_ids(app: &TestApp, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let (_, agents) = app.get("/v1/agents").await;
+        ids = agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.len() == n {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    ids
+}
+
 fn data(item: &BrokerItem) -> Value {
     let payload: Value = serde_json::from_str(item.payload()).expect("payload is JSON");
     json!({"seq": item.seq(), "payload": payload})
@@ -143,21 +162,7 @@ async fn seq_gap_triggers_an_agents_list_resync() {
         gw.next_request_for("agents.list", T).await.is_some(),
         "resync after the gap"
     );
-    let mut ids = Vec::new();
-    for _ in 0..100 {
-        let (_, agents) = app.get("/v1/agents").await;
-        ids = agents
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["id"].as_str().unwrap().to_owned())
-            .collect();
-        if ids.len() == 2 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(ids, vec!["main", "ops"]);
+    assert_eq!(agent_ids(&app, 2).await, vec!["main", "ops"]);
     app.stop().await;
 }
 
@@ -213,20 +218,6 @@ async fn health_naming_other_agents_triggers_an_agents_list_resync() {
         gw.next_request_for("agents.list", T).await.is_some(),
         "health drift resyncs"
     );
-    let mut ids = Vec::new();
-    for _ in 0..100 {
-        let (_, agents) = app.get("/v1/agents").await;
-        ids = agents
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a["id"].as_str().unwrap().to_owned())
-            .collect();
-        if ids.len() == 2 {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(ids, vec!["main", "ops"]);
+    assert_eq!(agent_ids(&app, 2).await, vec!["main", "ops"]);
     app.stop().await;
 }
