@@ -84,7 +84,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actors::{AgentRegistry, Supervisor};
 use crate::config::NatsSettings;
-use crate::telemetry::events as ev;
+use crate::telemetry::{emit, events as ev};
 
 use envelope::Outgoing;
 use envelope::{marker_body, Renderer};
@@ -171,17 +171,11 @@ async fn connect(cfg: &NatsSettings, gw: &Arc<str>) -> Result<async_nats::Client
         .event_callback(move |e| {
             let gw = cb_gw.clone();
             async move {
-            match e {
-                async_nats::Event::Connected => {
-                    crate::metrics::nats_state(&gw, true);
-                    tracing::info!(gateway = %gw, event = ev::NATS_CONNECTED, "connected to NATS");
+                match e {
+                    async_nats::Event::Connected => emit::nats_connected(&gw),
+                    async_nats::Event::Disconnected => emit::nats_disconnected(&gw),
+                    other => tracing::debug!(gateway = %gw, event = "nats.event", "NATS: {other}"),
                 }
-                async_nats::Event::Disconnected => {
-                    crate::metrics::nats_state(&gw, false);
-                    tracing::warn!(gateway = %gw, event = ev::NATS_UNAVAILABLE, "lost the NATS connection; events queue up (bounded) and SSE keeps working; reconnecting");
-                }
-                other => tracing::debug!(gateway = %gw, event = "nats.event", "NATS: {other}"),
-            }
             }
         });
     if let Some(t) = &cfg.token {
@@ -345,8 +339,7 @@ async fn run(
         match js.send_publish(subject, publish).await {
             Ok(ack) => inflight.push_back((id, ack)),
             Err(e) => {
-                tracing::debug!(gateway = %gw, event = ev::NATS_DROPPED, "publish failed: {e}");
-                lose(&gw, &shared, id, "publish_failed");
+                lose(&gw, &shared, id, &e);
                 ready = false;
             }
         }
@@ -393,10 +386,11 @@ fn event_msg_id(gateway: &str, out: &Outgoing) -> Option<String> {
     }
 }
 
-fn lose(gw: &str, shared: &Shared, id: Option<u64>, reason: &'static str) {
+/// JetStream did not store event `id` (a marker has no id: nothing lost).
+fn lose(gw: &str, shared: &Shared, id: Option<u64>, error: &dyn std::fmt::Display) {
     if let Some(id) = id {
         shared.lose(id);
-        crate::metrics::nats_dropped(gw, reason, 1);
+        emit::nats_publish_failed(gw, Some(id), error);
     }
 }
 
@@ -416,17 +410,11 @@ async fn settle_front(
             true
         }
         Ok(Err(e)) => {
-            tracing::debug!(
-                gateway = gw,
-                event = ev::NATS_DROPPED,
-                bridge_id = id,
-                "no JetStream ack: {e}"
-            );
-            lose(gw, shared, id, "publish_failed");
+            lose(gw, shared, id, &format_args!("no JetStream ack: {e}"));
             false
         }
         Err(_) => {
-            lose(gw, shared, id, "publish_failed");
+            lose(gw, shared, id, &"no JetStream ack in time");
             false
         }
     }

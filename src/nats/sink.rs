@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::envelope::Outgoing;
 use super::LOG_EVERY;
 use crate::actors::broker::{BrokerItem, EventSink};
-use crate::telemetry::events as ev;
+use crate::telemetry::emit;
 
 /// Loss ranges kept before neighbouring ranges are merged.
 pub(super) const MAX_RANGES: usize = 64;
@@ -145,11 +145,15 @@ impl NatsSink {
                 match o {
                     Outgoing::Event { item, .. } => {
                         self.shared.lose(item.id);
-                        self.queue_full.increment(1);
                         self.dropped_unlogged += 1;
                         self.dropped_total += 1;
-                        if self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-                            tracing::warn!(gateway = %self.gateway, event = ev::NATS_DROPPED, dropped = self.dropped_unlogged, dropped_total = self.dropped_total, reason = "queue_full", "NATS is down or slow and its publish queue is full; events are dropped for NATS (announced in the stream once it is back; SSE is not affected)");
+                        let log = self.last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY);
+                        emit::nats_queue_full(
+                            &self.gateway,
+                            &self.queue_full,
+                            log.then_some((self.dropped_unlogged, self.dropped_total)),
+                        );
+                        if log {
                             self.dropped_unlogged = 0;
                             self.last_log = Some(Instant::now());
                         }

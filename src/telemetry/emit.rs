@@ -15,6 +15,8 @@
 //! | `rpc.failed`                    | `openclaw_bridge_requests_total{outcome}` (+ latency) |
 //! | `sse.subscriber_lagged`         | `openclaw_bridge_sse_events_dropped_total`        |
 //! | `store.write_failed`            | `openclaw_bridge_store_write_failures_total`      |
+//! | `nats.connected` / `nats.unavailable` | `openclaw_bridge_nats_connection_state{state}` |
+//! | `nats.dropped`                  | `openclaw_bridge_nats_dropped_total{reason}`      |
 //!
 //! Some lines are rate-limited where a flood would drown the log (the caller
 //! says whether this occurrence is logged); the metric counts every one.
@@ -232,6 +234,44 @@ pub fn store_recovered(gateway: &str, failed: u64, path: &str) {
     );
 }
 
+/// The NATS connection came up (first time and after every reconnect).
+pub fn nats_connected(gateway: &str) {
+    metrics::nats_state(gateway, true);
+    tracing::info!(gateway, event = ev::NATS_CONNECTED, "connected to NATS");
+}
+
+/// The NATS connection was lost (events queue up, bounded).
+pub fn nats_disconnected(gateway: &str) {
+    metrics::nats_state(gateway, false);
+    tracing::warn!(
+        gateway,
+        event = ev::NATS_UNAVAILABLE,
+        "lost the NATS connection; events queue up (bounded) and SSE keeps working; reconnecting"
+    );
+}
+
+/// An event was dropped for NATS because its publish queue was full (NATS
+/// down or slow). Counted on the sink's cached `counter` every time; logged
+/// when `log` says how many since the last line (at most every few seconds).
+pub fn nats_queue_full(gateway: &str, counter: &::metrics::Counter, log: Option<(u64, u64)>) {
+    counter.increment(1);
+    if let Some((dropped, dropped_total)) = log {
+        tracing::warn!(gateway, event = ev::NATS_DROPPED, dropped, dropped_total, reason = "queue_full", "NATS is down or slow and its publish queue is full; events are dropped for NATS (announced in the stream once it is back; SSE is not affected)");
+    }
+}
+
+/// JetStream did not take an event (publish failed, no ack, or the ack
+/// timed out).
+pub fn nats_publish_failed(gateway: &str, bridge_id: Option<u64>, error: &dyn Display) {
+    metrics::nats_dropped(gateway, "publish_failed", 1);
+    tracing::debug!(
+        gateway,
+        event = ev::NATS_DROPPED,
+        bridge_id,
+        "not stored by JetStream: {error}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -314,6 +354,19 @@ mod tests {
                 2,
             );
             gateway_disconnected("gw", "connect_failed", "refused", None, None, 0);
+            nats_connected("gw");
+            nats_disconnected("gw");
+            nats_queue_full(
+                "gw",
+                &metrics::nats_dropped_counter("gw", "queue_full"),
+                Some((1, 1)),
+            );
+            nats_queue_full(
+                "gw",
+                &metrics::nats_dropped_counter("gw", "queue_full"),
+                None,
+            );
+            nats_publish_failed("gw", Some(7), &"no ack");
             let mut rm = metrics::RequestMetrics::new("gw");
             request_done(&mut rm, "gw", "health", None, Duration::from_millis(3));
             request_done(
@@ -336,6 +389,10 @@ mod tests {
                 ev::STORE_WRITE_FAILED,
                 ev::GATEWAY_CONNECTED,
                 ev::GATEWAY_DISCONNECTED,
+                ev::NATS_CONNECTED,
+                ev::NATS_UNAVAILABLE,
+                ev::NATS_DROPPED,
+                ev::NATS_DROPPED,
                 ev::RPC_FAILED,
             ],
             "{lines:#?}"
@@ -350,6 +407,9 @@ mod tests {
             r#"openclaw_bridge_store_write_failures_total{gateway="gw"} 2"#,
             r#"openclaw_bridge_connects_total{gateway="gw"} 1"#,
             r#"openclaw_bridge_disconnects_total{gateway="gw",reason="connect_failed"} 1"#,
+            r#"openclaw_bridge_nats_dropped_total{gateway="gw",reason="queue_full"} 2"#,
+            r#"openclaw_bridge_nats_dropped_total{gateway="gw",reason="publish_failed"} 1"#,
+            r#"openclaw_bridge_nats_connection_state{gateway="gw",state="disconnected"} 1"#,
             r#"openclaw_bridge_requests_total{gateway="gw",method="health",outcome="ok"} 1"#,
             r#"openclaw_bridge_requests_total{gateway="gw",method="health",outcome="BRIDGE_TIMEOUT"} 1"#,
         ] {
@@ -359,6 +419,6 @@ mod tests {
         assert_eq!(lines[0]["expected"], 3);
         assert_eq!(lines[0]["got"], 9);
         assert_eq!(lines[5]["dropped"], 5);
-        assert_eq!(lines[9]["code"], "BRIDGE_TIMEOUT");
+        assert_eq!(lines[13]["code"], "BRIDGE_TIMEOUT");
     }
 }
