@@ -89,8 +89,6 @@ impl Settings {
         let http = read_http(&mut r);
         let state = read_state(&mut r, &src.env);
         let events = read_events(&mut r);
-        // Read after [events], where it always was: problems keep their order.
-        let max_sse_subscribers = r.number("http.max_sse_subscribers", 1, 1_000_000) as usize;
         let log = read_log(&mut r);
 
         // [nats] (absent: off)
@@ -101,10 +99,7 @@ impl Settings {
                 Ok(Settings {
                     gateways,
                     reconnect,
-                    http: HttpSettings {
-                        max_sse_subscribers,
-                        ..http
-                    },
+                    http,
                     state,
                     events,
                     log,

@@ -165,8 +165,8 @@ pub struct Supervisor {
     listed_agents: Option<Vec<String>>,
     waiters: Vec<oneshot::Sender<Result<(), ReadyError>>>,
     stop_waiters: Vec<oneshot::Sender<()>>,
-    /// Shared with the futures of in-flight requests (same thread).
-    request_metrics: std::rc::Rc<std::cell::RefCell<crate::metrics::RequestMetrics>>,
+    /// Requests refused here (forwarded ones are metered by the connection).
+    request_metrics: crate::metrics::RequestMetrics,
     /// Callers of accepted runs held across a dropped link (see `reattach`).
     held: std::collections::HashMap<u64, reattach::Held>,
     next_held_id: u64,
@@ -175,9 +175,7 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn new(cfg: SupervisorConfig, out: Outputs) -> Self {
         let url = crate::config::redact_url(&cfg.connection.url).into_owned();
-        let request_metrics = std::rc::Rc::new(std::cell::RefCell::new(
-            crate::metrics::RequestMetrics::new(&cfg.connection.gateway),
-        ));
+        let request_metrics = crate::metrics::RequestMetrics::new(&cfg.connection.gateway);
         Supervisor {
             request_metrics,
             cfg,

@@ -77,9 +77,8 @@ pub(super) fn read_reconnect(r: &mut Reader) -> Option<ReconnectSettings> {
     })
 }
 
-/// `[http]` but `max_sse_subscribers` (left 0): that one is read after
-/// `[events]`, so problems are reported in the order they always were.
-/// `None` (with the problem recorded) when `http.listen` is no address.
+/// `[http]`. `None` (with the problem recorded) when `http.listen` is no
+/// address.
 pub(super) fn read_http(r: &mut Reader) -> Option<HttpSettings> {
     let listen_raw = r.string("http.listen");
     let listen = match listen_raw.parse::<SocketAddr>() {
@@ -105,11 +104,12 @@ pub(super) fn read_http(r: &mut Reader) -> Option<HttpSettings> {
         }
     }
     let cors_origins = read_cors_origins(r);
+    let max_sse_subscribers = r.number("http.max_sse_subscribers", 1, 1_000_000) as usize;
     Some(HttpSettings {
         listen: listen?,
         token: http_token,
         token_file: http_token_file,
-        max_sse_subscribers: 0,
+        max_sse_subscribers,
         cors_origins,
     })
 }

@@ -346,7 +346,6 @@ fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
         let result = store.apply(&batch);
         let mut st = shared.lock();
         let log = failure_log(st.stats.failing, result.is_ok(), failed_in_a_row);
-        let path = store.path().display().to_string();
         match &result {
             Ok(()) => {
                 st.stats.transactions += 1;
@@ -354,7 +353,7 @@ fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
                 st.stats.failing = false;
                 failed_in_a_row = 0;
                 if let FailureLog::Recovered { failed } = log {
-                    emit::store_recovered(&gateway, failed, &path);
+                    emit::store_recovered(&gateway, failed, store.path());
                 }
             }
             Err(e) => {
@@ -366,7 +365,7 @@ fn run(mut store: Store, shared: Arc<Shared>, gateway: String) {
                     FailureLog::StartedFailing => StoreFailureLog::Started {
                         error: e,
                         changes: batch.len(),
-                        path: &path,
+                        path: store.path(),
                     },
                     _ => StoreFailureLog::Again,
                 };

@@ -22,6 +22,7 @@
 //! says whether this occurrence is logged); the metric counts every one.
 
 use std::fmt::Display;
+use std::path::Path;
 use std::time::Duration;
 
 use super::events as ev;
@@ -202,7 +203,7 @@ pub enum StoreFailureLog<'a> {
     Started {
         error: &'a dyn Display,
         changes: usize,
-        path: &'a str,
+        path: &'a Path,
     },
     /// Still failing: counted, not logged again.
     Again,
@@ -218,18 +219,18 @@ pub fn store_write_failed(gateway: &str, log: StoreFailureLog<'_>) {
         path,
     } = log
     {
-        tracing::warn!(gateway, event = ev::STORE_WRITE_FAILED, error = %error, changes, path, "store writes are failing; changes are not stored until they work again (logged once; openclaw_bridge_store_write_failures_total counts them). The store is a cache: the bridge keeps serving");
+        tracing::warn!(gateway, event = ev::STORE_WRITE_FAILED, error = %error, changes, path = %path.display(), "store writes are failing; changes are not stored until they work again (logged once; openclaw_bridge_store_write_failures_total counts them). The store is a cache: the bridge keeps serving");
     }
 }
 
 /// Store writes work again after `failed` failures.
-pub fn store_recovered(gateway: &str, failed: u64, path: &str) {
+pub fn store_recovered(gateway: &str, failed: u64, path: &Path) {
     tracing::info!(
         gateway,
         event = ev::STORE_WRITE_FAILED,
         recovered = true,
         failed,
-        path,
+        path = %path.display(),
         "store writes work again"
     );
 }
@@ -336,7 +337,7 @@ mod tests {
                 StoreFailureLog::Started {
                     error: &"disk full",
                     changes: 3,
-                    path: "/x",
+                    path: Path::new("/x"),
                 },
             );
             store_write_failed("gw", StoreFailureLog::Again);

@@ -22,22 +22,26 @@ pub enum SendReply {
     Forward(Addr<GatewayConnection>, Forward),
 }
 
-impl MessageResponse<Supervisor, Send> for SendReply {
-    fn handle(self, _: &mut Context<Supervisor>, tx: Option<OneshotSender<Reply>>) {
+impl SendReply {
+    /// Answer through `tx`: now, or by the connection. Undelivered (the
+    /// connection just stopped), `Forward`'s drop answers `Disconnected`.
+    fn answer(self, tx: OneshotSender<Reply>) {
         match self {
             SendReply::Now(reply) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(reply);
-                }
+                let _ = tx.send(reply);
             }
             SendReply::Forward(conn, mut fwd) => {
-                // Nobody waits (`do_send`): the request is still made.
-                fwd.tx = Some(tx.unwrap_or_else(|| oneshot::channel().0));
-                // Undelivered (the connection just stopped), `Forward`'s
-                // drop answers `Disconnected`.
+                fwd.tx = Some(tx);
                 conn.do_send(fwd);
             }
         }
+    }
+}
+
+impl MessageResponse<Supervisor, Send> for SendReply {
+    fn handle(self, _: &mut Context<Supervisor>, tx: Option<OneshotSender<Reply>>) {
+        // Nobody waits (`do_send`): the request is still made.
+        self.answer(tx.unwrap_or_else(|| oneshot::channel().0));
     }
 }
 
@@ -63,7 +67,7 @@ impl Supervisor {
             },
         };
         emit::request_done(
-            &mut self.request_metrics.borrow_mut(),
+            &mut self.request_metrics,
             &self.cfg.connection.gateway,
             &msg.method,
             Some((refused.code(), &refused)),
@@ -75,15 +79,7 @@ impl Supervisor {
     /// [`Send`] as a future, for the supervisor's own handlers (`Rpc`).
     pub(super) fn forward(&mut self, msg: Send) -> impl Future<Output = Reply> + 'static {
         let (tx, rx) = oneshot::channel();
-        match self.route(msg) {
-            SendReply::Now(reply) => {
-                let _ = tx.send(reply);
-            }
-            SendReply::Forward(conn, mut fwd) => {
-                fwd.tx = Some(tx);
-                conn.do_send(fwd);
-            }
-        }
+        self.route(msg).answer(tx);
         async move {
             rx.await.unwrap_or_else(|_| {
                 Err(RequestError::Disconnected {

@@ -103,7 +103,7 @@ fn drifted(listed: Option<&[String]>, health: &[String]) -> bool {
     !health.is_empty() && listed.is_some_and(|l| l != health)
 }
 
-pub(super) fn resync_failed(gateway: &Arc<str>, method: &str, e: &RequestError) {
+fn resync_failed(gateway: &Arc<str>, method: &str, e: &RequestError) {
     tracing::warn!(
         gateway = %gateway,
         event = ev::RPC_FAILED,
