@@ -35,6 +35,11 @@ fn readyz_status(port: u16) -> Option<u16> {
 /// Idle RSS (KiB, median) and start → ready (ms, median) of the real binary.
 pub(crate) fn footprint(plan: &Plan, url: &str) -> (f64, f64) {
     println!("\n## Footprint: the release binary, `openclaw-bridge run`");
+    // build.rs: whether the start-up code was linked first (README "Link order").
+    println!(
+        "link order (src/link-order.txt): {}",
+        option_env!("OPENCLAW_BRIDGE_LINK_ORDER_STATE").unwrap_or("unknown")
+    );
     let bin = env!("CARGO_BIN_EXE_openclaw-bridge");
     let (mut rss, mut ready, mut hwm) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..plan.footprint_rounds {
