@@ -152,9 +152,32 @@ enum Partial {
         text: bool,
         buf: BytesMut,
     },
-    /// Over the cap: its request was failed; the rest is dropped until its
-    /// last fragment.
-    Discarding,
+    /// Over the cap: the rest is dropped until its last fragment, read
+    /// only for the request it answers (failed once known).
+    Discarding(Discard),
+}
+
+/// A message over the cap, on its way through.
+struct Discard {
+    scan: codec::HeadScan,
+    /// Its length as far as known (declared by the headers seen so far).
+    size: u64,
+    /// The message was counted, logged and its request failed.
+    reported: bool,
+    /// The frame being skipped is the message's last (FIN).
+    fin: bool,
+}
+
+impl Discard {
+    /// The rest of a message already reported (or never to be): skipped.
+    fn reported() -> Self {
+        Discard {
+            scan: codec::HeadScan::default(),
+            size: 0,
+            reported: true,
+            fin: false,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -205,6 +205,67 @@ async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
 }
 
 #[actix_rt::test]
+async fn an_oversized_answer_naming_its_id_after_the_payload_fails_its_request_at_once() {
+    // Its own gateway id: the oversized-frame counter of `default` belongs
+    // to another test in this process.
+    let (gw, app) = connected_env(&[
+        ("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576"),
+        ("OPENCLAW_BRIDGE__GATEWAY__ID", "bounds-late-id"),
+    ])
+    .await;
+    gw.set_responder(|r| match r.method.as_str() {
+        "big" => Reply::Manual,
+        _ => Reply::Default,
+    });
+    let path = "/v1/gateways/bounds-late-id/rpc";
+    let filler = "a".repeat(2 << 20);
+    // `id` after a 2 MiB payload (with an `id` of its own inside), then
+    // `type` last of all, in one frame and split over fragments.
+    for (i, fragmented) in [(0, false), (1, true)] {
+        let answer = rpc_to(
+            &app,
+            path,
+            json!({"method": "big", "params": {"i": i}, "timeoutMs": 120000}),
+        );
+        let req = gw
+            .next_request_for("big", T)
+            .await
+            .expect("request reached the gateway");
+        let text = format!(
+            r#"{{"ok":true,"payload":{{"id":"not-this","text":"{filler}"}},"id":"{}","type":"res"}}"#,
+            req.id
+        );
+        let size = text.len() as u64;
+        let msgs = if fragmented {
+            let bytes = Bytes::from(text);
+            let cut = bytes.len() - 100;
+            vec![
+                Message::Continuation(Item::FirstText(bytes.slice(..1000))),
+                Message::Continuation(Item::Continue(bytes.slice(1000..cut))),
+                Message::Continuation(Item::Last(bytes.slice(cut..))),
+            ]
+        } else {
+            vec![Message::Text(text.into())]
+        };
+        gw.send_messages(msgs);
+        let (status, body, _) = tokio::time::timeout(Duration::from_secs(30), answer)
+            .await
+            .expect("answered when the frame ended, not at its deadline")
+            .expect("answer");
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["error"]["code"], "BRIDGE_FRAME_TOO_LARGE", "{body}");
+        assert_eq!(body["error"]["details"]["size"], size, "{body}");
+        assert_eq!(body["error"]["details"]["limit"], 1048576, "{body}");
+    }
+    // The session goes on.
+    let (status, body) = app
+        .post(path, json!({"method": "echo", "params": {"z": 3}}))
+        .await;
+    assert_eq!((status, &body["payload"]), (200, &json!({"z": 3})));
+    assert_eq!(gw.connections_total(), 1);
+}
+
+#[actix_rt::test]
 async fn past_max_pending_requests_fail_fast_with_overloaded_and_retry_after() {
     let (gw, app) = connected_env(&[("OPENCLAW_BRIDGE__GATEWAY__MAX_PENDING", "4")]).await;
     gw.set_responder(|r| match r.method.as_str() {

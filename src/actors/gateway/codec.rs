@@ -3,10 +3,12 @@
 //! actix-http's parser compares a frame's length with its `max_size` only
 //! once the whole frame has arrived, so a peer that declares an 8 GiB frame
 //! makes it buffer 8 GiB first. [`BoundedCodec`] reads the declared length
-//! from the header and, past the cap, never buffers the payload: it keeps the
-//! first [`PREFIX_BYTES`] (enough to name the response id), reports the frame
-//! as [`Decoded::Oversized`] at once, and discards the rest as it arrives.
-//! Frames within the cap go to the wrapped actix codec unchanged.
+//! from the header and, past the cap, never buffers the payload: it reports
+//! the frame as [`Decoded::Oversized`] at once, then hands its payload up as
+//! [`Decoded::Skipped`] pieces of what has arrived, each dropped once
+//! [`HeadScan`] has read it for the response's `type` and `id` (wherever
+//! they stand in the frame, before or after a huge payload). Frames within
+//! the cap go to the wrapped actix codec unchanged.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,25 +18,26 @@ use awc::error::WsProtocolError;
 use awc::ws::{Codec, Frame, Message};
 use bytes::{Buf, Bytes, BytesMut};
 
-/// How much of an oversized frame is kept: a response's `type` and `id`
-/// come first in the gateway's frames (`{"type":"res","id":"…",…}`).
-pub(super) const PREFIX_BYTES: usize = 512;
-
 /// What the connection's stream yields.
 #[derive(Debug)]
 pub(super) enum Decoded {
     Frame(Frame),
+    /// A frame over the cap, reported from its header; its payload follows
+    /// as [`Decoded::Skipped`] pieces.
     Oversized(Oversized),
+    /// A piece of an oversized frame's payload, as it arrived; `last`: the
+    /// frame's payload ends with it.
+    Skipped {
+        chunk: Bytes,
+        last: bool,
+    },
 }
 
-/// A frame over the cap, reported once its first bytes are in; the rest is
-/// skipped without being kept.
+/// A frame over the cap, seen from its header.
 #[derive(Debug)]
 pub(super) struct Oversized {
     /// The length the header declared.
     pub declared: u64,
-    /// The first bytes of its payload (at most [`PREFIX_BYTES`]).
-    pub prefix: Bytes,
     /// It starts a message (text frame or first fragment), rather than
     /// continuing one.
     pub starts_message: bool,
@@ -46,13 +49,8 @@ pub(super) struct BoundedCodec {
     inner: Codec,
     /// Shared with the connection: it moves to the hello-ok bound.
     cap: Arc<AtomicUsize>,
-    skip: Option<Skip>,
-}
-
-struct Skip {
-    remaining: u64,
-    report: Option<Oversized>,
-    prefix: BytesMut,
+    /// Payload bytes of the oversized frame under way not yet handed up.
+    skip_remaining: u64,
 }
 
 impl BoundedCodec {
@@ -62,7 +60,7 @@ impl BoundedCodec {
         BoundedCodec {
             inner: inner.max_size(usize::MAX),
             cap,
-            skip: None,
+            skip_remaining: 0,
         }
     }
 }
@@ -98,68 +96,46 @@ impl Decoder for BoundedCodec {
     type Error = WsProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Decoded>, WsProtocolError> {
-        loop {
-            if let Some(skip) = self.skip.as_mut() {
-                let take = src
-                    .len()
-                    .min(usize::try_from(skip.remaining).unwrap_or(usize::MAX));
-                if skip.report.is_some() {
-                    let keep = take.min(PREFIX_BYTES.saturating_sub(skip.prefix.len()));
-                    skip.prefix.extend_from_slice(&src[..keep]);
-                }
-                src.advance(take);
-                skip.remaining -= take as u64;
-                let done = skip.remaining == 0;
-                let report = if skip.prefix.len() >= PREFIX_BYTES || done {
-                    skip.report.take().map(|mut r| {
-                        r.prefix = std::mem::take(&mut skip.prefix).freeze();
-                        r
-                    })
-                } else {
-                    None
-                };
-                if done {
-                    self.skip = None;
-                }
-                if let Some(r) = report {
-                    return Ok(Some(Decoded::Oversized(r)));
-                }
-                if done {
-                    continue;
-                }
+        if self.skip_remaining > 0 {
+            if src.is_empty() {
                 return Ok(None);
             }
-            let Some((header_len, first, masked, declared)) = peek_header(src) else {
-                return Ok(None);
-            };
-            let cap = self.cap.load(Ordering::Relaxed) as u64;
-            // A masked frame is a protocol error the inner codec reports.
-            if declared <= cap || masked {
-                return Ok(self.inner.decode(src)?.map(Decoded::Frame));
-            }
-            let opcode = first & 0x0F;
-            if opcode & 0x08 != 0 {
-                // Control frames carry at most 125 bytes (RFC 6455 §5.5).
-                return Err(WsProtocolError::InvalidLength(
-                    usize::try_from(declared).unwrap_or(usize::MAX),
-                ));
-            }
-            // Keep the inner codec's fragment state in step: hand it the same
-            // header with an empty payload (its frame is discarded).
-            let mut empty = BytesMut::from(&[first, 0][..]);
-            self.inner.decode(&mut empty)?;
-            src.advance(header_len);
-            self.skip = Some(Skip {
-                remaining: declared,
-                report: Some(Oversized {
-                    declared,
-                    prefix: Bytes::new(),
-                    starts_message: opcode != 0,
-                    fin: first & 0x80 != 0,
-                }),
-                prefix: BytesMut::new(),
-            });
+            let take = src
+                .len()
+                .min(usize::try_from(self.skip_remaining).unwrap_or(usize::MAX));
+            // `split_to` shares the read buffer without copying; the piece
+            // is dropped as soon as the connection has scanned it.
+            let chunk = src.split_to(take).freeze();
+            self.skip_remaining -= take as u64;
+            let last = self.skip_remaining == 0;
+            return Ok(Some(Decoded::Skipped { chunk, last }));
         }
+        let Some((header_len, first, masked, declared)) = peek_header(src) else {
+            return Ok(None);
+        };
+        let cap = self.cap.load(Ordering::Relaxed) as u64;
+        // A masked frame is a protocol error the inner codec reports.
+        if declared <= cap || masked {
+            return Ok(self.inner.decode(src)?.map(Decoded::Frame));
+        }
+        let opcode = first & 0x0F;
+        if opcode & 0x08 != 0 {
+            // Control frames carry at most 125 bytes (RFC 6455 §5.5).
+            return Err(WsProtocolError::InvalidLength(
+                usize::try_from(declared).unwrap_or(usize::MAX),
+            ));
+        }
+        // Keep the inner codec's fragment state in step: hand it the same
+        // header with an empty payload (its frame is discarded).
+        let mut empty = BytesMut::from(&[first, 0][..]);
+        self.inner.decode(&mut empty)?;
+        src.advance(header_len);
+        self.skip_remaining = declared;
+        Ok(Some(Decoded::Oversized(Oversized {
+            declared,
+            starts_message: opcode != 0,
+            fin: first & 0x80 != 0,
+        })))
     }
 }
 
@@ -171,25 +147,157 @@ impl Encoder<Message> for BoundedCodec {
     }
 }
 
-/// The id of a response whose first bytes are `prefix`, when they show one
-/// before the payload starts (an id inside a payload is not the frame's).
-pub(super) fn response_id(prefix: &[u8]) -> Option<String> {
-    let text = match std::str::from_utf8(prefix) {
-        Ok(t) => t,
-        Err(e) => std::str::from_utf8(&prefix[..e.valid_up_to()]).ok()?,
-    };
-    let head_end = ["\"payload\"", "\"error\""]
-        .iter()
-        .filter_map(|k| text.find(k))
-        .min()
-        .unwrap_or(text.len());
-    let head = &text[..head_end];
-    if !head.contains("\"type\":\"res\"") {
-        return None;
+/// Reads the top-level `type` and `id` of a JSON object fed to it in pieces,
+/// keeping nothing but those two short strings: how a response too large to
+/// keep still names the request it answers. Keys are matched only in the
+/// outermost object, so an `id` inside the payload is not taken for the
+/// frame's.
+#[derive(Debug, Default)]
+pub(super) struct HeadScan {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// At depth 1, the next string is a key (after `{` or `,`).
+    expect_key: bool,
+    /// The depth-1 string being read is a key.
+    string_is_key: bool,
+    /// The depth-1 string being read, when it is a key or the value of
+    /// `type` / `id`; `None` past [`HeadScan::MAX_STRING`] bytes or on an
+    /// escape (no id of ours needs one).
+    captured: Option<Vec<u8>>,
+    capturing: bool,
+    key: Key,
+    kind: Option<String>,
+    id: Option<String>,
+    /// The outer object closed, or the text is no JSON object.
+    ended: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Key {
+    #[default]
+    Other,
+    Type,
+    Id,
+}
+
+impl HeadScan {
+    /// Longest `type` / `id` value kept (request ids are 36 bytes).
+    pub const MAX_STRING: usize = 256;
+
+    /// Read the next piece. Whether the scan is decided: the frame is not a
+    /// response, or its id is known, or the object ended.
+    pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if self.decided() {
+                return true;
+            }
+            self.byte(b);
+        }
+        self.decided()
     }
-    let start = head.find("\"id\":\"")? + "\"id\":\"".len();
-    let len = head[start..].find('"')?;
-    Some(head[start..start + len].to_owned())
+
+    pub fn decided(&self) -> bool {
+        self.ended
+            || match self.kind.as_deref() {
+                Some("res") => self.id.is_some(),
+                Some(_) => true,
+                None => false,
+            }
+    }
+
+    /// The id, when the object is a response (`"type":"res"`).
+    pub fn response_id(&self) -> Option<&str> {
+        match self.kind.as_deref() {
+            Some("res") => self.id.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+                self.captured = None;
+                return;
+            } else if b == b'"' {
+                self.in_string = false;
+                self.string_done();
+                return;
+            }
+            if let Some(buf) = self.captured.as_mut() {
+                if buf.len() < Self::MAX_STRING {
+                    buf.push(b);
+                } else {
+                    self.captured = None;
+                }
+            }
+            return;
+        }
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            b'"' => {
+                self.in_string = true;
+                self.escaped = false;
+                if self.depth == 1 {
+                    self.string_is_key = self.expect_key;
+                    self.capturing = self.string_is_key || self.key != Key::Other;
+                    self.captured = self.capturing.then(Vec::new);
+                } else {
+                    self.capturing = false;
+                    self.captured = None;
+                }
+            }
+            b'{' | b'[' => {
+                if self.depth == 0 && b != b'{' {
+                    self.ended = true;
+                    return;
+                }
+                self.depth += 1;
+                if self.depth == 1 {
+                    self.expect_key = true;
+                }
+            }
+            b'}' | b']' => {
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth == 0 {
+                    self.ended = true;
+                }
+            }
+            b':' if self.depth == 1 => self.expect_key = false,
+            b',' if self.depth == 1 => {
+                self.expect_key = true;
+                self.key = Key::Other;
+            }
+            _ if self.depth == 0 => self.ended = true,
+            _ => {}
+        }
+    }
+
+    fn string_done(&mut self) {
+        if !self.capturing {
+            return;
+        }
+        self.capturing = false;
+        let captured = self.captured.take();
+        if self.string_is_key {
+            self.key = match captured.as_deref() {
+                Some(b"type") => Key::Type,
+                Some(b"id") => Key::Id,
+                _ => Key::Other,
+            };
+            return;
+        }
+        let value = captured.and_then(|v| String::from_utf8(v).ok());
+        match self.key {
+            Key::Type => self.kind = value,
+            Key::Id => self.id = value,
+            Key::Other => {}
+        }
+        self.key = Key::Other;
+    }
 }
 
 #[cfg(test)]
@@ -207,26 +315,40 @@ mod tests {
         h
     }
 
+    /// Every piece the codec hands up for what is in `src` now.
+    fn drain(c: &mut BoundedCodec, src: &mut BytesMut) -> Vec<Decoded> {
+        let mut out = Vec::new();
+        while let Some(d) = c.decode(src).unwrap() {
+            out.push(d);
+        }
+        out
+    }
+
     #[test]
-    fn an_oversized_frame_is_reported_from_its_prefix_and_never_buffered() {
+    fn an_oversized_frame_is_reported_from_its_header_and_never_buffered() {
         let mut c = codec(1024);
         let mut src = BytesMut::from(&header(0x81, 8 << 30)[..]);
-        let body = br#"{"type":"res","id":"abc","ok":true,"payload":""#;
-        src.extend_from_slice(body);
-        assert!(c.decode(&mut src).unwrap().is_none());
-        assert!(src.is_empty(), "the payload is consumed, not kept");
-        src.extend_from_slice(&[b'0'; PREFIX_BYTES]);
         let Some(Decoded::Oversized(o)) = c.decode(&mut src).unwrap() else {
-            panic!("expected an oversized report");
+            panic!("expected an oversized report at the header");
         };
         assert_eq!(o.declared, 8 << 30);
         assert!(o.starts_message && o.fin);
-        assert_eq!(o.prefix.len(), PREFIX_BYTES);
-        assert_eq!(response_id(&o.prefix).as_deref(), Some("abc"));
-        // A megabyte more of the same frame: consumed, nothing kept.
+        let mut scan = HeadScan::default();
+        src.extend_from_slice(br#"{"type":"res","id":"abc","ok":true,"payload":""#);
+        for d in drain(&mut c, &mut src) {
+            let Decoded::Skipped { chunk, last } = d else {
+                panic!("expected payload pieces");
+            };
+            assert!(!last);
+            scan.feed(&chunk);
+        }
+        assert!(src.is_empty(), "the payload is handed up, not kept");
+        assert_eq!(scan.response_id(), Some("abc"));
+        // A megabyte more of the same frame: handed up piece by piece.
         for _ in 0..16 {
             src.extend_from_slice(&[0u8; 64 * 1024]);
-            assert!(c.decode(&mut src).unwrap().is_none());
+            let pieces = drain(&mut c, &mut src);
+            assert_eq!(pieces.len(), 1);
             assert!(src.is_empty());
         }
     }
@@ -239,14 +361,17 @@ mod tests {
         src.extend_from_slice(&[b'x'; 20]);
         src.extend_from_slice(&[0x81, 2]);
         src.extend_from_slice(b"hi");
+        let got = drain(&mut c, &mut src);
         assert!(matches!(
-            c.decode(&mut src).unwrap(),
-            Some(Decoded::Oversized(Oversized { declared: 20, .. }))
+            got[0],
+            Decoded::Oversized(Oversized { declared: 20, .. })
         ));
-        match c.decode(&mut src).unwrap() {
-            Some(Decoded::Frame(Frame::Text(t))) => assert_eq!(&t[..], b"hi"),
+        assert!(matches!(&got[1], Decoded::Skipped { chunk, last: true } if chunk.len() == 20));
+        match &got[2] {
+            Decoded::Frame(Frame::Text(t)) => assert_eq!(&t[..], b"hi"),
             other => panic!("unexpected {other:?}"),
         }
+        assert_eq!(got.len(), 3);
     }
 
     #[test]
@@ -256,18 +381,17 @@ mod tests {
         src.extend_from_slice(&[0x01, 8]); // FirstText, not FIN
         src.extend_from_slice(b"12345678");
         src.extend_from_slice(&[0x80, 1, b'z']); // Last
+        let got = drain(&mut c, &mut src);
         assert!(matches!(
-            c.decode(&mut src).unwrap(),
-            Some(Decoded::Oversized(Oversized {
+            got[0],
+            Decoded::Oversized(Oversized {
                 starts_message: true,
                 fin: false,
                 ..
-            }))
+            })
         ));
-        assert!(matches!(
-            c.decode(&mut src).unwrap(),
-            Some(Decoded::Frame(Frame::Continuation(_)))
-        ));
+        assert!(matches!(got[1], Decoded::Skipped { last: true, .. }));
+        assert!(matches!(got[2], Decoded::Frame(Frame::Continuation(_))));
     }
 
     #[test]
@@ -277,18 +401,55 @@ mod tests {
         assert!(c.decode(&mut src).is_err());
     }
 
+    fn scan(pieces: &[&[u8]]) -> HeadScan {
+        let mut s = HeadScan::default();
+        for p in pieces {
+            s.feed(p);
+        }
+        s
+    }
+
     #[test]
-    fn response_ids_come_only_from_the_head() {
+    fn the_response_id_is_found_wherever_it_stands_at_the_top_level() {
+        let big = "x".repeat(100_000);
+        let after = format!(
+            r#"{{"type":"res","ok":true,"payload":{{"text":"{big}","id":"inner"}},"id":"r9"}}"#
+        );
+        assert_eq!(scan(&[after.as_bytes()]).response_id(), Some("r9"));
+        // Type last, split anywhere, escapes and nesting in the payload.
+        let tricky = br#"{ "ok" : true, "payload" : ["a\"}", {"type":"event","id":"no"}], "id" : "r1", "type" : "res" }"#;
+        for cut in 0..tricky.len() {
+            let s = scan(&[&tricky[..cut], &tricky[cut..]]);
+            assert_eq!(s.response_id(), Some("r1"), "cut at {cut}");
+        }
         assert_eq!(
-            response_id(br#"{"type":"res","id":"r1","ok":false,"error":{"#).as_deref(),
+            scan(&[br#"{"type":"res","id":"r1","ok":false,"error":{"#]).response_id(),
             Some("r1")
         );
+    }
+
+    #[test]
+    fn only_responses_name_a_request() {
         assert_eq!(
-            response_id(br#"{"type":"event","event":"agent","payload":{"id":"x"}"#),
+            scan(&[br#"{"type":"event","event":"agent","payload":{"id":"x"}"#]).response_id(),
             None
         );
         assert_eq!(
-            response_id(br#"{"type":"res","ok":true,"payload":{"id":"inner"}"#),
+            scan(&[br#"{"type":"res","ok":true,"payload":{"id":"inner"}"#]).response_id(),
+            None
+        );
+        assert_eq!(scan(&[b"[1,2,3]"]).response_id(), None);
+        // An event is decided at its type: the rest need not be read.
+        assert!(scan(&[br#"{"type":"event","#]).decided());
+        assert!(!scan(&[br#"{"type":"res","ok":true,"payload":"#]).decided());
+        // An over-long or escaped id is not taken.
+        let long = format!(
+            r#"{{"type":"res","id":"{}"}}"#,
+            "a".repeat(HeadScan::MAX_STRING + 1)
+        );
+        assert_eq!(scan(&[long.as_bytes()]).response_id(), None);
+        assert_eq!(
+            scan(&[br#"{"type":"res","id":"a\"b"}"#]).response_id(),
             None
         );
     }

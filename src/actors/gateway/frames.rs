@@ -10,8 +10,8 @@ use actix_http::ws::Item;
 use awc::ws::{Frame, Message as WsMessage};
 use bytes::{Bytes, BytesMut};
 
-use super::codec::{response_id, Decoded, Oversized, PREFIX_BYTES};
-use super::{GatewayConnection, Partial, Phase};
+use super::codec::{Decoded, HeadScan, Oversized};
+use super::{Discard, GatewayConnection, Partial, Phase};
 use crate::actors::messages::{DisconnectCause, EventMsg, HealthSeen, RequestError, SeqGap};
 use crate::protocol::{self, Challenge, EventKind, GatewayEvent, Inbound};
 use crate::telemetry::{emit, events as ev};
@@ -141,12 +141,13 @@ impl GatewayConnection {
                 Some(Partial::Reassembling { buf, .. }) => {
                     bad_frame(&self.cfg.gateway, "binary message ignored", buf.len());
                 }
-                Some(Partial::Discarding) | None => {}
+                Some(Partial::Discarding(mut d)) => self.report_oversized(&mut d),
+                None => {}
             }
         }
     }
 
-    fn on_continuation(&mut self, chunk: Bytes, last: bool, cap: usize, ctx: &mut Context<Self>) {
+    fn on_continuation(&mut self, chunk: Bytes, last: bool, cap: usize, _ctx: &mut Context<Self>) {
         match self.partial.as_mut() {
             None => {
                 bad_frame(
@@ -155,23 +156,31 @@ impl GatewayConnection {
                     chunk.len(),
                 );
             }
-            Some(Partial::Discarding) => {}
+            Some(Partial::Discarding(_)) => {
+                if let Some(Partial::Discarding(mut d)) = self.partial.take() {
+                    d.size += chunk.len() as u64;
+                    if !d.reported && d.scan.feed(&chunk) {
+                        self.report_oversized(&mut d);
+                    }
+                    self.partial = Some(Partial::Discarding(d));
+                }
+            }
             Some(Partial::Reassembling { buf, .. }) => {
                 if buf.len() + chunk.len() > cap {
                     // The message as a whole is over the cap: drop what we
-                    // have, keep only its head to name the request.
-                    let declared = (buf.len() + chunk.len()) as u64;
-                    let head = buf.split_to(buf.len().min(PREFIX_BYTES)).freeze();
-                    self.partial = Some(Partial::Discarding);
-                    self.on_oversized(
-                        Oversized {
-                            declared,
-                            prefix: head,
-                            starts_message: true,
-                            fin: last,
-                        },
-                        ctx,
-                    );
+                    // have, read on only for the request it answers.
+                    let mut scan = HeadScan::default();
+                    let decided = scan.feed(buf) || scan.feed(&chunk);
+                    let mut d = Discard {
+                        scan,
+                        size: (buf.len() + chunk.len()) as u64,
+                        reported: false,
+                        fin: last,
+                    };
+                    if decided {
+                        self.report_oversized(&mut d);
+                    }
+                    self.partial = Some(Partial::Discarding(d));
                 } else {
                     buf.extend_from_slice(&chunk);
                 }
@@ -183,50 +192,89 @@ impl GatewayConnection {
         self.frame_cap.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A message over the frame cap, seen from its first bytes: fail its
-    /// request now (when they name one) instead of letting it time out.
-    pub(super) fn on_oversized(&mut self, o: Oversized, _ctx: &mut Context<Self>) {
+    /// A frame over the cap, seen from its header: its payload follows in
+    /// pieces ([`Self::on_skipped`]).
+    pub(super) fn on_oversized(&mut self, o: Oversized) {
+        if o.starts_message {
+            self.partial = Some(Partial::Discarding(Discard {
+                scan: HeadScan::default(),
+                size: o.declared,
+                reported: false,
+                fin: o.fin,
+            }));
+            return;
+        }
+        // A later piece of a fragmented message: the message is lost.
+        self.partial = match self.partial.take() {
+            Some(Partial::Reassembling { buf, .. }) => {
+                let mut scan = HeadScan::default();
+                scan.feed(&buf);
+                Some(Partial::Discarding(Discard {
+                    scan,
+                    size: buf.len() as u64 + o.declared,
+                    reported: false,
+                    fin: o.fin,
+                }))
+            }
+            Some(Partial::Discarding(mut d)) => {
+                d.size += o.declared;
+                d.fin = o.fin;
+                Some(Partial::Discarding(d))
+            }
+            None => {
+                bad_frame(
+                    &self.cfg.gateway,
+                    "continuation frame without a first frame",
+                    0,
+                );
+                Some(Partial::Discarding(Discard {
+                    fin: o.fin,
+                    ..Discard::reported()
+                }))
+            }
+        };
+    }
+
+    /// A piece of an oversized frame: read for the request it answers, then
+    /// dropped. The request is failed as soon as its id is known, at the
+    /// latest when the message ends.
+    fn on_skipped(&mut self, chunk: Bytes, last: bool) {
+        let Some(Partial::Discarding(mut d)) = self.partial.take() else {
+            return;
+        };
+        if !d.reported && d.scan.feed(&chunk) {
+            self.report_oversized(&mut d);
+        }
+        if last && d.fin {
+            // The message ends here (the request, if any, is failed now).
+            self.report_oversized(&mut d);
+        } else {
+            self.partial = Some(Partial::Discarding(d));
+        }
+    }
+
+    /// Count and log a message over the frame cap once, and fail the
+    /// request it answers (when it named one) instead of letting it time
+    /// out.
+    fn report_oversized(&mut self, d: &mut Discard) {
+        if std::mem::replace(&mut d.reported, true) {
+            return;
+        }
         let limit = self.frame_cap();
-        if !o.starts_message {
-            // A middle piece of a fragmented message: the message is lost.
-            let head = match self.partial.take() {
-                Some(Partial::Reassembling { mut buf, .. }) => {
-                    buf.truncate(PREFIX_BYTES);
-                    buf.freeze()
-                }
-                // Already reported (or no message under way).
-                other => {
-                    self.partial = other.filter(|_| !o.fin);
-                    return;
-                }
-            };
-            self.partial = (!o.fin).then_some(Partial::Discarding);
-            return self.on_oversized(
-                Oversized {
-                    prefix: head,
-                    starts_message: true,
-                    ..o
-                },
-                _ctx,
-            );
-        }
-        if !o.fin && !matches!(self.partial, Some(Partial::Discarding)) {
-            self.partial = Some(Partial::Discarding);
-        }
         self.oversized_frames += 1;
-        let id = response_id(&o.prefix);
+        let id = d.scan.response_id().map(str::to_owned);
         let failed = id.as_deref().is_some_and(|id| {
             self.fail_request(
                 id,
                 RequestError::FrameTooLarge {
-                    size: o.declared,
+                    size: d.size,
                     limit: limit as u64,
                 },
             )
         });
         emit::bad_frame_oversized(
             &self.cfg.gateway,
-            o.declared,
+            d.size,
             limit,
             id.as_deref(),
             failed,
@@ -247,7 +295,8 @@ impl StreamHandler<Result<Decoded, awc::error::WsProtocolError>> for GatewayConn
     ) {
         self.last_rx = Instant::now();
         let item = match item {
-            Ok(Decoded::Oversized(o)) => return self.on_oversized(o, ctx),
+            Ok(Decoded::Oversized(o)) => return self.on_oversized(o),
+            Ok(Decoded::Skipped { chunk, last }) => return self.on_skipped(chunk, last),
             Ok(Decoded::Frame(f)) => Ok(f),
             Err(e) => Err(e),
         };
