@@ -32,7 +32,11 @@ const WORDS: &[&str] = &[
 /// which keeps every frame within 300–600 bytes.
 const TEXT_WINDOW: usize = 220;
 
-/// Runs the flood cycles through, and events per run.
+/// Text patterns the flood cycles through, and events per run. Every run
+/// of the flood has its own `runId` (as a real gateway's runs do): the
+/// `(runId, stream, seq)` of an event is then unique, which two bridges'
+/// NATS dedupe relies on (`nats::dedupe`). With the run ids cycling too,
+/// JetStream's duplicate window stored only the first 3200 events.
 const RUNS: usize = 8;
 const EVENTS_PER_RUN: usize = 400;
 
@@ -49,7 +53,8 @@ fn uuid_like(n: usize, salt: u32) -> String {
 
 /// The text of flood event `i` (1-based outer `seq` = `i + 1`).
 pub fn agent_event(i: usize) -> String {
-    let run = (i / EVENTS_PER_RUN) % RUNS;
+    let run_no = i / EVENTS_PER_RUN;
+    let run = run_no % RUNS;
     let k = i % EVENTS_PER_RUN;
     let delta = WORDS[(i * 7 + run) % WORDS.len()];
     // Cumulative text: the run's words so far, the last TEXT_WINDOW bytes.
@@ -69,7 +74,7 @@ pub fn agent_event(i: usize) -> String {
         "type": "event",
         "event": "agent",
         "payload": {
-            "runId": uuid_like(run, 1),
+            "runId": uuid_like(run_no, 1),
             "seq": k + 1,
             "stream": "assistant",
             "ts": 1_795_576_145_344u64 + i as u64,

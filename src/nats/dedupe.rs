@@ -63,11 +63,12 @@ fn digest(fields: &[&[u8]]) -> String {
         h.update(f);
     }
     let out = h.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(36);
     s.push_str("oc1-");
-    for b in &out[..16] {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
+    for &b in &out[..16] {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
     s
 }

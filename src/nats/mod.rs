@@ -94,7 +94,7 @@ use sink::Shared;
 use stream::stream_ready;
 
 /// Acks awaited at once by the publisher (pipelined publishing).
-const WINDOW: usize = 256;
+const WINDOW: usize = 1024;
 /// How long a JetStream acknowledgement may take before the event counts as lost.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Minimum interval between two `nats.dropped` / `nats.unavailable` lines.
