@@ -257,6 +257,9 @@ pub struct RequestMetrics {
     gateway: String,
     counters: HashMap<(&'static str, &'static str), Counter>,
     histograms: HashMap<&'static str, Histogram>,
+    /// The handles of the last label set (a stream of one method's requests
+    /// then hashes nothing).
+    last: Option<(&'static str, &'static str, Counter, Histogram)>,
 }
 
 impl RequestMetrics {
@@ -265,6 +268,7 @@ impl RequestMetrics {
             gateway: gateway.to_owned(),
             counters: HashMap::new(),
             histograms: HashMap::new(),
+            last: None,
         }
     }
 
@@ -272,17 +276,29 @@ impl RequestMetrics {
     pub fn done(&mut self, method: &str, outcome: &str, seconds: f64) {
         let m = method_label(method);
         let o = outcome_label(outcome);
+        if let Some((lm, lo, c, h)) = &self.last {
+            if *lm == m && *lo == o {
+                c.increment(1);
+                h.record(seconds);
+                return;
+            }
+        }
         let gw = &self.gateway;
-        self.counters
+        let c = self
+            .counters
             .entry((m, o))
             .or_insert_with(
                 || counter!(REQUESTS, "gateway" => gw.clone(), "method" => m, "outcome" => o),
             )
-            .increment(1);
-        self.histograms
+            .clone();
+        let h = self
+            .histograms
             .entry(m)
             .or_insert_with(|| histogram!(REQUEST_DURATION, "gateway" => gw.clone(), "method" => m))
-            .record(seconds);
+            .clone();
+        c.increment(1);
+        h.record(seconds);
+        self.last = Some((m, o, c, h));
     }
 }
 
@@ -376,5 +392,57 @@ impl EventCounters {
         let c = counter!(EVENTS, "gateway" => self.gateway.clone(), "event" => name.to_owned());
         c.increment(1);
         self.by_name.insert(name.to_owned(), c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    #[test]
+    fn request_metrics_count_every_label_set_whatever_the_order() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        ::metrics::with_local_recorder(&recorder, || {
+            let mut m = RequestMetrics::new("gw");
+            for (method, outcome) in [
+                ("agents.list", "ok"),
+                ("agents.list", "ok"),
+                ("agents.list", "BRIDGE_TIMEOUT"),
+                ("health", "ok"),
+                ("agents.list", "ok"),
+                ("no.such.method", "ok"),
+            ] {
+                m.done(method, outcome, 0.001);
+            }
+        });
+        let text = handle.render();
+        let count = |labels: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{REQUESTS}{{")) && l.contains(labels))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        assert_eq!(
+            count(r#"method="agents.list",outcome="ok""#),
+            Some(3),
+            "{text}"
+        );
+        assert_eq!(
+            count(r#"method="agents.list",outcome="BRIDGE_TIMEOUT""#),
+            Some(1)
+        );
+        assert_eq!(count(r#"method="health",outcome="ok""#), Some(1));
+        assert_eq!(count(r#"method="other",outcome="ok""#), Some(1));
+        let duration_count = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{REQUEST_DURATION}_count"))
+                    && l.contains(r#"method="agents.list""#)
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned);
+        assert_eq!(duration_count.as_deref(), Some("4"), "{text}");
     }
 }

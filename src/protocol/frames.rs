@@ -351,6 +351,36 @@ pub fn encode_request<P: Serialize + ?Sized>(
     })
 }
 
+/// [`encode_request`] for the request path: the same bytes, written
+/// directly (params are already JSON text).
+pub fn encode_request_raw(id: &str, method: &str, params: Option<&RawValue>) -> String {
+    let params_len = params.map_or(0, |p| p.get().len() + 10);
+    let mut out = String::with_capacity(36 + id.len() + method.len() + params_len);
+    out.push_str(r#"{"type":"req","id":"#);
+    push_json_str(&mut out, id);
+    out.push_str(r#","method":"#);
+    push_json_str(&mut out, method);
+    if let Some(p) = params {
+        out.push_str(r#","params":"#);
+        out.push_str(p.get());
+    }
+    out.push('}');
+    out
+}
+
+/// `s` as a JSON string, as serde_json writes it: quoted as it is when
+/// nothing in it needs an escape (ids and method names), else by serde.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // A `str` always serialises.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
 #[cfg(test)]
 mod fuzz {
     //! Property tests: arbitrary bytes and mutated valid frames never panic,
@@ -430,6 +460,24 @@ mod fuzz {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The request path's direct writer gives serde's bytes exactly.
+        #[test]
+        fn raw_request_encoding_matches_serde(
+            id in any::<String>(),
+            method in any::<String>(),
+            params in proptest::option::of(any::<i64>()),
+            plain in "[a-z.]{1,20}",
+        ) {
+            let params = params.map(|n| {
+                serde_json::value::to_raw_value(&serde_json::json!({"n": n, "s": method}))
+                    .unwrap()
+            });
+            for m in [method.as_str(), plain.as_str()] {
+                let want = encode_request(&id, m, params.as_deref()).unwrap();
+                prop_assert_eq!(encode_request_raw(&id, m, params.as_deref()), want);
+            }
+        }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

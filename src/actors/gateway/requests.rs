@@ -188,6 +188,9 @@ impl GatewayConnection {
             ..
         } = msg;
         let is_agent = method == "agent";
+        // A caller's deadline counts from when it asked (one clock read
+        // fewer per request).
+        let now = started.unwrap_or_else(Instant::now);
         let metered = started.map(|started| Metered { method, started });
         let (id, text) = match queued {
             Ok(q) => q,
@@ -201,9 +204,7 @@ impl GatewayConnection {
             timeout,
             metered,
         };
-        let deadline = self
-            .requests
-            .insert(id.clone(), request, tx, Instant::now());
+        let deadline = self.requests.insert(id.clone(), request, tx, now);
         self.out.push(Queued {
             bytes: text.len(),
             msg: WsMessage::Text(text.into()),
@@ -238,8 +239,7 @@ impl GatewayConnection {
             return Err(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
         }
         let id = request_id();
-        let text = protocol::encode_request(&id, &msg.method, msg.params.as_deref())
-            .map_err(|e| RequestError::BadRequest(e.to_string()))?;
+        let text = protocol::encode_request_raw(&id, &msg.method, msg.params.as_deref());
         // One request alone may exceed the byte bound when nothing else is
         // queued: the bound is on what piles up, not on a request's size.
         if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
