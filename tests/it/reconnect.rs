@@ -62,8 +62,26 @@ async fn every_close_code_is_reported_and_retried() {
             "no reconnect after close {code}"
         );
         assert!(app.wait_connected(T).await);
-        let e = app.status().await.last_error.expect("last error");
-        assert_eq!(e.code, format!("close_{code}"));
+        // The close is what the status names (waited for: under load the
+        // check can run between the handshake the fake counts and the
+        // status the supervisor reports).
+        let want = format!("close_{code}");
+        let deadline = Instant::now() + T;
+        let mut status = app.status().await;
+        while status.last_error.as_ref().map(|e| e.code.as_str()) != Some(want.as_str())
+            && Instant::now() < deadline
+        {
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+            status = app.status().await;
+        }
+        let e = status.last_error.clone().expect("last error");
+        assert_eq!(
+            e.code,
+            want,
+            "status {status:?}; the fake saw {} connections, {} handshakes",
+            gw.connections_total(),
+            gw.handshakes_total()
+        );
         assert_eq!(e.close_code, Some(code));
         assert!(e.message.contains(reason), "{}", e.message);
     }
