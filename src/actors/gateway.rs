@@ -169,13 +169,12 @@ struct Discard {
 }
 
 impl Discard {
-    /// The rest of a message already reported (or never to be): skipped.
-    fn reported() -> Self {
+    fn new(size: u64, fin: bool) -> Self {
         Discard {
             scan: codec::HeadScan::default(),
-            size: 0,
-            reported: true,
-            fin: false,
+            size,
+            reported: false,
+            fin,
         }
     }
 }

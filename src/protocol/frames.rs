@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::GatewayError;
@@ -327,33 +327,9 @@ fn decode_plain(text: &str) -> Result<Inbound<'_>, DecodeError> {
     }
 }
 
-#[derive(Serialize)]
-struct RequestOut<'a, P: Serialize + ?Sized> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: &'a str,
-    method: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    params: Option<&'a P>,
-}
-
-/// Encode `{"type":"req","id","method","params"?}`.
-pub fn encode_request<P: Serialize + ?Sized>(
-    id: &str,
-    method: &str,
-    params: Option<&P>,
-) -> Result<String, serde_json::Error> {
-    serde_json::to_string(&RequestOut {
-        kind: "req",
-        id,
-        method,
-        params,
-    })
-}
-
-/// [`encode_request`] for the request path: the same bytes, written
-/// directly (params are already JSON text).
-pub fn encode_request_raw(id: &str, method: &str, params: Option<&RawValue>) -> String {
+/// Encode `{"type":"req","id","method","params"?}`: the bytes serde would
+/// write for those fields, written directly (params are already JSON text).
+pub fn encode_request(id: &str, method: &str, params: Option<&RawValue>) -> String {
     let params_len = params.map_or(0, |p| p.get().len() + 10);
     let mut out = String::with_capacity(36 + id.len() + method.len() + params_len);
     out.push_str(r#"{"type":"req","id":"#);
@@ -461,7 +437,7 @@ mod fuzz {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
-        /// The request path's direct writer gives serde's bytes exactly.
+        /// The direct writer gives serde's bytes exactly.
         #[test]
         fn raw_request_encoding_matches_serde(
             id in any::<String>(),
@@ -473,9 +449,24 @@ mod fuzz {
                 serde_json::value::to_raw_value(&serde_json::json!({"n": n, "s": method}))
                     .unwrap()
             });
+            #[derive(serde::Serialize)]
+            struct RequestOut<'a> {
+                #[serde(rename = "type")]
+                kind: &'static str,
+                id: &'a str,
+                method: &'a str,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                params: Option<&'a RawValue>,
+            }
             for m in [method.as_str(), plain.as_str()] {
-                let want = encode_request(&id, m, params.as_deref()).unwrap();
-                prop_assert_eq!(encode_request_raw(&id, m, params.as_deref()), want);
+                let want = serde_json::to_string(&RequestOut {
+                    kind: "req",
+                    id: &id,
+                    method: m,
+                    params: params.as_deref(),
+                })
+                .unwrap();
+                prop_assert_eq!(encode_request(&id, m, params.as_deref()), want);
             }
         }
 

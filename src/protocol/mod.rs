@@ -17,9 +17,7 @@ pub use error::GatewayError;
 pub use events::{
     AgentEvent, ChatEvent, EventKind, GatewayEvent, HealthEvent, RunPhase, SeqSkip, ShutdownEvent,
 };
-pub use frames::{
-    decode, encode_request, encode_request_raw, DecodeError, EventFrame, Inbound, ResponseFrame,
-};
+pub use frames::{decode, encode_request, DecodeError, EventFrame, Inbound, ResponseFrame};
 pub use handshake::{
     missing_scopes, Challenge, ClientInfo, ConnectAuth, ConnectParams, DeviceProof, HelloOk,
     HelloPolicy, HelloServer, PROTOCOL_VERSION, ROLE,

@@ -158,19 +158,25 @@ async fn giant_frame_in_its_own_process() {
     assert_eq!((status, &body["payload"]), (200, &json!({"x": 1})));
 }
 
-#[actix_rt::test]
-async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
-    // Its own gateway id: the oversized-frame counter of `default` belongs
-    // to another test in this process.
+/// A bridge on gateway `id` (its own: the oversized-frame counter of
+/// `default` belongs to another test in this process) with a 1 MiB frame
+/// cap, and a fake that leaves `big` for the test to answer.
+async fn capped_gateway(id: &str) -> (FakeGateway, TestApp) {
     let (gw, app) = connected_env(&[
         ("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576"),
-        ("OPENCLAW_BRIDGE__GATEWAY__ID", "bounds-frag"),
+        ("OPENCLAW_BRIDGE__GATEWAY__ID", id),
     ])
     .await;
     gw.set_responder(|r| match r.method.as_str() {
         "big" => Reply::Manual,
         _ => Reply::Default,
     });
+    (gw, app)
+}
+
+#[actix_rt::test]
+async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
+    let (gw, app) = capped_gateway("bounds-frag").await;
     let answer = rpc_to(
         &app,
         "/v1/gateways/bounds-frag/rpc",
@@ -206,17 +212,7 @@ async fn a_never_finished_fragmented_answer_is_bounded_and_fails_its_request() {
 
 #[actix_rt::test]
 async fn an_oversized_answer_naming_its_id_after_the_payload_fails_its_request_at_once() {
-    // Its own gateway id: the oversized-frame counter of `default` belongs
-    // to another test in this process.
-    let (gw, app) = connected_env(&[
-        ("OPENCLAW_BRIDGE__GATEWAY__MAX_FRAME_BYTES", "1048576"),
-        ("OPENCLAW_BRIDGE__GATEWAY__ID", "bounds-late-id"),
-    ])
-    .await;
-    gw.set_responder(|r| match r.method.as_str() {
-        "big" => Reply::Manual,
-        _ => Reply::Default,
-    });
+    let (gw, app) = capped_gateway("bounds-late-id").await;
     let path = "/v1/gateways/bounds-late-id/rpc";
     let filler = "a".repeat(2 << 20);
     // `id` after a 2 MiB payload (with an `id` of its own inside), then

@@ -165,7 +165,6 @@ pub(super) struct HeadScan {
     /// `type` / `id`; `None` past [`HeadScan::MAX_STRING`] bytes or on an
     /// escape (no id of ours needs one).
     captured: Option<Vec<u8>>,
-    capturing: bool,
     key: Key,
     kind: Option<String>,
     id: Option<String>,
@@ -241,14 +240,9 @@ impl HeadScan {
             b'"' => {
                 self.in_string = true;
                 self.escaped = false;
-                if self.depth == 1 {
-                    self.string_is_key = self.expect_key;
-                    self.capturing = self.string_is_key || self.key != Key::Other;
-                    self.captured = self.capturing.then(Vec::new);
-                } else {
-                    self.capturing = false;
-                    self.captured = None;
-                }
+                self.string_is_key = self.depth == 1 && self.expect_key;
+                let wanted = self.string_is_key || (self.depth == 1 && self.key != Key::Other);
+                self.captured = wanted.then(Vec::new);
             }
             b'{' | b'[' => {
                 if self.depth == 0 && b != b'{' {
@@ -276,11 +270,12 @@ impl HeadScan {
         }
     }
 
+    /// A string ended (at the depth it began: brackets inside a string do
+    /// not count).
     fn string_done(&mut self) {
-        if !self.capturing {
+        if self.depth != 1 {
             return;
         }
-        self.capturing = false;
         let captured = self.captured.take();
         if self.string_is_key {
             self.key = match captured.as_deref() {

@@ -10,7 +10,7 @@ use actix_http::ws::Item;
 use awc::ws::{Frame, Message as WsMessage};
 use bytes::{Bytes, BytesMut};
 
-use super::codec::{Decoded, HeadScan, Oversized};
+use super::codec::{Decoded, Oversized};
 use super::{Discard, GatewayConnection, Partial, Phase};
 use crate::actors::messages::{DisconnectCause, EventMsg, HealthSeen, RequestError, SeqGap};
 use crate::protocol::{self, Challenge, EventKind, GatewayEvent, Inbound};
@@ -133,7 +133,7 @@ impl GatewayConnection {
             buf.extend_from_slice(&chunk);
             self.partial = Some(Partial::Reassembling { text, buf });
         } else {
-            self.on_continuation(chunk, last, cap, ctx);
+            self.on_continuation(chunk, last, cap);
         }
         if last {
             match self.partial.take() {
@@ -147,8 +147,8 @@ impl GatewayConnection {
         }
     }
 
-    fn on_continuation(&mut self, chunk: Bytes, last: bool, cap: usize, _ctx: &mut Context<Self>) {
-        match self.partial.as_mut() {
+    fn on_continuation(&mut self, chunk: Bytes, last: bool, cap: usize) {
+        match self.partial.take() {
             None => {
                 bad_frame(
                     &self.cfg.gateway,
@@ -156,33 +156,22 @@ impl GatewayConnection {
                     chunk.len(),
                 );
             }
-            Some(Partial::Discarding(_)) => {
-                if let Some(Partial::Discarding(mut d)) = self.partial.take() {
-                    d.size += chunk.len() as u64;
-                    if !d.reported && d.scan.feed(&chunk) {
-                        self.report_oversized(&mut d);
-                    }
-                    self.partial = Some(Partial::Discarding(d));
-                }
+            Some(Partial::Discarding(mut d)) => {
+                d.size += chunk.len() as u64;
+                self.discard_piece(&mut d, &chunk);
+                self.partial = Some(Partial::Discarding(d));
             }
-            Some(Partial::Reassembling { buf, .. }) => {
+            Some(Partial::Reassembling { text, mut buf }) => {
                 if buf.len() + chunk.len() > cap {
                     // The message as a whole is over the cap: drop what we
                     // have, read on only for the request it answers.
-                    let mut scan = HeadScan::default();
-                    let decided = scan.feed(buf) || scan.feed(&chunk);
-                    let mut d = Discard {
-                        scan,
-                        size: (buf.len() + chunk.len()) as u64,
-                        reported: false,
-                        fin: last,
-                    };
-                    if decided {
-                        self.report_oversized(&mut d);
-                    }
+                    let mut d = Discard::new((buf.len() + chunk.len()) as u64, last);
+                    self.discard_piece(&mut d, &buf);
+                    self.discard_piece(&mut d, &chunk);
                     self.partial = Some(Partial::Discarding(d));
                 } else {
                     buf.extend_from_slice(&chunk);
+                    self.partial = Some(Partial::Reassembling { text, buf });
                 }
             }
         }
@@ -196,30 +185,20 @@ impl GatewayConnection {
     /// pieces ([`Self::on_skipped`]).
     pub(super) fn on_oversized(&mut self, o: Oversized) {
         if o.starts_message {
-            self.partial = Some(Partial::Discarding(Discard {
-                scan: HeadScan::default(),
-                size: o.declared,
-                reported: false,
-                fin: o.fin,
-            }));
+            self.partial = Some(Partial::Discarding(Discard::new(o.declared, o.fin)));
             return;
         }
         // A later piece of a fragmented message: the message is lost.
-        self.partial = match self.partial.take() {
+        let d = match self.partial.take() {
             Some(Partial::Reassembling { buf, .. }) => {
-                let mut scan = HeadScan::default();
-                scan.feed(&buf);
-                Some(Partial::Discarding(Discard {
-                    scan,
-                    size: buf.len() as u64 + o.declared,
-                    reported: false,
-                    fin: o.fin,
-                }))
+                let mut d = Discard::new(buf.len() as u64 + o.declared, o.fin);
+                self.discard_piece(&mut d, &buf);
+                d
             }
             Some(Partial::Discarding(mut d)) => {
                 d.size += o.declared;
                 d.fin = o.fin;
-                Some(Partial::Discarding(d))
+                d
             }
             None => {
                 bad_frame(
@@ -227,29 +206,34 @@ impl GatewayConnection {
                     "continuation frame without a first frame",
                     0,
                 );
-                Some(Partial::Discarding(Discard {
-                    fin: o.fin,
-                    ..Discard::reported()
-                }))
+                Discard {
+                    reported: true,
+                    ..Discard::new(0, o.fin)
+                }
             }
         };
+        self.partial = Some(Partial::Discarding(d));
     }
 
-    /// A piece of an oversized frame: read for the request it answers, then
-    /// dropped. The request is failed as soon as its id is known, at the
-    /// latest when the message ends.
+    /// A piece of an oversized frame. The request is failed as soon as its
+    /// id is known, at the latest when the message ends.
     fn on_skipped(&mut self, chunk: Bytes, last: bool) {
         let Some(Partial::Discarding(mut d)) = self.partial.take() else {
             return;
         };
-        if !d.reported && d.scan.feed(&chunk) {
-            self.report_oversized(&mut d);
-        }
+        self.discard_piece(&mut d, &chunk);
         if last && d.fin {
-            // The message ends here (the request, if any, is failed now).
             self.report_oversized(&mut d);
         } else {
             self.partial = Some(Partial::Discarding(d));
+        }
+    }
+
+    /// Read a piece of a message being discarded for the request it
+    /// answers (then it is dropped); report the message once that is known.
+    fn discard_piece(&mut self, d: &mut Discard, piece: &[u8]) {
+        if !d.reported && d.scan.feed(piece) {
+            self.report_oversized(d);
         }
     }
 

@@ -65,8 +65,8 @@ impl GatewayConnection {
             params.device = Some(signer.sign(&params, &challenge.nonce, signed_at));
         }
         let connect_id = format!("connect-{}", uuid::Uuid::new_v4());
-        let text = match protocol::encode_request(&connect_id, "connect", Some(&params)) {
-            Ok(t) => t,
+        let text = match serde_json::value::to_raw_value(&params) {
+            Ok(p) => protocol::encode_request(&connect_id, "connect", Some(&p)),
             Err(e) => {
                 self.fail(
                     DisconnectCause::ProtocolError {

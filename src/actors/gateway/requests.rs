@@ -239,7 +239,7 @@ impl GatewayConnection {
             return Err(self.overloaded("gateway.max_pending", self.cfg.max_pending as u64));
         }
         let id = request_id();
-        let text = protocol::encode_request_raw(&id, &msg.method, msg.params.as_deref());
+        let text = protocol::encode_request(&id, &msg.method, msg.params.as_deref());
         // One request alone may exceed the byte bound when nothing else is
         // queued: the bound is on what piles up, not on a request's size.
         if self.out.bytes > 0 && self.out.bytes + text.len() > self.cfg.max_pending_bytes {
