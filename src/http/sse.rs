@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::dev::Extensions;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
 use super::{ApiError, ApiState};
@@ -86,6 +86,8 @@ struct StreamState {
     sub: Subscription,
     closed: Pin<Box<dyn Future<Output = ()>>>,
     batch: Vec<Arc<BrokerItem>>,
+    /// [`chunk`]'s scratch space.
+    fresh: Vec<(usize, usize)>,
     keepalive: tokio::time::Interval,
     greeted: bool,
 }
@@ -106,36 +108,64 @@ fn has_line_break(s: &str) -> bool {
     blocks.remainder().iter().any(|&c| c == b'\n' || c == b'\r')
 }
 
-/// The item's SSE message: `id:`, `event:` and the data line
-/// `{"seq":N|null,"payload":…}`. Rendered once per item and shared by every
-/// subscriber that sends it.
-fn rendered(item: &BrokerItem) -> &Bytes {
-    item.rendered.get_or_init(|| {
-        let mut s = String::with_capacity(item.payload().len() + 80);
-        push_frame(&mut s, item);
-        Bytes::from(s)
-    })
+/// The SSE messages of `items` (drained), as one chunk. An item nobody has
+/// rendered yet is rendered straight into the chunk and keeps a slice of it
+/// as its rendering: no copy and no allocation of its own, and the other
+/// subscribers sending it copy from that slice. (The slice keeps the chunk
+/// alive until the item leaves the ring: at most one chunk per subscriber
+/// beyond what the ring holds.) `fresh` is scratch space.
+fn chunk(items: &mut Vec<Arc<BrokerItem>>, fresh: &mut Vec<(usize, usize)>) -> Bytes {
+    let len: usize = items
+        .iter()
+        .map(|i| i.rendered.get().map_or(i.payload().len() + 80, Bytes::len))
+        .sum();
+    let mut buf = BytesMut::with_capacity(len);
+    fresh.clear();
+    for item in items.iter() {
+        let start = buf.len();
+        match item.rendered.get() {
+            Some(done) => {
+                buf.extend_from_slice(done);
+                fresh.push((start, start));
+            }
+            None => {
+                push_frame(&mut buf, item);
+                fresh.push((start, buf.len()));
+            }
+        }
+    }
+    let buf = buf.freeze();
+    for (item, &(from, to)) in items.drain(..).zip(fresh.iter()) {
+        if from < to {
+            // Another subscriber may have rendered it meanwhile: either
+            // rendering is the same bytes.
+            let _ = item.rendered.set(buf.slice(from..to));
+        }
+    }
+    buf
 }
 
-fn push_frame(s: &mut String, item: &BrokerItem) {
+/// The item's SSE message: `id:`, `event:` and the data line
+/// `{"seq":N|null,"payload":…}`.
+fn push_frame(s: &mut BytesMut, item: &BrokerItem) {
     use std::fmt::Write as _;
     let _ = write!(s, "id: {}\nevent: ", item.id);
     // The name comes from the gateway: a line break in it would end the
     // field and let the rest pose as other fields.
     let name = item.name();
     if has_line_break(name) {
-        s.push_str(&name.replace(['\r', '\n'], " "));
+        s.extend_from_slice(name.replace(['\r', '\n'], " ").as_bytes());
     } else {
-        s.push_str(name);
+        s.extend_from_slice(name.as_bytes());
     }
-    s.push_str("\ndata: {\"seq\":");
+    s.extend_from_slice(b"\ndata: {\"seq\":");
     match item.seq() {
         Some(n) => {
             let _ = write!(s, "{n}");
         }
-        None => s.push_str("null"),
+        None => s.extend_from_slice(b"null"),
     }
-    s.push_str(",\"payload\":");
+    s.extend_from_slice(b",\"payload\":");
     // The payload is the gateway's JSON text as sent, which may be
     // pretty-printed. Raw line breaks in JSON are only whitespace between
     // tokens (never inside strings), so one `data:` line per line (SSE ends
@@ -144,17 +174,17 @@ fn push_frame(s: &mut String, item: &BrokerItem) {
     let payload = item.payload();
     if !has_line_break(payload) {
         // Compact JSON (what the gateway sends): one line as it is.
-        s.push_str(payload);
-        s.push_str("}\n\n");
+        s.extend_from_slice(payload.as_bytes());
+        s.extend_from_slice(b"}\n\n");
         return;
     }
     let mut lines = payload.split(['\r', '\n']).filter(|l| !l.is_empty());
-    s.push_str(lines.next().unwrap_or_default());
+    s.extend_from_slice(lines.next().unwrap_or_default().as_bytes());
     for line in lines {
-        s.push_str("\ndata: ");
-        s.push_str(line);
+        s.extend_from_slice(b"\ndata: ");
+        s.extend_from_slice(line.as_bytes());
     }
-    s.push_str("}\n\n");
+    s.extend_from_slice(b"}\n\n");
 }
 
 pub async fn events(
@@ -225,6 +255,7 @@ pub async fn events(
         sub,
         closed: Box::pin(peer_closed(peer)),
         batch: Vec::with_capacity(BATCH),
+        fresh: Vec::with_capacity(BATCH),
         keepalive,
         greeted: false,
     };
@@ -239,12 +270,8 @@ pub async fn events(
                     return None;
                 }
                 // What is already in the ring goes out in the same chunk.
-                let len = st.batch.iter().map(|i| rendered(i).len()).sum();
-                let mut buf = bytes::BytesMut::with_capacity(len);
-                for item in st.batch.drain(..) {
-                    buf.extend_from_slice(rendered(&item));
-                }
-                Some((Ok::<_, actix_web::Error>(buf.freeze()), st))
+                let buf = chunk(&mut st.batch, &mut st.fresh);
+                Some((Ok::<_, actix_web::Error>(buf), st))
             }
             _ = st.keepalive.tick() => Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
             // Ending the stream drops the subscription at once.
@@ -274,7 +301,8 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let item = BrokerItem::gateway(7, 1, Arc::new(event));
-        String::from_utf8(rendered(&item).to_vec()).unwrap()
+        let chunk = chunk(&mut vec![Arc::new(item)], &mut Vec::new());
+        String::from_utf8(chunk.to_vec()).unwrap()
     }
 
     #[test]
@@ -289,7 +317,7 @@ mod tests {
     fn bridge_items_have_a_null_seq() {
         let item = BrokerItem::bridge(3, 0, "bridge.gap", r#"{"from":1}"#.into());
         assert_eq!(
-            rendered(&item).as_ref(),
+            chunk(&mut vec![Arc::new(item)], &mut Vec::new()).as_ref(),
             b"id: 3\nevent: bridge.gap\ndata: {\"seq\":null,\"payload\":{\"from\":1}}\n\n"
         );
     }
@@ -307,5 +335,42 @@ mod tests {
         let joined: Vec<&str> = s.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         let v: serde_json::Value = serde_json::from_str(&joined.join("\n")).unwrap();
         assert_eq!(v["payload"]["x"], "y\n");
+    }
+
+    #[test]
+    fn a_chunk_renders_each_item_once_and_shares_it() {
+        let gap = |id: u64| {
+            Arc::new(BrokerItem::bridge(
+                id,
+                0,
+                "bridge.gap",
+                format!(r#"{{"from":{id}}}"#),
+            ))
+        };
+        let msg = |id: u64| {
+            format!("id: {id}\nevent: bridge.gap\ndata: {{\"seq\":null,\"payload\":{{\"from\":{id}}}}}\n\n")
+        };
+        let (a, b, c) = (gap(1), gap(2), gap(3));
+        // `b` was sent by another subscriber already.
+        let mut scratch = Vec::new();
+        let first = chunk(&mut vec![b.clone()], &mut scratch);
+        assert_eq!(first.as_ref(), msg(2).as_bytes());
+        let mut batch = vec![a.clone(), b.clone(), c.clone()];
+        let whole = chunk(&mut batch, &mut scratch);
+        assert!(batch.is_empty(), "the batch is drained");
+        assert_eq!(
+            whole.as_ref(),
+            format!("{}{}{}", msg(1), msg(2), msg(3)).as_bytes()
+        );
+        // Each item keeps exactly its own message, and a later subscriber
+        // gets the same bytes from it.
+        for (item, id) in [(&a, 1), (&b, 2), (&c, 3)] {
+            assert_eq!(
+                item.rendered.get().map(|r| r.to_vec()),
+                Some(msg(id).into_bytes())
+            );
+        }
+        let again = chunk(&mut vec![c.clone(), a.clone()], &mut scratch);
+        assert_eq!(again.as_ref(), format!("{}{}", msg(3), msg(1)).as_bytes());
     }
 }

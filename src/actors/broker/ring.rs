@@ -115,13 +115,19 @@ impl Ring {
             }
             item
         };
+        drop((evicted, more));
+        item
+    }
+
+    /// Wake the readers waiting for an append. The broker calls this once
+    /// per batch of pushes (see `EventBroker::wake_readers`), not per item:
+    /// a reader on another thread costs a cross-thread wake-up each time.
+    pub(super) fn wake(&self) {
         // A reader counts itself before it looks at the ring under the lock,
         // so one that found nothing is seen here and woken.
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.notify.notify_waiters();
         }
-        drop((evicted, more));
-        item
     }
 
     pub(super) fn close(&self) {
