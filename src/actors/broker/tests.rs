@@ -248,3 +248,25 @@ async fn close_all_ends_streams_after_what_is_left() {
     let mut late = subscribe(&b, Filter::default(), None, "late").await;
     assert!(late.recv().await.is_none());
 }
+
+/// The broker wakes waiting readers a few turns after an append, not at
+/// once (`WAKE_TURNS`): a reader on another thread, as every SSE stream is,
+/// still gets a lone event, and the last of a burst, without a later one.
+#[actix_rt::test]
+async fn a_reader_on_another_thread_is_woken_for_a_lone_event_and_a_burst_end() {
+    let arbiter = actix::Arbiter::new();
+    let b = EventBroker::start_in_arbiter(&arbiter.handle(), |_| EventBroker::new(1_000));
+    let mut s = subscribe(&b, Filter::default(), None, "far").await;
+    let within = std::time::Duration::from_secs(5);
+    b.do_send(ev("agent", "a", "r0"));
+    let lone = actix_rt::time::timeout(within, s.recv()).await;
+    assert_eq!(lone.ok().flatten().map(|i| i.id), Some(1), "the lone event");
+    for i in 1..=300 {
+        b.do_send(ev("agent", "a", &format!("r{i}")));
+    }
+    for want in 2..=301 {
+        let got = actix_rt::time::timeout(within, s.recv()).await;
+        assert_eq!(got.ok().flatten().map(|i| i.id), Some(want));
+    }
+    arbiter.stop();
+}
