@@ -114,6 +114,12 @@ async fn pings_are_answered_with_pongs() {
 async fn garbage_and_unknown_events_do_not_break_the_session() {
     let (gw, app) = connected().await;
     let mut sub = subscribe(&app).await;
+    // A text frame that is not UTF-8 (a server's frame, unmasked, under 126
+    // bytes): dropped whole, never delivered as the `agent` event it looks like.
+    let text = b"{\"type\":\"event\",\"event\":\"agent\",\"payload\":{\"runId\":\"\xff\xfe\"}}";
+    let mut frame = vec![0x81, u8::try_from(text.len()).unwrap()];
+    frame.extend_from_slice(text);
+    gw.send_raw(frame);
     for junk in [
         "not json",
         "{",
