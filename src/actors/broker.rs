@@ -211,9 +211,11 @@ impl EventBroker {
 /// The turns of the stack's thread a wake-up of the ring's readers waits
 /// (see [`EventBroker::wake_readers`]). In paired runs of the bench's actors
 /// child (200k-event floods) 1 turn gave a median of 370k events/s, 4 gave
-/// 429k and 16 gave 469k, with CPU per event down by a third: at 16 a flood
-/// wakes a reader once per up to 256 events, about half a millisecond of it.
-const WAKE_TURNS: u8 = 16;
+/// 429k, 16 gave 469k (490k with the faster UTF-8 check) and 64 gave 520k,
+/// with CPU per event down by 40 %: at 64 a flood wakes a reader once per
+/// up to 1024 events, about 2 ms of it. A lone event's delivery to another
+/// thread took the same time at 16 and at 64 turns.
+const WAKE_TURNS: u8 = 64;
 
 /// Ready after its count of polls: each `Pending` reschedules the task
 /// behind whatever else the thread has to run.
