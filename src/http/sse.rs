@@ -109,11 +109,14 @@ fn has_line_break(s: &str) -> bool {
 }
 
 /// The SSE messages of `items` (drained), as one chunk. An item nobody has
-/// rendered yet is rendered straight into the chunk and keeps a slice of it
-/// as its rendering: no copy and no allocation of its own, and the other
-/// subscribers sending it copy from that slice. (The slice keeps the chunk
-/// alive until the item leaves the ring: at most one chunk per subscriber
-/// beyond what the ring holds.) `fresh` is scratch space.
+/// rendered yet is rendered straight into the chunk; the other subscribers
+/// sending it copy that rendering. When every item of the chunk was new,
+/// each keeps a slice of the chunk (no allocation of its own): the chunk
+/// then holds only those items' messages and lives until the newest of them
+/// leaves the ring. When the chunk also copies items rendered before, a
+/// slice would keep those copies alive too (a subscriber catching up could
+/// pin a whole batch for one new item), so each new item gets a copy of its
+/// own. `fresh` is scratch space.
 fn chunk(items: &mut Vec<Arc<BrokerItem>>, fresh: &mut Vec<(usize, usize)>) -> Bytes {
     let len: usize = items
         .iter()
@@ -135,11 +138,17 @@ fn chunk(items: &mut Vec<Arc<BrokerItem>>, fresh: &mut Vec<(usize, usize)>) -> B
         }
     }
     let buf = buf.freeze();
+    let all_new = fresh.iter().all(|&(from, to)| from < to);
     for (item, &(from, to)) in items.drain(..).zip(fresh.iter()) {
         if from < to {
+            let own = if all_new {
+                buf.slice(from..to)
+            } else {
+                Bytes::copy_from_slice(&buf[from..to])
+            };
             // Another subscriber may have rendered it meanwhile: either
             // rendering is the same bytes.
-            let _ = item.rendered.set(buf.slice(from..to));
+            let _ = item.rendered.set(own);
         }
     }
     buf
@@ -372,5 +381,32 @@ mod tests {
         }
         let again = chunk(&mut vec![c.clone(), a.clone()], &mut scratch);
         assert_eq!(again.as_ref(), format!("{}{}", msg(3), msg(1)).as_bytes());
+    }
+
+    /// A rendering that is a slice of a chunk keeps the whole chunk alive.
+    #[test]
+    fn only_a_chunk_of_new_items_lends_them_its_memory() {
+        let gap = |id: u64| {
+            Arc::new(BrokerItem::bridge(
+                id,
+                0,
+                "bridge.gap",
+                format!(r#"{{"from":{id}}}"#),
+            ))
+        };
+        let inside = |chunk: &Bytes, item: &BrokerItem| {
+            let r = item.rendered.get().expect("rendered").as_ptr_range();
+            let c = chunk.as_ptr_range();
+            c.start <= r.start && r.end <= c.end
+        };
+        let (a, b, c, d) = (gap(1), gap(2), gap(3), gap(4));
+        let mut scratch = Vec::new();
+        let new = chunk(&mut vec![a.clone(), b.clone()], &mut scratch);
+        assert!(inside(&new, &a) && inside(&new, &b), "all new: slices");
+        // `b` is copied in: `c` and `d` get their own bytes, so the chunk
+        // (with its copy of `b`) is freed once sent.
+        let mixed = chunk(&mut vec![b.clone(), c.clone(), d.clone()], &mut scratch);
+        assert!(!inside(&mixed, &c) && !inside(&mixed, &d), "mixed: copies");
+        assert!(inside(&new, &b), "b keeps its first rendering");
     }
 }
