@@ -326,8 +326,8 @@ pub fn store_write_failed(gw: &str) {
     counter!(STORE_WRITE_FAILURES, "gateway" => gw.to_owned()).increment(1);
 }
 
-pub fn undelivered(gw: &str, to: &'static str) {
-    counter!(EVENTS_UNDELIVERED, "gateway" => gw.to_owned(), "to" => to).increment(1);
+pub fn undelivered(gw: &str, to: &'static str, n: u64) {
+    counter!(EVENTS_UNDELIVERED, "gateway" => gw.to_owned(), "to" => to).increment(n);
 }
 
 /// Messages JetStream acknowledged (events and markers).

@@ -4,10 +4,11 @@
 //! one bounded ring of events (`events.buffer` events, `events.buffer_bytes`
 //! bytes) shared by every subscriber, the session epoch, and the sinks (NATS).
 //!
-//! **Handles:** [`EventMsg`] (from `GatewayConnection`: every event),
+//! **Handles:** [`EventBatch`] (from `GatewayConnection`: the events of one
+//! read pass, in order; from `Supervisor`: `bridge.run_reconciled` items),
+//! [`EventMsg`] (one event, from tests),
 //! [`LinkChanged`] (from `Supervisor`: `bridge.connected` /
-//! `bridge.disconnected`, and the session epoch), `bridge.run_reconciled`
-//! items as [`EventMsg`] (from `Supervisor`), [`Subscribe`] / [`BrokerStats`]
+//! `bridge.disconnected`, and the session epoch), [`Subscribe`] / [`BrokerStats`]
 //! (from the HTTP API, the status page and tests), [`AddSink`] (from `app` at
 //! start, once per sink: the sink is built after the supervisor it needs, so
 //! it cannot be passed to the constructor), [`CloseAll`] (from `app`'s
@@ -35,7 +36,7 @@ use actix::prelude::{
 };
 use serde_json::json;
 
-use super::messages::{EventMsg, LinkChanged};
+use super::messages::{EventBatch, EventMsg, LinkChanged};
 pub use crate::protocol::Text;
 pub use item::{BrokerItem, Filter};
 use ring::{gap_item, Ring};
@@ -255,6 +256,21 @@ impl Handler<EventMsg> for EventBroker {
         let epoch = self.epoch;
         let item = self.ring.push(|id| BrokerItem::gateway(id, epoch, event));
         self.publish(item, ctx);
+    }
+}
+
+impl Handler<EventBatch> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, EventBatch(events): EventBatch, ctx: &mut Context<Self>) {
+        let epoch = self.epoch;
+        for event in events {
+            let item = self.ring.push(|id| BrokerItem::gateway(id, epoch, event));
+            for sink in &mut self.sinks {
+                sink.offer(&item);
+            }
+        }
+        self.wake_readers(ctx);
     }
 }
 

@@ -17,8 +17,10 @@
 //! **Sends:** [`ConnectionUp`] after hello-ok, [`SeqGap`] when the outer seq
 //! jumps, [`HealthSeen`] with each `health` event's agent ids, and exactly one
 //! [`ConnectionDown`] when it stops (to its owner, the `Supervisor`);
-//! [`EventMsg`] for every event to the broker and, for `agent` and `chat`
-//! events, to the registry.
+//! [`EventBatch`] with the events of each read pass (up to 16 frames) to the
+//! broker and, for `agent` and `chat` events, to the registry: one message
+//! per pass, not per event, handed over before the next pass and before
+//! [`ConnectionDown`].
 //!
 //! **Lifecycle:** one value per socket. It never reconnects itself: when it
 //! stops, every pending request fails at once and the owner decides what next.
@@ -38,18 +40,23 @@ use bytes::BytesMut;
 use futures_util::stream::{SplitSink, StreamExt};
 
 use super::messages::{
-    ConnectionDown, ConnectionUp, DisconnectCause, EventMsg, HealthSeen, RequestError, Send, SeqGap,
+    ConnectionDown, ConnectionUp, DisconnectCause, EventBatch, HealthSeen, RequestError, Send,
+    SeqGap,
 };
+use crate::protocol::GatewayEvent;
+use crate::telemetry::emit;
 
 mod codec;
 pub mod correlator;
 mod frames;
 mod handshake;
+mod reader;
 mod requests;
 mod writer;
 
 use codec::BoundedCodec;
 pub use correlator::{Correlator, Reply};
+use reader::ReadLoop;
 pub use requests::Forward;
 use writer::{Outbound, Queued, WriteLoop};
 
@@ -133,9 +140,9 @@ pub struct Wiring {
     /// The agent ids of each `health` event (the supervisor's drift check).
     pub health: Recipient<HealthSeen>,
     /// Every event (the broker).
-    pub events: Option<Recipient<EventMsg>>,
-    /// `agent`, `chat`, `health` events (the registry).
-    pub agent_events: Option<Recipient<EventMsg>>,
+    pub events: Option<Recipient<EventBatch>>,
+    /// `agent` and `chat` events (the registry).
+    pub agent_events: Option<Recipient<EventBatch>>,
 }
 
 /// Close the session politely (1000) and stop; pending requests fail with
@@ -226,6 +233,10 @@ pub struct GatewayConnection {
     close_sent: bool,
     /// Cached per-event-name counters (no label hashing per event).
     event_counters: crate::metrics::EventCounters,
+    /// The events of the current read pass, for the broker and (`agent`,
+    /// `chat`) the registry: handed over at its end (see `reader`).
+    to_broker: Vec<Arc<GatewayEvent>>,
+    to_registry: Vec<Arc<GatewayEvent>>,
 }
 
 impl GatewayConnection {
@@ -267,6 +278,31 @@ impl GatewayConnection {
             oversized_frames: 0,
             overloaded: false,
             close_sent: false,
+            to_broker: Vec::new(),
+            to_registry: Vec::new(),
+        }
+    }
+
+    /// Hand the events of this read pass to the broker and the registry,
+    /// one message each (counted as undelivered when a mailbox is full).
+    fn hand_over_events(&mut self) {
+        if !self.to_registry.is_empty() {
+            let events = std::mem::take(&mut self.to_registry);
+            if let Some(r) = &self.wiring.agent_events {
+                let n = events.len();
+                if r.try_send(EventBatch(events)).is_err() {
+                    emit::event_undelivered(&self.cfg.gateway, "registry", n);
+                }
+            }
+        }
+        if !self.to_broker.is_empty() {
+            let events = std::mem::take(&mut self.to_broker);
+            if let Some(b) = &self.wiring.events {
+                let n = events.len();
+                if b.try_send(EventBatch(events)).is_err() {
+                    emit::event_undelivered(&self.cfg.gateway, "broker", n);
+                }
+            }
         }
     }
 
@@ -332,7 +368,7 @@ impl Actor for GatewayConnection {
                 let (sink, stream) = framed.split();
                 act.out.open = true;
                 ctx.spawn(WriteLoop { sink });
-                ctx.add_stream(stream);
+                ctx.spawn(ReadLoop { stream });
                 act.last_rx = Instant::now();
                 act.phase = Phase::AwaitChallenge;
                 act.arm_handshake_timer("challenge", ctx);
@@ -355,6 +391,9 @@ impl Actor for GatewayConnection {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // What the last pass decoded reaches the broker before the link
+        // change does.
+        self.hand_over_events();
         let cause = self.cause.take().unwrap_or(DisconnectCause::Lost);
         let err = if self.shutting_down {
             RequestError::ShuttingDown

@@ -278,6 +278,13 @@ pub struct HealthSeen {
 #[rtype(result = "()")]
 pub struct EventMsg(pub Arc<GatewayEvent>);
 
+/// Gateway events in the order they came, to `AgentRegistry` and
+/// `EventBroker`: what one read pass of the connection decoded (up to 16
+/// frames), handed over in one message instead of one per event.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct EventBatch(pub Vec<Arc<GatewayEvent>>);
+
 /// The connection state as `/readyz` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]

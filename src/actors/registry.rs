@@ -4,8 +4,9 @@
 //! `agent` / `chat` events), the recent runs of each, whether the
 //! view is live or stale (link down), the store writer (if any).
 //!
-//! **Handles:** [`EventMsg`] (from `GatewayConnection`: `agent` and `chat`
-//! events), [`AgentsSnapshot`] and [`SessionsSnapshot`] (from `Supervisor`'s
+//! **Handles:** [`EventBatch`] (from `GatewayConnection`: the `agent` and
+//! `chat` events of one read pass, in order; [`EventMsg`], one event, from
+//! tests), [`AgentsSnapshot`] and [`SessionsSnapshot`] (from `Supervisor`'s
 //! resyncs; a sessions snapshot answers the runs held as running that no
 //! session lists as active any more), [`LinkChanged`] (from `Supervisor`),
 //! [`RunOutcome`] (from `Supervisor`: how a run it lost sight of ended, per
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::messages::{EventMsg, LinkChanged};
+use super::messages::{EventBatch, EventMsg, LinkChanged};
 use crate::clock::now_ms;
 use crate::store::{SessionInfo, StoreWriter, StoredAgent, StoredRun};
 use crate::telemetry::events as ev;

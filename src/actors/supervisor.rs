@@ -43,7 +43,7 @@ use actix::prelude::{
 use tokio::sync::oneshot;
 
 use super::gateway::{Close, ConnectionConfig, GatewayConnection, Wiring};
-use super::messages::{ConnectionDown, ConnectionUp, EventMsg, LinkChanged, LinkState, Send};
+use super::messages::{ConnectionDown, ConnectionUp, EventBatch, LinkChanged, LinkState, Send};
 use super::registry::{AgentsSnapshot, RunOutcome, SessionsSnapshot};
 use crate::backoff::Backoff;
 use crate::telemetry::events as ev;
@@ -129,8 +129,8 @@ pub struct Shutdown;
 #[derive(Clone, Default)]
 pub struct Outputs {
     pub link: Vec<Recipient<LinkChanged>>,
-    pub events: Option<Recipient<EventMsg>>,
-    pub agent_events: Option<Recipient<EventMsg>>,
+    pub events: Option<Recipient<EventBatch>>,
+    pub agent_events: Option<Recipient<EventBatch>>,
     pub snapshots: Option<Recipient<AgentsSnapshot>>,
     pub sessions: Option<Recipient<SessionsSnapshot>>,
     /// How runs the bridge lost sight of ended (`agent.wait`), to the registry.

@@ -122,14 +122,14 @@ pub fn bad_frame_oversized(
 
 /// An event could not be handed to `to` (`registry` or `broker`): its
 /// mailbox was full.
-pub fn event_undelivered(gateway: &str, to: &'static str) {
-    metrics::undelivered(gateway, to);
+pub fn event_undelivered(gateway: &str, to: &'static str, count: usize) {
+    metrics::undelivered(gateway, to, count as u64);
     let what = if to == "registry" {
-        "registry mailbox full: event not applied"
+        "registry mailbox full: events not applied"
     } else {
-        "broker mailbox full: event dropped"
+        "broker mailbox full: events dropped"
     };
-    tracing::warn!(gateway, event = ev::EVENT_UNDELIVERED, to, "{what}");
+    tracing::warn!(gateway, event = ev::EVENT_UNDELIVERED, to, count, "{what}");
 }
 
 /// A request was refused past a bound (`BRIDGE_OVERLOADED`). Counted every
@@ -328,7 +328,7 @@ mod tests {
             seq_gap("gw", 3, 9);
             bad_frame_undecodable("gw", "not JSON", 12);
             bad_frame_oversized("gw", 1 << 30, 1 << 20, Some("r1"), true, 1);
-            event_undelivered("gw", "broker");
+            event_undelivered("gw", "broker", 1);
             overloaded("gw", "gateway.max_pending", 4, 4, 0, true);
             overloaded("gw", "gateway.max_pending", 4, 4, 0, false);
             sse_lagged("gw", "sse", 7, 10, 14);

@@ -501,6 +501,31 @@ async fn lifecycle_messages_when_the_gateway_drops() {
 }
 
 #[actix_rt::test]
+async fn a_burst_read_with_the_close_frame_comes_before_bridge_disconnected() {
+    let (gw, app) = connected().await;
+    let mut sub = open(&app, "/v1/events?event=agent", &[]).await;
+    // The bridge reads frames in passes and hands a pass's events over at
+    // its end: a pass that also holds the close frame still delivers every
+    // event, in order, before the link change.
+    for mark in 1..=40 {
+        gw.send_event("agent", agent_ev("a", "r1", mark));
+    }
+    gw.close(1012, "service restart");
+    let mut marks = Vec::new();
+    loop {
+        let e = sub.next().await;
+        match e.event.as_str() {
+            "agent" => marks.push(e.payload()["mark"].as_u64().expect("mark")),
+            "bridge.disconnected" => break,
+            "bridge.connected" if marks.is_empty() => {}
+            _ => panic!("after {} events: {e:?}", marks.len()),
+        }
+    }
+    assert_eq!(marks, (1..=40).collect::<Vec<u64>>());
+    app.stop().await;
+}
+
+#[actix_rt::test]
 async fn streams_end_cleanly_on_shutdown() {
     let (gw, app) = connected().await;
     let mut a = open(&app, "/v1/events", &[]).await;

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::codec::{Decoded, Oversized};
 use super::{Discard, GatewayConnection, Partial, Phase};
-use crate::actors::messages::{DisconnectCause, EventMsg, HealthSeen, RequestError, SeqGap};
+use crate::actors::messages::{DisconnectCause, HealthSeen, RequestError, SeqGap};
 use crate::protocol::{self, Challenge, EventKind, GatewayEvent, Inbound};
 use crate::telemetry::{emit, events as ev};
 
@@ -105,19 +105,14 @@ impl GatewayConnection {
                 });
             }
         }
+        // Handed over at the end of the read pass (see `reader`).
         let for_registry = matches!(event.kind, EventKind::Agent(_) | EventKind::Chat(_));
         let event = Arc::new(event);
-        if for_registry {
-            if let Some(r) = &self.wiring.agent_events {
-                if r.try_send(EventMsg(event.clone())).is_err() {
-                    emit::event_undelivered(&self.cfg.gateway, "registry");
-                }
-            }
+        if for_registry && self.wiring.agent_events.is_some() {
+            self.to_registry.push(event.clone());
         }
-        if let Some(b) = &self.wiring.events {
-            if b.try_send(EventMsg(event)).is_err() {
-                emit::event_undelivered(&self.cfg.gateway, "broker");
-            }
+        if self.wiring.events.is_some() {
+            self.to_broker.push(event);
         }
     }
 

@@ -1,13 +1,12 @@
 //! Run bookkeeping from `agent` and `chat` events: the recent runs of each
 //! agent, its current run, and the bounded run id → agent id index for
-//! events that do not name their agent; `health` events that disagree with
-//! the last `agents.list` ask for a resync.
+//! events that do not name their agent.
 
 use actix::prelude::{Context, Handler};
 
-use super::{AgentRegistry, AgentStatus, EventMsg, RunRecord, RunStatus, RUNS_KEPT};
+use super::{AgentRegistry, AgentStatus, EventBatch, EventMsg, RunRecord, RunStatus, RUNS_KEPT};
 use crate::clock::now_ms;
-use crate::protocol::{EventKind, RunPhase};
+use crate::protocol::{EventKind, GatewayEvent, RunPhase};
 
 /// run id → agent id entries kept (chat events may not name the agent).
 const RUN_INDEX_KEPT: usize = 10_000;
@@ -125,6 +124,23 @@ impl Handler<EventMsg> for AgentRegistry {
     type Result = ();
 
     fn handle(&mut self, EventMsg(event): EventMsg, _: &mut Context<Self>) {
+        self.apply_event(&event);
+    }
+}
+
+impl Handler<EventBatch> for AgentRegistry {
+    type Result = ();
+
+    fn handle(&mut self, EventBatch(events): EventBatch, _: &mut Context<Self>) {
+        for event in &events {
+            self.apply_event(event);
+        }
+    }
+}
+
+impl AgentRegistry {
+    /// What an `agent` or `chat` event says about its agent and run.
+    fn apply_event(&mut self, event: &GatewayEvent) {
         match &event.kind {
             EventKind::Agent(a) => {
                 let agent_id: Option<std::borrow::Cow<'_, str>> = match &a.agent_id {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::run_queries::{agent_wait, sessions_all, WaitAnswer};
 use super::{GatewayConnection, Outputs, SessionsSnapshot, Supervisor};
-use crate::actors::messages::{EventMsg, LinkState, RequestError};
+use crate::actors::messages::{EventBatch, LinkState, RequestError};
 use crate::actors::registry::{Reconciled, RunOutcome, RunRecord, RunStatus, RunView, StaleRun};
 use crate::protocol::{GatewayEvent, Inbound};
 use crate::telemetry::events as ev;
@@ -187,7 +187,7 @@ async fn apply(out: Outputs, outcome: RunOutcome) {
         return;
     };
     if let (Some(events), Some(event)) = (out.events, reconciled_event(&reconciled)) {
-        let _ = events.try_send(EventMsg(Arc::new(event)));
+        let _ = events.try_send(EventBatch(vec![Arc::new(event)]));
     }
 }
 

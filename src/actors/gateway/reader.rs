@@ -1,0 +1,67 @@
+//! The one future that reads the socket: frames in passes of up to
+//! [`FRAMES_PER_PASS`], each handled as it comes ([`StreamHandler`] on the
+//! connection), and the events a pass decoded handed to the broker and the
+//! registry at its end, in one message each.
+//!
+//! Actix's own `add_stream` reads the same way but has no end-of-pass hook,
+//! so every event was one message (an envelope, a mailbox push) per
+//! recipient. A pass ends when the socket has nothing more to read or after
+//! [`FRAMES_PER_PASS`] frames (then the thread's other work runs first), so
+//! an event waits at most for the frames read with it.
+
+use std::pin::Pin;
+use std::task::Poll;
+
+use actix::prelude::{ActorFuture, AsyncContext, Context, StreamHandler};
+use futures_util::Stream;
+
+use super::GatewayConnection;
+
+/// Frames read per pass before the connection yields to the thread's other
+/// work (actix's `add_stream` uses the same number).
+pub(super) const FRAMES_PER_PASS: usize = 16;
+
+/// Reads `stream` into the connection; lives as long as the connection.
+pub(super) struct ReadLoop<S> {
+    pub stream: S,
+}
+
+impl<S, I> ActorFuture<GatewayConnection> for ReadLoop<S>
+where
+    S: Stream<Item = I> + Unpin,
+    GatewayConnection: StreamHandler<I>,
+{
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut GatewayConnection,
+        ctx: &mut Context<GatewayConnection>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..FRAMES_PER_PASS {
+            match Pin::new(&mut this.stream).poll_next(task) {
+                Poll::Ready(Some(item)) => {
+                    StreamHandler::handle(act, item, ctx);
+                    if ctx.waiting() {
+                        act.hand_over_events();
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(None) => {
+                    act.hand_over_events();
+                    StreamHandler::finished(act, ctx);
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {
+                    act.hand_over_events();
+                    return Poll::Pending;
+                }
+            }
+        }
+        act.hand_over_events();
+        task.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
