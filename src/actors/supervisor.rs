@@ -34,6 +34,7 @@
 //! why it is our own actor and not `actix::Supervisor`, which restarts the same
 //! value.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,7 +141,9 @@ pub struct Outputs {
 pub struct Supervisor {
     cfg: SupervisorConfig,
     out: Outputs,
-    conn: Option<Addr<GatewayConnection>>,
+    /// The live connection. Shared by `Rc`: a request clones this per
+    /// call, and cloning an `Addr` allocates.
+    conn: Option<Rc<Addr<GatewayConnection>>>,
     /// Incremented per attempt; reports from older connections are ignored.
     generation: u64,
     state: LinkState,
@@ -232,7 +235,7 @@ impl Supervisor {
             agent_events: self.out.agent_events.clone(),
         };
         let conn = GatewayConnection::new(self.generation, self.cfg.connection.clone(), wiring);
-        self.conn = Some(conn.start());
+        self.conn = Some(Rc::new(conn.start()));
     }
 
     fn in_restart_window(&self) -> bool {

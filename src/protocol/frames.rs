@@ -330,8 +330,12 @@ fn decode_plain(text: &str) -> Result<Inbound<'_>, DecodeError> {
 /// Encode `{"type":"req","id","method","params"?}`: the bytes serde would
 /// write for those fields, written directly (params are already JSON text).
 pub fn encode_request(id: &str, method: &str, params: Option<&RawValue>) -> String {
-    let params_len = params.map_or(0, |p| p.get().len() + 10);
-    let mut out = String::with_capacity(36 + id.len() + method.len() + params_len);
+    // Exactly the length when neither needs an escape: `Bytes::from` then
+    // takes the buffer as it is (with spare capacity it allocates again).
+    let params_len = params.map_or(0, |p| p.get().len() + r#","params":"#.len());
+    let mut out = String::with_capacity(
+        r#"{"type":"req","id":"","method":""}"#.len() + id.len() + method.len() + params_len,
+    );
     out.push_str(r#"{"type":"req","id":"#);
     push_json_str(&mut out, id);
     out.push_str(r#","method":"#);

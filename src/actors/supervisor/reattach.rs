@@ -240,7 +240,7 @@ impl Supervisor {
     }
 
     fn reattach(&mut self, id: u64, ctx: &mut Context<Self>) {
-        let Some(conn) = self.conn.clone() else {
+        let Some(conn) = self.conn.as_deref().cloned() else {
             return;
         };
         let generation = self.generation;

@@ -4,6 +4,7 @@
 //! ([`Forward`]): no future, task or channel of the supervisor's in between.
 
 use std::future::Future;
+use std::rc::Rc;
 use std::time::Instant;
 
 use actix::dev::{MessageResponse, OneshotSender};
@@ -19,7 +20,7 @@ use crate::telemetry::emit;
 /// connection with the caller's responder.
 pub enum SendReply {
     Now(Reply),
-    Forward(Addr<GatewayConnection>, Forward),
+    Forward(Rc<Addr<GatewayConnection>>, Forward),
 }
 
 impl SendReply {

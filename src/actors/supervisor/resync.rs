@@ -49,7 +49,7 @@ impl Supervisor {
                 return;
             }
         }
-        let Some(conn) = self.conn.clone() else {
+        let Some(conn) = self.conn.as_deref().cloned() else {
             return;
         };
         self.last_resync = Some(Instant::now());

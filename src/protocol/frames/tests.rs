@@ -152,3 +152,19 @@ fn request_encoding_matches_the_wire_shape() {
     let text = encode_request("id-2", "health", None);
     assert_eq!(text, r#"{"type":"req","id":"id-2","method":"health"}"#);
 }
+
+#[test]
+fn a_request_frame_fills_its_buffer_exactly() {
+    // `Bytes::from` keeps a full buffer as it is; one with spare capacity
+    // costs another allocation per request.
+    let params = serde_json::value::to_raw_value(&json!({"i": 7})).unwrap();
+    for text in [
+        encode_request("0b1c-uuid", "agents.list", Some(&params)),
+        encode_request("0b1c-uuid", "health", None),
+    ] {
+        assert_eq!(text.len(), text.capacity(), "{text}");
+    }
+    // An escape grows it; the text is still the wire's.
+    let text = encode_request("id", "a\"b", None);
+    assert_eq!(text, r#"{"type":"req","id":"id","method":"a\"b"}"#);
+}
