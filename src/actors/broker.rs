@@ -242,7 +242,7 @@ impl Actor for EventBroker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(65_536);
+        ctx.set_mailbox_capacity(super::messages::EVENT_MAILBOX);
         // The gauge exists from the start (0), not from the first subscriber:
         // an alert on it needs the series.
         crate::metrics::sse_subscribers(&self.gateway, 0);

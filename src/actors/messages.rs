@@ -281,9 +281,18 @@ pub struct EventMsg(pub Arc<GatewayEvent>);
 /// Gateway events in the order they came, to `AgentRegistry` and
 /// `EventBroker`: what one read pass of the connection decoded (up to 16
 /// frames), handed over in one message instead of one per event.
+///
+/// The registry's and the broker's mailboxes hold [`EVENT_MAILBOX`]
+/// messages: at most 65 536 events queued toward each.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct EventBatch(pub Vec<Arc<GatewayEvent>>);
+
+/// Mailbox capacity of `AgentRegistry` and `EventBroker`, in messages. An
+/// [`EventBatch`] holds the events of one read pass (at most 16), so this
+/// bounds the events waiting for either at 65 536; beyond it the connection
+/// drops and counts them (`gateway.event_undelivered`).
+pub const EVENT_MAILBOX: usize = 4096;
 
 /// The connection state as `/readyz` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

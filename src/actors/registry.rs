@@ -234,7 +234,7 @@ impl Actor for AgentRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(65_536);
+        ctx.set_mailbox_capacity(super::messages::EVENT_MAILBOX);
         if self.writer.is_some() {
             ctx.run_interval(FLUSH_EVERY, |act, _| act.flush());
         }
