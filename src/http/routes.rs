@@ -353,6 +353,12 @@ async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError>
     Ok(body)
 }
 
+/// How long `POST /v1/rpc` waits for its answer before it starts watching
+/// the client's socket for a hang-up (see [`rpc`]). A client that hangs up
+/// sooner is noticed then; its pending entry is released by the
+/// connection's sweep, which runs every second anyway.
+const WATCH_CLIENT_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[utoipa::path(post, path = "/v1/rpc", tag = "rpc",
     request_body(content = RpcBody, content_type = "application/json"),
     responses(
@@ -413,12 +419,18 @@ pub(super) async fn rpc(
     // goes on in the gateway).
     let waiting = std::sync::Arc::new(());
     let msg = parse_rpc_body(&body)?.caller(&waiting);
-    let peer = super::sse::peer_socket(&req);
     let send = gateway.supervisor.send(Rpc(msg));
+    // The socket is watched only once the answer is late: most come well
+    // before, and watching costs five system calls per request (a dup of
+    // the socket, its epoll registration and removal, a close).
+    let hung_up = async {
+        tokio::time::sleep(WATCH_CLIENT_AFTER).await;
+        super::sse::peer_closed(super::sse::peer_socket(&req)).await;
+    };
     let answer = tokio::select! {
         answer = send => answer
             .map_err(|_| ApiError::Internal("the supervisor is not running".into()))??,
-        () = super::sse::peer_closed(peer) => {
+        () = hung_up => {
             drop(waiting);
             return Err(ApiError::BadRequest("the client closed the connection".into()));
         }
