@@ -55,7 +55,7 @@ mod requests;
 mod writer;
 
 use codec::BoundedCodec;
-pub use correlator::{Correlator, Reply};
+pub use correlator::{Correlator, Reply, Responder};
 use reader::ReadLoop;
 pub use requests::Forward;
 use writer::{Outbound, Queued, WriteLoop};
@@ -286,24 +286,15 @@ impl GatewayConnection {
     /// Hand the events of this read pass to the broker and the registry,
     /// one message each (counted as undelivered when a mailbox is full).
     fn hand_over_events(&mut self) {
-        if !self.to_registry.is_empty() {
-            let events = std::mem::take(&mut self.to_registry);
-            if let Some(r) = &self.wiring.agent_events {
-                let n = events.len();
-                if r.try_send(EventBatch(events)).is_err() {
-                    emit::event_undelivered(&self.cfg.gateway, "registry", n);
-                }
-            }
-        }
-        if !self.to_broker.is_empty() {
-            let events = std::mem::take(&mut self.to_broker);
-            if let Some(b) = &self.wiring.events {
-                let n = events.len();
-                if b.try_send(EventBatch(events)).is_err() {
-                    emit::event_undelivered(&self.cfg.gateway, "broker", n);
-                }
-            }
-        }
+        let gw = &self.cfg.gateway;
+        let registry = self.wiring.agent_events.as_ref();
+        hand_over(gw, "registry", &mut self.to_registry, registry);
+        hand_over(
+            gw,
+            "broker",
+            &mut self.to_broker,
+            self.wiring.events.as_ref(),
+        );
     }
 
     /// Record why we are stopping (first cause wins) and stop.
@@ -337,6 +328,26 @@ impl GatewayConnection {
                 code: CloseCode::Normal,
                 description: None,
             })));
+        }
+    }
+}
+
+/// Send `events` (emptied) to `to` as one [`EventBatch`]; what a full
+/// mailbox refuses is counted and logged (`gateway.event_undelivered`).
+fn hand_over(
+    gateway: &str,
+    to: &'static str,
+    events: &mut Vec<Arc<GatewayEvent>>,
+    recipient: Option<&Recipient<EventBatch>>,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let events = std::mem::take(events);
+    let n = events.len();
+    if let Some(r) = recipient {
+        if r.try_send(EventBatch(events)).is_err() {
+            emit::event_undelivered(gateway, to, n);
         }
     }
 }

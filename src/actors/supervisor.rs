@@ -11,7 +11,8 @@
 //! refused at once with `NotConnected` carrying the state and next attempt
 //! time: nothing is queued or replayed), [`Rpc`](super::messages::Rpc) from the HTTP API,
 //! NATS and the CLI (a [`Send`] whose accepted `agent` run outlives a dropped
-//! link: its caller is held and answered from `agent.wait`, see `reattach`),
+//! link: its caller is held and answered from `agent.wait`, see `reattach`;
+//! any other `Rpc` is forwarded with its caller's responder as a `Send` is),
 //! [`LookupRun`] (`GET /v1/runs/{runId}` for runs the registry lacks),
 //! [`GetStatus`] (for `/readyz`), [`WaitReady`] (CLI), [`RetryNow`]
 //! (SIGHUP), [`Shutdown`] (held callers get `BRIDGE_SHUTTING_DOWN`); and from

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use crate::actors::messages::{RequestError, RunFailure};
+use crate::actors::messages::{Answer, RequestError, RunFailure};
 use crate::protocol::{GatewayError, ResponseFrame};
 
 /// Ids of requests answered early (an `agent` `accepted`) or timed out are
@@ -24,6 +24,46 @@ pub const FINISHED_IDS_KEPT: usize = 4096;
 
 /// A request's answer: the payload or a typed error.
 pub type Reply = Result<Box<RawValue>, RequestError>;
+
+/// Where a request's one answer goes: the caller's own answer channel, as a
+/// `Send` (the payload) or an `Rpc` (an [`Answer`]) expects it, so neither
+/// needs a channel or future of its own in between.
+#[derive(Debug)]
+pub enum Responder {
+    Send(oneshot::Sender<Reply>),
+    Rpc(oneshot::Sender<Result<Answer, RequestError>>),
+}
+
+impl Responder {
+    /// The caller stopped waiting.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Responder::Send(tx) => tx.is_closed(),
+            Responder::Rpc(tx) => tx.is_closed(),
+        }
+    }
+
+    /// Answer (a caller that is gone is not an error).
+    pub fn send(self, reply: Reply) {
+        match self {
+            Responder::Send(tx) => {
+                let _ = tx.send(reply);
+            }
+            Responder::Rpc(tx) => {
+                let _ = tx.send(reply.map(|payload| Answer {
+                    payload,
+                    reattached: false,
+                }));
+            }
+        }
+    }
+}
+
+impl From<oneshot::Sender<Reply>> for Responder {
+    fn from(tx: oneshot::Sender<Reply>) -> Self {
+        Responder::Send(tx)
+    }
+}
 
 /// What a request needs to be correlated.
 #[derive(Debug)]
@@ -53,7 +93,7 @@ pub struct Metered {
 pub type Observer = Box<dyn FnMut(&str, Duration, &Reply)>;
 
 struct Pending {
-    tx: oneshot::Sender<Reply>,
+    tx: Responder,
     is_agent: bool,
     expect_final: bool,
     /// An `accepted` answer came; the final one is awaited.
@@ -136,19 +176,19 @@ impl Correlator {
     pub fn refuse(
         &mut self,
         metered: Option<Metered>,
-        tx: oneshot::Sender<Reply>,
+        tx: impl Into<Responder>,
         err: RequestError,
     ) {
-        self.deliver(metered.as_ref(), tx, Err(err));
+        self.deliver(metered.as_ref(), tx.into(), Err(err));
     }
 
     /// The one place a request is answered: the observer first, then its
     /// caller.
-    fn deliver(&mut self, metered: Option<&Metered>, tx: oneshot::Sender<Reply>, reply: Reply) {
+    fn deliver(&mut self, metered: Option<&Metered>, tx: Responder, reply: Reply) {
         if let (Some(m), Some(observe)) = (metered, self.observer.as_mut()) {
             observe(&m.method, m.started.elapsed(), &reply);
         }
-        let _ = tx.send(reply);
+        tx.send(reply);
     }
 
     pub fn len(&self) -> usize {
@@ -165,7 +205,7 @@ impl Correlator {
         &mut self,
         id: RequestId,
         req: Request,
-        tx: oneshot::Sender<Reply>,
+        tx: impl Into<Responder>,
         now: Instant,
     ) -> Instant {
         self.next_seq += 1;
@@ -174,7 +214,7 @@ impl Correlator {
         self.pending.insert(
             id,
             Pending {
-                tx,
+                tx: tx.into(),
                 is_agent: req.is_agent,
                 expect_final: req.expect_final,
                 accepted_seen: false,

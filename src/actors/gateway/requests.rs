@@ -9,7 +9,7 @@ use actix::prelude::{AsyncContext, Context, Handler, Message, ResponseFuture};
 use awc::ws::Message as WsMessage;
 use tokio::sync::oneshot;
 
-use super::correlator::{request_id, Delivered, Metered, Reply, Request, RequestId};
+use super::correlator::{request_id, Delivered, Metered, Reply, Request, RequestId, Responder};
 use super::{GatewayConnection, Phase, Queued, RequestError, Send};
 use crate::protocol::{self, ResponseFrame};
 use crate::telemetry::{emit, events as ev};
@@ -116,7 +116,7 @@ impl GatewayConnection {
 }
 
 /// A caller's request handed over by the `Supervisor` with the caller's own
-/// responder (actix's answer channel of the caller's `Send`): the connection
+/// responder (actix's answer channel of the caller's `Send` or `Rpc`): the connection
 /// answers the caller directly, with no future or channel of its own in
 /// between, and counts and times it (`openclaw_bridge_requests_total`,
 /// `rpc.failed`). Dropped undelivered (the connection stopped), it answers
@@ -125,7 +125,7 @@ impl GatewayConnection {
 #[rtype(result = "()")]
 pub struct Forward {
     pub msg: Send,
-    pub tx: Option<oneshot::Sender<Reply>>,
+    pub tx: Option<Responder>,
     /// When the caller asked.
     pub started: Instant,
 }
@@ -133,7 +133,7 @@ pub struct Forward {
 impl Drop for Forward {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Err(RequestError::Disconnected {
+            tx.send(Err(RequestError::Disconnected {
                 reason: "the connection stopped".into(),
             }));
         }
@@ -158,7 +158,7 @@ impl Handler<Send> for GatewayConnection {
     /// The bridge's own requests (resyncs, `agent.wait`): not metered.
     fn handle(&mut self, msg: Send, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.start_request(msg, tx, None, ctx);
+        self.start_request(msg, Responder::Send(tx), None, ctx);
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
                 Err(RequestError::Disconnected {
@@ -175,7 +175,7 @@ impl GatewayConnection {
     fn start_request(
         &mut self,
         msg: Send,
-        tx: oneshot::Sender<Reply>,
+        tx: Responder,
         started: Option<Instant>,
         ctx: &mut Context<Self>,
     ) {

@@ -20,6 +20,7 @@
 
 use std::time::{Duration, Instant};
 
+use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::{
     ActorFutureExt, Addr, AsyncContext, Context, Handler, ResponseActFuture, WrapFuture,
 };
@@ -27,8 +28,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+use super::requests::SendReply;
 use super::run_queries::{active_runs, agent_wait, WaitAnswer};
 use super::{GatewayConnection, Supervisor};
+use crate::actors::gateway::Responder;
 use crate::actors::messages::{Answer, LinkState, RequestError, Rpc, RunFailure};
 use crate::actors::registry::{RunOutcome, RunStatus};
 use crate::telemetry::events as ev;
@@ -94,11 +97,38 @@ fn agent_of(params: Option<&RawValue>) -> Option<String> {
     })
 }
 
+/// The supervisor's answer to an [`Rpc`]: a request that cannot be held
+/// goes to the connection with the caller's own responder, as a `Send`
+/// does (no future of the supervisor's per request); an `agent` awaited
+/// with `expect_final` is followed here, so it can be held across a drop.
+pub enum RpcReply {
+    Direct(SendReply),
+    Holdable(ResponseActFuture<Supervisor, Result<Answer, RequestError>>),
+}
+
+impl MessageResponse<Supervisor, Rpc> for RpcReply {
+    fn handle(
+        self,
+        ctx: &mut Context<Supervisor>,
+        tx: Option<OneshotSender<Result<Answer, RequestError>>>,
+    ) {
+        match self {
+            RpcReply::Direct(reply) => {
+                reply.answer(Responder::Rpc(tx.unwrap_or_else(|| oneshot::channel().0)))
+            }
+            RpcReply::Holdable(fut) => MessageResponse::<Supervisor, Rpc>::handle(fut, ctx, tx),
+        }
+    }
+}
+
 impl Handler<Rpc> for Supervisor {
-    type Result = ResponseActFuture<Self, Result<Answer, RequestError>>;
+    type Result = RpcReply;
 
     fn handle(&mut self, Rpc(msg): Rpc, _: &mut Context<Self>) -> Self::Result {
         let holdable = msg.method == "agent" && msg.expect_final;
+        if !holdable {
+            return RpcReply::Direct(self.route(msg));
+        }
         let timeout = msg.timeout.unwrap_or(self.cfg.connection.request_timeout);
         let deadline = Instant::now() + timeout;
         let agent_id = if holdable {
@@ -109,30 +139,32 @@ impl Handler<Rpc> for Supervisor {
         let generation = self.generation;
         let boot_id = self.info.boot_id.clone();
         let sent = self.forward(msg);
-        Box::pin(sent.into_actor(self).then(move |res, act, ctx| match res {
-            Err(RequestError::Run {
-                run_id,
-                failure: RunFailure::Disconnected { reason },
-            }) if holdable => act.hold(
-                Held {
+        RpcReply::Holdable(Box::pin(sent.into_actor(self).then(
+            move |res, act, ctx| match res {
+                Err(RequestError::Run {
                     run_id,
-                    agent_id,
-                    deadline,
-                    timeout_ms: timeout.as_millis() as u64,
-                    boot_id,
-                    lost_generation: generation,
-                    tx: None,
-                    busy: false,
-                    held_since: Instant::now(),
-                },
-                reason,
-                ctx,
-            ),
-            other => Box::pin(actix::fut::ready(other.map(|payload| Answer {
-                payload,
-                reattached: false,
-            }))),
-        }))
+                    failure: RunFailure::Disconnected { reason },
+                }) if holdable => act.hold(
+                    Held {
+                        run_id,
+                        agent_id,
+                        deadline,
+                        timeout_ms: timeout.as_millis() as u64,
+                        boot_id,
+                        lost_generation: generation,
+                        tx: None,
+                        busy: false,
+                        held_since: Instant::now(),
+                    },
+                    reason,
+                    ctx,
+                ),
+                other => Box::pin(actix::fut::ready(other.map(|payload| Answer {
+                    payload,
+                    reattached: false,
+                }))),
+            },
+        )))
     }
 }
 

@@ -12,7 +12,7 @@ use actix::prelude::{Addr, Context, Handler};
 use tokio::sync::oneshot;
 
 use super::{Send, Supervisor};
-use crate::actors::gateway::{Forward, GatewayConnection, Reply};
+use crate::actors::gateway::{Forward, GatewayConnection, Reply, Responder};
 use crate::actors::messages::{LinkState, RequestError};
 use crate::telemetry::emit;
 
@@ -26,11 +26,9 @@ pub enum SendReply {
 impl SendReply {
     /// Answer through `tx`: now, or by the connection. Undelivered (the
     /// connection just stopped), `Forward`'s drop answers `Disconnected`.
-    fn answer(self, tx: OneshotSender<Reply>) {
+    pub(super) fn answer(self, tx: Responder) {
         match self {
-            SendReply::Now(reply) => {
-                let _ = tx.send(reply);
-            }
+            SendReply::Now(reply) => tx.send(reply),
             SendReply::Forward(conn, mut fwd) => {
                 fwd.tx = Some(tx);
                 conn.do_send(fwd);
@@ -42,13 +40,13 @@ impl SendReply {
 impl MessageResponse<Supervisor, Send> for SendReply {
     fn handle(self, _: &mut Context<Supervisor>, tx: Option<OneshotSender<Reply>>) {
         // Nobody waits (`do_send`): the request is still made.
-        self.answer(tx.unwrap_or_else(|| oneshot::channel().0));
+        self.answer(Responder::Send(tx.unwrap_or_else(|| oneshot::channel().0)));
     }
 }
 
 impl Supervisor {
     /// Route `msg`: to the live connection, or refused at once with why.
-    fn route(&mut self, msg: Send) -> SendReply {
+    pub(super) fn route(&mut self, msg: Send) -> SendReply {
         let started = Instant::now();
         let refused = match (&self.conn, self.state) {
             (_, LinkState::Stopping) => RequestError::ShuttingDown,
@@ -80,7 +78,7 @@ impl Supervisor {
     /// [`Send`] as a future, for the supervisor's own handlers (`Rpc`).
     pub(super) fn forward(&mut self, msg: Send) -> impl Future<Output = Reply> + 'static {
         let (tx, rx) = oneshot::channel();
-        self.route(msg).answer(tx);
+        self.route(msg).answer(Responder::Send(tx));
         async move {
             rx.await.unwrap_or_else(|_| {
                 Err(RequestError::Disconnected {

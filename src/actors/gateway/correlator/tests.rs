@@ -438,3 +438,33 @@ fn the_observer_sees_each_callers_request_end_once_and_never_the_bridges_own() {
         ]
     );
 }
+
+#[test]
+fn an_rpc_responder_gets_an_answer_or_the_same_error() {
+    let mut c = Correlator::default();
+    let t0 = Instant::now();
+    let (tx, mut ok_rx) = oneshot::channel();
+    c.insert("a".into(), req(1000), Responder::Rpc(tx), t0);
+    let (tx, mut err_rx) = oneshot::channel();
+    c.insert("b".into(), req(1000), Responder::Rpc(tx), t0);
+    assert_eq!(
+        respond(
+            &mut c,
+            r#"{"type":"res","id":"a","ok":true,"payload":{"n":1}}"#
+        ),
+        "answered"
+    );
+    match ok_rx.try_recv() {
+        Ok(Ok(answer)) => {
+            assert_eq!(answer.payload.get(), r#"{"n":1}"#);
+            assert!(!answer.reattached);
+        }
+        other => panic!("expected an answer, got {other:?}"),
+    }
+    assert!(c.fail("b", RequestError::ShuttingDown));
+    assert!(matches!(
+        err_rx.try_recv(),
+        Ok(Err(RequestError::ShuttingDown))
+    ));
+    assert!(c.is_empty());
+}
