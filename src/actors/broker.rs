@@ -266,11 +266,9 @@ impl Handler<EventBatch> for EventBroker {
         let epoch = self.epoch;
         for event in events {
             let item = self.ring.push(|id| BrokerItem::gateway(id, epoch, event));
-            for sink in &mut self.sinks {
-                sink.offer(&item);
-            }
+            // One wake-up for the batch: `wake_readers` schedules it once.
+            self.publish(item, ctx);
         }
-        self.wake_readers(ctx);
     }
 }
 

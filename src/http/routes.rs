@@ -422,7 +422,8 @@ pub(super) async fn rpc(
     let send = gateway.supervisor.send(Rpc(msg));
     // The socket is watched only once the answer is late: most come well
     // before, and watching costs five system calls per request (a dup of
-    // the socket, its epoll registration and removal, a close).
+    // the socket, setting it non-blocking, its epoll registration and
+    // removal, a close).
     let hung_up = async {
         tokio::time::sleep(WATCH_CLIENT_AFTER).await;
         super::sse::peer_closed(super::sse::peer_socket(&req)).await;

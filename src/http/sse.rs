@@ -346,16 +346,18 @@ mod tests {
         assert_eq!(v["payload"]["x"], "y\n");
     }
 
+    /// A `bridge.gap` item with id `id`, not rendered yet.
+    fn gap(id: u64) -> Arc<BrokerItem> {
+        Arc::new(BrokerItem::bridge(
+            id,
+            0,
+            "bridge.gap",
+            format!(r#"{{"from":{id}}}"#),
+        ))
+    }
+
     #[test]
     fn a_chunk_renders_each_item_once_and_shares_it() {
-        let gap = |id: u64| {
-            Arc::new(BrokerItem::bridge(
-                id,
-                0,
-                "bridge.gap",
-                format!(r#"{{"from":{id}}}"#),
-            ))
-        };
         let msg = |id: u64| {
             format!("id: {id}\nevent: bridge.gap\ndata: {{\"seq\":null,\"payload\":{{\"from\":{id}}}}}\n\n")
         };
@@ -386,14 +388,6 @@ mod tests {
     /// A rendering that is a slice of a chunk keeps the whole chunk alive.
     #[test]
     fn only_a_chunk_of_new_items_lends_them_its_memory() {
-        let gap = |id: u64| {
-            Arc::new(BrokerItem::bridge(
-                id,
-                0,
-                "bridge.gap",
-                format!(r#"{{"from":{id}}}"#),
-            ))
-        };
         let inside = |chunk: &Bytes, item: &BrokerItem| {
             let r = item.rendered.get().expect("rendered").as_ptr_range();
             let c = chunk.as_ptr_range();

@@ -131,11 +131,7 @@ impl Handler<Rpc> for Supervisor {
         }
         let timeout = msg.timeout.unwrap_or(self.cfg.connection.request_timeout);
         let deadline = Instant::now() + timeout;
-        let agent_id = if holdable {
-            agent_of(msg.params.as_deref())
-        } else {
-            None
-        };
+        let agent_id = agent_of(msg.params.as_deref());
         let generation = self.generation;
         let boot_id = self.info.boot_id.clone();
         let sent = self.forward(msg);
@@ -144,7 +140,7 @@ impl Handler<Rpc> for Supervisor {
                 Err(RequestError::Run {
                     run_id,
                     failure: RunFailure::Disconnected { reason },
-                }) if holdable => act.hold(
+                }) => act.hold(
                     Held {
                         run_id,
                         agent_id,
