@@ -3,7 +3,8 @@
 //! client, in interleaved rounds, against a synthetic gateway on loopback.
 //!
 //! Sections: ingest (events/s, CPU s per 1M events, peak RSS; with a
-//! `nats-server -js` on loopback also events/s stored by JetStream), RPC (1
+//! `nats-server -js` on loopback also events/s stored by JetStream, and
+//! JetStream's own limit from a bare publisher), RPC (1
 //! and 256 in flight: requests/s, p50/p99), footprint (idle RSS, start →
 //! ready), and reconnect (announced restart and abrupt drop → ready again).
 //! It ends with `ratio NAME VALUE` / `metric NAME VALUE` lines for scripts.
@@ -24,7 +25,7 @@ use serde_json::Value;
 
 use support::footprint::{footprint, reconnect};
 use support::report::{fmt_rate, list, median, rate_range, report_ingest, report_rpc, Results};
-use support::{clients, gateway, jetstream, sse};
+use support::{clients, gateway, jetstream, jetstream_limit, sse};
 
 /// Any one child run (a variant of one round) must finish within this.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(150);
@@ -34,6 +35,10 @@ const RESTART_EXPECTED_MS: u64 = 50;
 const NATS_ROW: &str = "ingest_nats";
 /// Two bridges on one gateway publishing to one stream (the dedupe cost).
 const NATS_PAIR_ROW: &str = "ingest_nats_pair";
+/// What JetStream itself stores per second, published as the bridge does.
+const NATS_LIMIT_ROW: &str = "nats_limit";
+/// The same with JetStream's fast-ingest batches (not what the bridge does).
+const NATS_FAST_ROW: &str = "nats_limit_fast";
 
 struct Plan {
     quick: bool,
@@ -102,6 +107,8 @@ fn child(args: &[String]) {
         "fanout64" => sse::ingest_fanout(&arg(1), n(2), sse::FANOUT),
         NATS_ROW => jetstream::ingest_nats(&arg(1), n(2), &arg(3)),
         NATS_PAIR_ROW => jetstream::ingest_nats_pair(&arg(1), n(2), &arg(3)),
+        NATS_LIMIT_ROW => jetstream_limit::nats_limit(n(2), &arg(3)),
+        NATS_FAST_ROW => jetstream_limit::nats_limit_fast(n(2), &arg(3)),
         "rpc_raw" => clients::rpc_raw(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_actor" => clients::rpc_actor(&arg(1), n(2) as usize, n(3) as usize),
         "rpc_http" => clients::rpc_http(&arg(1), n(2) as usize, n(3) as usize),
@@ -387,6 +394,8 @@ fn run(plan: &Plan) {
     if nats.is_ok() {
         variants.push(NATS_ROW);
         variants.push(NATS_PAIR_ROW);
+        variants.push(NATS_LIMIT_ROW);
+        variants.push(NATS_FAST_ROW);
     }
     if peer.is_ok() {
         variants.push("peer");
@@ -403,7 +412,7 @@ fn run(plan: &Plan) {
                     Ok(p) => p.cmd(&url, plan, peer_home.path()),
                     Err(_) => continue,
                 },
-                NATS_ROW | NATS_PAIR_ROW => self_cmd(&[
+                NATS_ROW | NATS_PAIR_ROW | NATS_LIMIT_ROW | NATS_FAST_ROW => self_cmd(&[
                     v.into(),
                     url.clone(),
                     plan.events.to_string(),
@@ -482,6 +491,14 @@ fn run(plan: &Plan) {
     }
     if nats_skipped.is_none() {
         ratio(
+            "nats_vs_jetstream_limit",
+            Results::ratios(&res.eps(NATS_ROW), &res.eps(NATS_LIMIT_ROW)),
+        );
+        ratio(
+            "jetstream_fast_limit_vs_inprocess",
+            Results::ratios(&res.eps(NATS_FAST_ROW), &res.eps("ingest_actor")),
+        );
+        ratio(
             "nats_two_bridges_vs_inprocess",
             Results::ratios(&res.eps(NATS_PAIR_ROW), &res.eps("ingest_actor")),
         );
@@ -546,6 +563,10 @@ fn run(plan: &Plan) {
     );
     metric("ingest_raw_cpu_s_per_1m", res.cpu_s_per_1m("ingest_raw"));
     metric("ingest_nats_cpu_s_per_1m", res.cpu_s_per_1m(NATS_ROW));
+    metric(
+        "jetstream_limit_cpu_s_per_1m",
+        res.cpu_s_per_1m(NATS_LIMIT_ROW),
+    );
     metric(
         "ingest_nats_two_bridges_cpu_s_per_1m",
         res.cpu_s_per_1m(NATS_PAIR_ROW),

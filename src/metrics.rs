@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge, histogram, Counter, Histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTION_STATE: &str = "openclaw_bridge_connection_state";
@@ -330,9 +330,10 @@ pub fn undelivered(gw: &str, to: &'static str, n: u64) {
     counter!(EVENTS_UNDELIVERED, "gateway" => gw.to_owned(), "to" => to).increment(n);
 }
 
-/// Messages JetStream acknowledged (events and markers).
-pub fn nats_published(gw: &str, n: u64) {
-    counter!(NATS_PUBLISHED, "gateway" => gw.to_owned()).increment(n);
+/// Messages JetStream acknowledged (events and markers): the counter, for
+/// the publisher to look up once and keep.
+pub fn nats_published_counter(gw: &str) -> Counter {
+    counter!(NATS_PUBLISHED, "gateway" => gw.to_owned())
 }
 
 /// Events that did not reach JetStream: `reason` is `queue_full` (NATS down
@@ -354,9 +355,10 @@ pub fn nats_state(gw: &str, connected: bool) {
         .set(if connected { 0.0 } else { 1.0 });
 }
 
-/// Events waiting in the NATS publish queue.
-pub fn nats_queue(gw: &str, n: usize) {
-    gauge!(NATS_QUEUE, "gateway" => gw.to_owned()).set(n as f64);
+/// Events waiting in the NATS publish queue: the gauge, for the publisher
+/// to look up once and keep.
+pub fn nats_queue_gauge(gw: &str) -> Gauge {
+    gauge!(NATS_QUEUE, "gateway" => gw.to_owned())
 }
 
 /// Per-event-name counters, cached so the event path does not build and hash

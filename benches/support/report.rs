@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::NATS_ROW;
+use crate::{NATS_FAST_ROW, NATS_LIMIT_ROW, NATS_ROW};
 
 pub(crate) fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
@@ -117,6 +117,8 @@ pub(crate) fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
         ("fanout1", "SSE, 1 subscriber (deliveries)"),
         ("fanout64", "SSE, 64 subscribers (deliveries)"),
         (NATS_ROW, "bridge: published to JetStream"),
+        (NATS_LIMIT_ROW, "JetStream limit (same publishes)"),
+        (NATS_FAST_ROW, "JetStream limit, fast-ingest batch"),
         ("peer", "reference GatewayClient (Node)"),
     ];
     for (k, label) in rows {
@@ -165,6 +167,16 @@ pub(crate) fn report_ingest(res: &Results, nats_skipped: Option<&str>) {
         println!(
             "per-round nats/actor: {}",
             list(&Results::ratios(&res.eps(NATS_ROW), &actor))
+        );
+    }
+    if res.has(NATS_LIMIT_ROW) {
+        println!("(JetStream limit: a plain async-nats publisher with the bridge's envelopes, Nats-Msg-Id and {} acks in flight, no gateway or bridge; counted by its acks)", openclaw_bridge::nats::PUBLISH_WINDOW);
+        println!(
+            "per-round nats/jetstream limit: {}",
+            list(&Results::ratios(
+                &res.eps(NATS_ROW),
+                &res.eps(NATS_LIMIT_ROW)
+            ))
         );
     }
     if res.has("peer") {

@@ -45,6 +45,9 @@
 //!
 //! # Layout
 //! - this file: [`start`], the publisher loop and [`NatsHandle`];
+//! - `acks`: publishes in flight and their acknowledgements (a plain type):
+//!   each message asks for its ack on `<inbox>.<n>`, one subscription reads
+//!   them all, [`PUBLISH_WINDOW`] in flight;
 //! - `subjects`: subject names and KV keys (pure functions);
 //! - `sink`: [`NatsSink`], the broker side, and the [`Lost`] id ranges;
 //! - `envelope`: the JSON envelope and resync marker bodies;
@@ -55,6 +58,7 @@
 //!
 //! [`EventSink`]: crate::actors::broker::EventSink
 
+mod acks;
 mod dedupe;
 mod envelope;
 mod kv;
@@ -71,7 +75,6 @@ pub use rpc::rpc_answer;
 pub use sink::{Lost, NatsSink};
 pub use subjects::{agent_key, event_levels, filter_covers_tree, kv_key, token, Subjects};
 
-use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -79,6 +82,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use async_nats::connection::State;
 use async_nats::jetstream;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -86,6 +90,7 @@ use crate::actors::{AgentRegistry, Supervisor};
 use crate::config::NatsSettings;
 use crate::telemetry::{emit, events as ev};
 
+use acks::{outcome, reply_subject, token_of, AckWindow};
 use envelope::Outgoing;
 use envelope::{marker_body, Renderer};
 use kv::kv_task;
@@ -94,7 +99,7 @@ use sink::Shared;
 use stream::stream_ready;
 
 /// Acks awaited at once by the publisher (pipelined publishing).
-const WINDOW: usize = 1024;
+pub const PUBLISH_WINDOW: usize = 1024;
 /// How long a JetStream acknowledgement may take before the event counts as lost.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Minimum interval between two `nats.dropped` / `nats.unavailable` lines.
@@ -222,6 +227,8 @@ async fn run(
     };
     let mut js = jetstream::new(client.clone());
     js.set_timeout(ACK_TIMEOUT);
+    // Looked up once: a lookup builds and hashes the label set.
+    let queued = crate::metrics::nats_queue_gauge(&gw);
     if cfg.rpc {
         actix_rt::spawn(rpc_task(
             client.clone(),
@@ -241,8 +248,17 @@ async fn run(
         stop.clone(),
     ));
 
-    let mut inflight: VecDeque<(Option<u64>, jetstream::context::PublishAckFuture)> =
-        VecDeque::new();
+    let mut pubs = match Acked::new(client.clone(), gw.clone(), shared.clone()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(
+                gateway = %gw,
+                event = ev::NATS_UNAVAILABLE,
+                "{e}; NATS publishing is off (SSE keeps working)"
+            );
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false; // stream ensured on the current connection
@@ -258,13 +274,13 @@ async fn run(
             ready = stream_ready(&js, &gw, &cfg, &subjects, &mut last_stream_log).await;
         }
         if connected && ready {
-            announce_loss(&js, &gw, &subjects, &shared, epoch).await;
+            announce_loss(&js, &gw, &subjects, &shared, &pubs.published, epoch).await;
         }
-        crate::metrics::nats_queue(&gw, rx.len());
+        queued.set(rx.len() as f64);
         if stopping && rx.is_empty() {
             break;
         }
-        let next = if inflight.is_empty() {
+        let next = if pubs.window.is_empty() {
             tokio::select! {
                 o = rx.recv() => match o {
                     Some(o) => Some(o),
@@ -277,10 +293,14 @@ async fn run(
                 }
             }
         } else {
+            pubs.take_answers();
+            if !pubs.settle() {
+                ready = false;
+            }
             match rx.try_recv() {
                 Ok(o) => Some(o),
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if !settle_front(&gw, &mut inflight, &shared).await {
+                    if !pubs.wait().await {
                         ready = false;
                     }
                     continue;
@@ -329,34 +349,153 @@ async fn run(
             break;
         }
         if waited {
-            announce_loss(&js, &gw, &subjects, &shared, epoch).await;
+            announce_loss(&js, &gw, &subjects, &shared, &pubs.published, epoch).await;
         }
         let (subject, id, body) = renderer.render(&out);
-        let mut publish = jetstream::message::PublishMessage::build().payload(body);
-        if let Some(m) = event_msg_id(&gw, &out) {
-            publish = publish.message_id(m);
+        if !pubs
+            .publish(subject, id, event_msg_id(&gw, &out), body)
+            .await
+        {
+            ready = false;
         }
-        match js.send_publish(subject, publish).await {
-            Ok(ack) => inflight.push_back((id, ack)),
-            Err(e) => {
-                lose(&gw, &shared, id, &e);
-                ready = false;
-            }
-        }
-        if inflight.len() >= WINDOW && !settle_front(&gw, &mut inflight, &shared).await {
+        if pubs.window.len() >= PUBLISH_WINDOW && !pubs.wait().await {
             ready = false;
         }
     }
-    while !inflight.is_empty() {
-        settle_front(&gw, &mut inflight, &shared).await;
+    // Every publish in flight is answered or times out (bounded).
+    while !pubs.window.is_empty() {
+        pubs.wait().await;
     }
     if client.connection_state() == State::Connected {
-        announce_loss(&js, &gw, &subjects, &shared, epoch).await;
+        announce_loss(&js, &gw, &subjects, &shared, &pubs.published, epoch).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
     }
     let left = shared.take();
     if !left.is_empty() {
         tracing::warn!(gateway = %gw, event = ev::NATS_DROPPED, dropped = left.count, missed = ?left.ranges, "stopping with events that did not reach NATS");
+    }
+}
+
+/// Publishing with one JetStream acknowledgement per message, every
+/// acknowledgement read from one subscription (see `acks`).
+struct Acked {
+    client: async_nats::Client,
+    /// `<inbox>`: publish `t` asks for its ack on `<inbox>.<t>`.
+    inbox: String,
+    acks: async_nats::Subscriber,
+    window: AckWindow,
+    gw: Arc<str>,
+    shared: Arc<Shared>,
+    /// Looked up once: a lookup builds and hashes the label set.
+    published: metrics::Counter,
+}
+
+impl Acked {
+    async fn new(
+        client: async_nats::Client,
+        gw: Arc<str>,
+        shared: Arc<Shared>,
+    ) -> Result<Acked, String> {
+        let inbox = client.new_inbox();
+        // Kept across reconnects (async-nats subscribes again).
+        let acks = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| format!("cannot subscribe to the JetStream ack inbox: {e}"))?;
+        Ok(Acked {
+            published: crate::metrics::nats_published_counter(&gw),
+            client,
+            inbox,
+            acks,
+            window: AckWindow::new(),
+            gw,
+            shared,
+        })
+    }
+
+    /// Publish one message; false when the client refused it (its event
+    /// counts as lost).
+    async fn publish(
+        &mut self,
+        subject: async_nats::Subject,
+        id: Option<u64>,
+        msg_id: Option<String>,
+        body: bytes::Bytes,
+    ) -> bool {
+        let reply = async_nats::Subject::from(reply_subject(&self.inbox, self.window.next_token()));
+        let sent = match msg_id {
+            Some(m) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, m.as_str());
+                self.client
+                    .publish_with_reply_and_headers(subject, reply, headers, body)
+                    .await
+            }
+            None => self.client.publish_with_reply(subject, reply, body).await,
+        };
+        match sent {
+            Ok(()) => {
+                self.window.push(id, Instant::now());
+                true
+            }
+            Err(e) => {
+                lose(&self.gw, &self.shared, id, &e);
+                false
+            }
+        }
+    }
+
+    fn record(&mut self, m: &async_nats::Message) {
+        if let Some(token) = token_of(&m.subject) {
+            let no_responders = m.status == Some(async_nats::StatusCode::NO_RESPONDERS);
+            self.window
+                .answer(token, outcome(no_responders, &m.payload));
+        }
+    }
+
+    /// Record the acknowledgements already received, without waiting.
+    fn take_answers(&mut self) {
+        while let Some(Some(m)) = self.acks.next().now_or_never() {
+            self.record(&m);
+        }
+    }
+
+    /// Count what is settled, in publish order; false when JetStream refused
+    /// a message or never answered (the stream may be gone or no longer
+    /// capture our subjects).
+    fn settle(&mut self) -> bool {
+        let now = Instant::now();
+        let mut ok = true;
+        while let Some((id, out)) = self.window.pop(now, ACK_TIMEOUT) {
+            match out {
+                acks::Outcome::Stored => self.published.increment(1),
+                acks::Outcome::Failed(why) => {
+                    lose(&self.gw, &self.shared, id, &why);
+                    ok = false;
+                }
+            }
+        }
+        ok
+    }
+
+    /// Wait for the next acknowledgement, at most until the oldest publish's
+    /// deadline, then [`settle`](Self::settle).
+    async fn wait(&mut self) -> bool {
+        if let Some(deadline) = self.window.deadline(ACK_TIMEOUT) {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            tokio::select! {
+                m = self.acks.next() => match m {
+                    Some(m) => {
+                        self.record(&m);
+                        self.take_answers();
+                    }
+                    // The client is gone: only the deadline is left.
+                    None => tokio::time::sleep_until(deadline).await,
+                },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        self.settle()
     }
 }
 
@@ -394,32 +533,6 @@ fn lose(gw: &str, shared: &Shared, id: Option<u64>, error: &dyn std::fmt::Displa
     }
 }
 
-/// Await the oldest acknowledgement; false when JetStream refused or never
-/// answered (the stream may be gone or no longer capture our subjects).
-async fn settle_front(
-    gw: &str,
-    inflight: &mut VecDeque<(Option<u64>, jetstream::context::PublishAckFuture)>,
-    shared: &Shared,
-) -> bool {
-    let Some((id, ack)) = inflight.pop_front() else {
-        return true;
-    };
-    match tokio::time::timeout(ACK_TIMEOUT + Duration::from_secs(1), ack.into_future()).await {
-        Ok(Ok(_)) => {
-            crate::metrics::nats_published(gw, 1);
-            true
-        }
-        Ok(Err(e)) => {
-            lose(gw, shared, id, &format_args!("no JetStream ack: {e}"));
-            false
-        }
-        Err(_) => {
-            lose(gw, shared, id, &"no JetStream ack in time");
-            false
-        }
-    }
-}
-
 /// Publish an `events_lost` marker for what was lost, if anything; on failure
 /// the loss is kept for the next attempt.
 async fn announce_loss(
@@ -427,6 +540,7 @@ async fn announce_loss(
     gw: &str,
     subjects: &Subjects,
     shared: &Shared,
+    published: &metrics::Counter,
     epoch: u64,
 ) {
     let lost = shared.take();
@@ -443,7 +557,7 @@ async fn announce_loss(
         Err(_) => false,
     };
     if ok {
-        crate::metrics::nats_published(gw, 1);
+        published.increment(1);
         tracing::warn!(gateway = gw, event = ev::NATS_RESYNC, reason = "events_lost", dropped = lost.count, missed = ?lost.ranges, "announced events that did not reach NATS (bridge.resync marker)");
     } else {
         shared.put_back(lost);

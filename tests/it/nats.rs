@@ -482,3 +482,133 @@ async fn kv_keys_of_vanished_agents_are_deleted_and_other_gateways_keys_kept() {
     );
     app.stop().await;
 }
+
+/// JetStream answers a publish with an error (here: a full stream that
+/// discards new messages). Each refused event counts as lost, exactly: once
+/// the stream takes messages again an `events_lost` marker names the refused
+/// ids and no stored one.
+#[actix_rt::test]
+async fn events_jetstream_refuses_are_announced_by_id_once_it_takes_messages_again() {
+    let server = NatsServer::start();
+    let gw = FakeGateway::start(FakeOptions::default());
+    let app = app_with_nats(&gw, &server, "").await;
+    let js = jetstream::new(client(&server).await);
+    gw.send_event("agent", agent_event(0));
+    let warm = read(&js, "openclaw.default.agent.>", 1, T, |g| !g.is_empty()).await;
+    assert_eq!(
+        warm.len(),
+        1,
+        "NATS publishing works before the stream fills"
+    );
+
+    // Room for five more messages, then JetStream refuses
+    // ("maximum messages exceeded").
+    let mut stream = js
+        .get_stream("OPENCLAW")
+        .await
+        .expect("the bridge's stream");
+    let held = stream.info().await.expect("stream info").state.messages;
+    let mut config = stream.cached_info().config.clone();
+    config.max_messages = i64::try_from(held + 5).expect("small");
+    config.discard = jetstream::stream::DiscardPolicy::New;
+    js.update_stream(&config).await.expect("limit the stream");
+
+    let mut sub = app
+        .broker
+        .send(Subscribe {
+            filter: Filter::default(),
+            since: None,
+            label: "refused".into(),
+        })
+        .await
+        .unwrap()
+        .expect("subscribed");
+    const FLOOD: u64 = 20;
+    for i in 1..=FLOOD {
+        gw.send_event("agent", agent_event(i));
+    }
+    let mut flood_ids = BTreeSet::new();
+    while flood_ids.len() < FLOOD as usize {
+        let item = tokio::time::timeout(T, sub.recv())
+            .await
+            .expect("the broker delivers the flood")
+            .expect("open");
+        if item.name() == "agent" {
+            flood_ids.insert(item.id);
+        }
+    }
+    let text = || async {
+        let body = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .body()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let refused = |t: &str| {
+        metric(
+            t,
+            "openclaw_bridge_nats_dropped_total",
+            &[r#"gateway="default""#, r#"reason="publish_failed""#],
+        )
+        .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + T;
+    while refused(&text().await) < 15.0 {
+        assert!(
+            Instant::now() < deadline,
+            "JetStream refused 15 events and the bridge did not count them: {}",
+            text().await
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    config.max_messages = -1;
+    js.update_stream(&config).await.expect("lift the limit");
+    let marker_ids = |all: &[Got]| -> BTreeSet<u64> {
+        all.iter()
+            .filter(|m| m.env["payload"]["reason"] == "events_lost")
+            .flat_map(|m| {
+                m.env["payload"]["missed"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .flat_map(|r| r[0].as_u64().unwrap_or(1)..=r[1].as_u64().unwrap_or(0))
+            .collect()
+    };
+    let all = read(&js, "openclaw.default.>", 1, T, |g| {
+        marker_ids(g).len() >= 15
+    })
+    .await;
+    let stored: BTreeSet<u64> = all
+        .iter()
+        .filter(|m| m.env["event"] == "agent")
+        .filter_map(|m| m.env["bridge_id"].as_u64())
+        .filter(|id| flood_ids.contains(id))
+        .collect();
+    let missed = marker_ids(&all);
+    assert_eq!(
+        stored.len(),
+        5,
+        "the five that fitted are stored: {stored:?}"
+    );
+    assert_eq!(
+        missed,
+        flood_ids
+            .difference(&stored)
+            .copied()
+            .collect::<BTreeSet<u64>>(),
+        "the marker names exactly the refused events"
+    );
+    let lost = all
+        .iter()
+        .find(|m| m.env["payload"]["reason"] == "events_lost")
+        .expect("a marker");
+    assert_eq!(lost.env["payload"]["count"], 15);
+    app.stop().await;
+}
