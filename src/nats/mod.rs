@@ -358,8 +358,13 @@ async fn run(
         {
             ready = false;
         }
-        if pubs.window.len() >= PUBLISH_WINDOW && !pubs.wait().await {
-            ready = false;
+        // A full window waits for its oldest publish to settle (answered, or
+        // failed at its deadline): answers to newer ones do not make room,
+        // so the window never holds more than PUBLISH_WINDOW.
+        while pubs.window.len() >= PUBLISH_WINDOW {
+            if !pubs.wait().await {
+                ready = false;
+            }
         }
     }
     // Every publish in flight is answered or times out (bounded).
@@ -388,6 +393,9 @@ struct Acked {
     shared: Arc<Shared>,
     /// Looked up once: a lookup builds and hashes the label set.
     published: metrics::Counter,
+    /// The deadline timer of [`wait`](Self::wait), and whether it is armed.
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
 }
 
 impl Acked {
@@ -410,6 +418,8 @@ impl Acked {
             window: AckWindow::new(),
             gw,
             shared,
+            timer: Box::pin(tokio::time::sleep(ACK_TIMEOUT)),
+            armed: false,
         })
     }
 
@@ -480,9 +490,19 @@ impl Acked {
 
     /// Wait for the next acknowledgement, at most until the oldest publish's
     /// deadline, then [`settle`](Self::settle).
+    ///
+    /// One timer, armed for the deadline of the publish that was oldest when
+    /// it was armed: deadlines only grow (publishes settle in order), so it
+    /// fires on time or early, never late, and is re-armed only after it
+    /// fired, not for every message.
     async fn wait(&mut self) -> bool {
         if let Some(deadline) = self.window.deadline(ACK_TIMEOUT) {
-            let deadline = tokio::time::Instant::from_std(deadline);
+            if !self.armed {
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(deadline));
+                self.armed = true;
+            }
             tokio::select! {
                 m = self.acks.next() => match m {
                     Some(m) => {
@@ -490,9 +510,12 @@ impl Acked {
                         self.take_answers();
                     }
                     // The client is gone: only the deadline is left.
-                    None => tokio::time::sleep_until(deadline).await,
+                    None => {
+                        self.timer.as_mut().await;
+                        self.armed = false;
+                    }
                 },
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.timer.as_mut() => self.armed = false,
             }
         }
         self.settle()
