@@ -51,6 +51,10 @@ pub struct Application {
 impl Application {
     /// Start the actors and bind the HTTP server (port 0 picks a free one).
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
+        // Before any actor or NATS task starts: a metric handle looked up
+        // before the recorder is installed stays a no-op for good, and the
+        // hot paths look theirs up once.
+        let metrics = metrics::install();
         let mut gateways = Vec::new();
         let mut nats = Vec::new();
         let mut gates = Vec::new();
@@ -73,7 +77,7 @@ impl Application {
         let state = http::ApiState {
             gateways: Arc::new(http::Gateways::new(gateways.clone(), primary_id)),
             token: api_token.clone(),
-            metrics: metrics::install(),
+            metrics,
             cors_origins: settings.http.cors_origins.clone().into(),
         };
         let (server, http_addr) =

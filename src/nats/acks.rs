@@ -131,9 +131,11 @@ struct ApiError {
 
 /// A publish acknowledgement: `{"stream":…,"seq":…}` or `{"error":{…}}`.
 #[derive(Deserialize)]
-struct PubAck {
+struct PubAck<'a> {
     #[serde(default)]
     error: Option<ApiError>,
+    #[serde(default, borrow)]
+    stream: Option<&'a str>,
     #[serde(default)]
     seq: Option<u64>,
 }
@@ -149,7 +151,11 @@ pub fn outcome(no_responders: bool, payload: &[u8]) -> Outcome {
             "JetStream refused the message: {} (code {}, err_code {})",
             e.description, e.code, e.err_code
         )),
-        Ok(PubAck { seq: Some(_), .. }) => Outcome::Stored,
+        Ok(PubAck {
+            stream: Some(_),
+            seq: Some(_),
+            ..
+        }) => Outcome::Stored,
         Ok(_) | Err(_) => Outcome::Failed(format!(
             "unreadable JetStream ack: {}",
             String::from_utf8_lossy(&payload[..payload.len().min(200)])
@@ -231,6 +237,11 @@ mod tests {
             matches!(outcome(false, b"garbage"), Outcome::Failed(m) if m.contains("unreadable"))
         );
         assert!(matches!(outcome(false, b"{}"), Outcome::Failed(_)));
+        // Not an acknowledgement, though it has a `seq` (an envelope, say).
+        assert!(matches!(
+            outcome(false, br#"{"gateway":"default","seq":7}"#),
+            Outcome::Failed(_)
+        ));
     }
 
     #[test]

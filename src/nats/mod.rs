@@ -433,23 +433,36 @@ impl Acked {
         body: bytes::Bytes,
     ) -> bool {
         let reply = async_nats::Subject::from(reply_subject(&self.inbox, self.window.next_token()));
-        let sent = match msg_id {
-            Some(m) => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, m.as_str());
-                self.client
-                    .publish_with_reply_and_headers(subject, reply, headers, body)
-                    .await
+        let send = async {
+            match msg_id {
+                Some(m) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, m.as_str());
+                    self.client
+                        .publish_with_reply_and_headers(subject, reply, headers, body)
+                        .await
+                }
+                None => self.client.publish_with_reply(subject, reply, body).await,
             }
-            None => self.client.publish_with_reply(subject, reply, body).await,
         };
-        match sent {
-            Ok(()) => {
+        // Bounded: the client's command queue stops draining while it
+        // reconnects, and a full one would hold this loop (and `stop`).
+        match tokio::time::timeout(ACK_TIMEOUT, send).await {
+            Ok(Ok(())) => {
                 self.window.push(id, Instant::now());
                 true
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 lose(&self.gw, &self.shared, id, &e);
+                false
+            }
+            Err(_) => {
+                lose(
+                    &self.gw,
+                    &self.shared,
+                    id,
+                    &format_args!("the NATS client took no message for {ACK_TIMEOUT:?}"),
+                );
                 false
             }
         }
@@ -474,6 +487,9 @@ impl Acked {
     /// a message or never answered (the stream may be gone or no longer
     /// capture our subjects).
     fn settle(&mut self) -> bool {
+        // Answers already received first: one that came in while the loop
+        // was busy elsewhere must not count as late.
+        self.take_answers();
         let now = Instant::now();
         let mut ok = true;
         while let Some((id, out)) = self.window.pop(now, ACK_TIMEOUT) {

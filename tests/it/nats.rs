@@ -612,3 +612,83 @@ async fn events_jetstream_refuses_are_announced_by_id_once_it_takes_messages_aga
     assert_eq!(lost.env["payload"]["count"], 15);
     app.stop().await;
 }
+
+/// The daemon as operators run it, in a process of its own: its NATS
+/// metrics have values from the first event on. (The publisher looks its
+/// metric handles up once; one looked up before the recorder was installed
+/// would stay a no-op for the life of the process.)
+#[actix_rt::test]
+async fn a_daemon_process_exports_its_nats_metrics_from_the_first_event() {
+    let server = NatsServer::start();
+    let gw = FakeGateway::start(FakeOptions::default());
+    let dir = crate::support::app::state_dir();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = dir.join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nurl = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = {:?}\n{}",
+            gw.url(),
+            dir.display().to_string(),
+            nats_toml(&server, "")
+        ),
+    )
+    .expect("write config");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Kill(
+        std::process::Command::new(env!("CARGO_BIN_EXE_openclaw-bridge"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("OPENCLAW_GATEWAY_TOKEN")
+            .env_remove("OPENCLAW_GATEWAY_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the bridge binary starts"),
+    );
+    gw.wait_for(T, |g| g.handshakes_total() >= 1).await;
+    gw.send_event("agent", agent_event(1));
+    let js = jetstream::new(client(&server).await);
+    let got = read(&js, "openclaw.default.agent.>", 1, T, |g| !g.is_empty()).await;
+    assert_eq!(got.len(), 1, "the daemon publishes to JetStream");
+
+    let http = awc::Client::default();
+    let gw_label = r#"gateway="default""#;
+    let deadline = Instant::now() + T;
+    loop {
+        let text = match http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+        {
+            Ok(mut r) => r
+                .body()
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let published = metric(&text, "openclaw_bridge_nats_published_total", &[gw_label]);
+        let queued = metric(&text, "openclaw_bridge_nats_queue", &[gw_label]);
+        if published >= Some(1.0) && queued.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no published count or queue gauge for NATS on /metrics: {text}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
