@@ -155,9 +155,14 @@ async fn publish_all(nats_url: &str, n: u64) -> Result<(), String> {
 /// The `nats_limit` child: publish the flood's N envelopes, count the
 /// acknowledged ones.
 pub fn nats_limit(n: u64, nats_url: &str) {
+    run_child("nats_limit", publish_all(nats_url, n));
+}
+
+/// Run a child's work; exit 2 with its error, else 0.
+fn run_child(name: &str, work: impl std::future::Future<Output = Result<(), String>>) {
     run_system(async {
-        if let Err(e) = publish_all(nats_url, n).await {
-            eprintln!("nats_limit: {e}");
+        if let Err(e) = work.await {
+            eprintln!("{name}: {e}");
             std::process::exit(2);
         }
         std::process::exit(0);
@@ -280,11 +285,5 @@ async fn publish_fast(nats_url: &str, n: u64) -> Result<(), String> {
 /// The `nats_limit_fast` child: the flood's envelopes in one fast-ingest
 /// batch; the events JetStream then holds are counted.
 pub fn nats_limit_fast(n: u64, nats_url: &str) {
-    run_system(async {
-        if let Err(e) = publish_fast(nats_url, n).await {
-            eprintln!("nats_limit_fast: {e}");
-            std::process::exit(2);
-        }
-        std::process::exit(0);
-    });
+    run_child("nats_limit_fast", publish_fast(nats_url, n));
 }

@@ -214,7 +214,12 @@ async fn run(
 ) {
     let subjects = Subjects::new(&cfg.subject_prefix, &gw);
     let mut renderer = Renderer::new(subjects.clone());
-    let client = match connect(&cfg, &gw).await {
+    let started = async {
+        let client = connect(&cfg, &gw).await?;
+        let pubs = Acked::new(client.clone(), gw.clone(), shared.clone()).await?;
+        Ok::<_, String>((client, pubs))
+    };
+    let (client, mut pubs) = match started.await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(
@@ -248,17 +253,6 @@ async fn run(
         stop.clone(),
     ));
 
-    let mut pubs = match Acked::new(client.clone(), gw.clone(), shared.clone()).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(
-                gateway = %gw,
-                event = ev::NATS_UNAVAILABLE,
-                "{e}; NATS publishing is off (SSE keeps working)"
-            );
-            return;
-        }
-    };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ready = false; // stream ensured on the current connection

@@ -350,16 +350,7 @@ async fn nats_killed_under_a_flood_sse_keeps_working_and_the_gap_is_announced() 
     let (silent, markers) = accounted(&all);
     assert!(silent.is_empty(), "lost without a marker: {silent:?}");
     assert!(markers > 0, "the outage lost events and said so");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .body()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&metrics);
+    let text = app.metrics_text().await;
     // Samples with values, not only the HELP/TYPE lines.
     let value = |name: &str, labels: &[&str]| metric(&text, name, labels).unwrap_or(0.0);
     let gw_label = r#"gateway="default""#;
@@ -537,18 +528,6 @@ async fn events_jetstream_refuses_are_announced_by_id_once_it_takes_messages_aga
             flood_ids.insert(item.id);
         }
     }
-    let text = || async {
-        let body = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .body()
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&body).into_owned()
-    };
     let refused = |t: &str| {
         metric(
             t,
@@ -558,11 +537,11 @@ async fn events_jetstream_refuses_are_announced_by_id_once_it_takes_messages_aga
         .unwrap_or(0.0)
     };
     let deadline = Instant::now() + T;
-    while refused(&text().await) < 15.0 {
+    while refused(&app.metrics_text().await) < 15.0 {
         assert!(
             Instant::now() < deadline,
             "JetStream refused 15 events and the bridge did not count them: {}",
-            text().await
+            app.metrics_text().await
         );
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }

@@ -228,8 +228,7 @@ async fn an_oversized_frame_is_counted_and_the_session_goes_on() {
     let deadline = Instant::now() + T;
     let mut metrics = String::new();
     while Instant::now() < deadline {
-        let mut res = app.client.get(app.url("/metrics")).send().await.unwrap();
-        metrics = String::from_utf8_lossy(&res.body().limit(16 << 20).await.unwrap()).into_owned();
+        metrics = app.metrics_text().await;
         if metric(
             &metrics,
             "openclaw_bridge_bad_frames_total",

@@ -151,6 +151,18 @@ impl TestApp {
         )
     }
 
+    /// The `/metrics` page as text.
+    pub async fn metrics_text(&self) -> String {
+        let mut res = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics reaches the bridge");
+        let body = res.body().limit(16 << 20).await.expect("metrics body");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     pub async fn rpc(&self, body: Value) -> (u16, Value) {
         self.post("/v1/rpc", body).await
     }
