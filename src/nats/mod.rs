@@ -287,7 +287,6 @@ async fn run(
                 }
             }
         } else {
-            pubs.take_answers();
             if !pubs.settle() {
                 ready = false;
             }
@@ -418,7 +417,7 @@ impl Acked {
     }
 
     /// Publish one message; false when the client refused it (its event
-    /// counts as lost).
+    /// counts as lost when it settles).
     async fn publish(
         &mut self,
         subject: async_nats::Subject,
@@ -426,7 +425,10 @@ impl Acked {
         msg_id: Option<String>,
         body: bytes::Bytes,
     ) -> bool {
-        let reply = async_nats::Subject::from(reply_subject(&self.inbox, self.window.next_token()));
+        // The token is taken before the send and stays taken: a message the
+        // client sends after all cannot have its ack read as the next one's.
+        let token = self.window.push(id, Instant::now());
+        let reply = async_nats::Subject::from(reply_subject(&self.inbox, token));
         let send = async {
             match msg_id {
                 Some(m) => {
@@ -441,25 +443,14 @@ impl Acked {
         };
         // Bounded: the client's command queue stops draining while it
         // reconnects, and a full one would hold this loop (and `stop`).
-        match tokio::time::timeout(ACK_TIMEOUT, send).await {
-            Ok(Ok(())) => {
-                self.window.push(id, Instant::now());
-                true
-            }
-            Ok(Err(e)) => {
-                lose(&self.gw, &self.shared, id, &e);
-                false
-            }
-            Err(_) => {
-                lose(
-                    &self.gw,
-                    &self.shared,
-                    id,
-                    &format_args!("the NATS client took no message for {ACK_TIMEOUT:?}"),
-                );
-                false
-            }
-        }
+        let failed = match tokio::time::timeout(ACK_TIMEOUT, send).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("the NATS client took no message for {ACK_TIMEOUT:?}"),
+        };
+        // Counted as lost when it settles, in publish order, like any failure.
+        self.window.answer(token, acks::Outcome::Failed(failed));
+        false
     }
 
     fn record(&mut self, m: &async_nats::Message) {
@@ -515,10 +506,7 @@ impl Acked {
             }
             tokio::select! {
                 m = self.acks.next() => match m {
-                    Some(m) => {
-                        self.record(&m);
-                        self.take_answers();
-                    }
+                    Some(m) => self.record(&m),
                     // The client is gone: only the deadline is left.
                     None => {
                         self.timer.as_mut().await;
