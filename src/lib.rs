@@ -26,6 +26,13 @@
 //! [`actors::Send`].
 #![forbid(unsafe_code)]
 
+/// mimalloc for every binary that links the library (the daemon, its tests,
+/// the bench): requests and events are allocated on one thread and freed on
+/// another, which glibc's malloc does slowly (Cargo.toml, README
+/// "Performance").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod actors;
 pub mod api;
 pub mod app;
