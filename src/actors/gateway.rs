@@ -283,9 +283,11 @@ impl GatewayConnection {
         }
     }
 
-    /// Hand the events of this read pass to the broker and the registry,
-    /// one message each (counted as undelivered when a mailbox is full).
-    fn hand_over_events(&mut self) {
+    /// The end of a read pass: its events go to the broker and the
+    /// registry, one message each (counted as undelivered when a mailbox is
+    /// full), then its answers to their callers, so a caller that reads
+    /// events after its answer finds the pass's events already handed over.
+    fn end_pass(&mut self) {
         let gw = &self.cfg.gateway;
         let registry = self.wiring.agent_events.as_ref();
         hand_over(gw, "registry", &mut self.to_registry, registry);
@@ -295,6 +297,7 @@ impl GatewayConnection {
             &mut self.to_broker,
             self.wiring.events.as_ref(),
         );
+        self.requests.release();
     }
 
     /// Record why we are stopping (first cause wins) and stop.
@@ -404,7 +407,7 @@ impl Actor for GatewayConnection {
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         // What the last pass decoded reaches the broker before the link
         // change does.
-        self.hand_over_events();
+        self.end_pass();
         let cause = self.cause.take().unwrap_or(DisconnectCause::Lost);
         let err = if self.shutting_down {
             RequestError::ShuttingDown

@@ -161,15 +161,25 @@ pub struct Correlator {
     next_seq: u64,
     finished: FinishedIds,
     observer: Option<Observer>,
+    /// Answers to responses, held until [`Correlator::release`] (the end
+    /// of the read pass they came in): a pass of answers then wakes a
+    /// caller's thread once, not once per answer (a cross-thread wake-up
+    /// was the costliest single step of a request).
+    held: Vec<(Responder, Reply)>,
+}
+
+impl Drop for Correlator {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Correlator {
     /// A correlator that tells `observer` how each metered request ended.
     pub fn observed(observer: Observer) -> Self {
-        Correlator {
-            observer: Some(observer),
-            ..Correlator::default()
-        }
+        let mut c = Correlator::default();
+        c.observer = Some(observer);
+        c
     }
 
     /// Answer a request that never became pending (refused at once).
@@ -189,6 +199,14 @@ impl Correlator {
             observe(&m.method, m.started.elapsed(), &reply);
         }
         tx.send(reply);
+    }
+
+    /// Send the answers held since the last release, in the order their
+    /// responses came.
+    pub fn release(&mut self) {
+        for (tx, reply) in self.held.drain(..) {
+            tx.send(reply);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -233,7 +251,7 @@ impl Correlator {
         self.deadlines.first_key_value().map(|(&(at, _), _)| at)
     }
 
-    /// Answer the request `res` is for.
+    /// Answer the request `res` is for: held until [`Correlator::release`].
     pub fn answer<'a>(&mut self, res: ResponseFrame<'a>) -> Delivered<'a> {
         let Some(p) = self.pending.get_mut(res.id.as_ref()) else {
             return if self.finished.remove(&res.id) {
@@ -278,7 +296,10 @@ impl Correlator {
                 },
             ))))
         };
-        self.deliver(p.metered.as_ref(), p.tx, result);
+        if let (Some(m), Some(observe)) = (p.metered.as_ref(), self.observer.as_mut()) {
+            observe(&m.method, m.started.elapsed(), &result);
+        }
+        self.held.push((p.tx, result));
         Delivered::Answered
     }
 

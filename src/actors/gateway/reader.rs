@@ -1,7 +1,8 @@
 //! The one future that reads the socket: frames in passes of up to
 //! [`FRAMES_PER_PASS`], each handled as it comes ([`StreamHandler`] on the
 //! connection), and the events a pass decoded handed to the broker and the
-//! registry at its end, in one message each.
+//! registry at its end, in one message each, then the pass's answers to
+//! their callers (one wake-up of a caller's thread per pass).
 //!
 //! Actix's own `add_stream` reads the same way but has no end-of-pass hook,
 //! so every event was one message (an envelope, a mailbox push) per
@@ -45,22 +46,22 @@ where
                 Poll::Ready(Some(item)) => {
                     StreamHandler::handle(act, item, ctx);
                     if ctx.waiting() {
-                        act.hand_over_events();
+                        act.end_pass();
                         return Poll::Pending;
                     }
                 }
                 Poll::Ready(None) => {
-                    act.hand_over_events();
+                    act.end_pass();
                     StreamHandler::finished(act, ctx);
                     return Poll::Ready(());
                 }
                 Poll::Pending => {
-                    act.hand_over_events();
+                    act.end_pass();
                     return Poll::Pending;
                 }
             }
         }
-        act.hand_over_events();
+        act.end_pass();
         task.waker().wake_by_ref();
         Poll::Pending
     }

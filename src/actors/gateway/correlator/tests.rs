@@ -39,8 +39,16 @@ fn add(c: &mut Correlator, id: &str, r: Request, now: Instant) -> oneshot::Recei
     rx
 }
 
-/// Feed the response frame `text` to the correlator.
+/// Feed the response frame `text` to the correlator (held answers are
+/// released, as at the end of a read pass).
 fn respond(c: &mut Correlator, text: &str) -> &'static str {
+    let what = respond_held(c, text);
+    c.release();
+    what
+}
+
+/// Feed the response frame `text`, as within a read pass.
+fn respond_held(c: &mut Correlator, text: &str) -> &'static str {
     let Ok(Inbound::Response(res)) = decode(text) else {
         panic!("not a response: {text}");
     };
@@ -467,4 +475,55 @@ fn an_rpc_responder_gets_an_answer_or_the_same_error() {
         Ok(Err(RequestError::ShuttingDown))
     ));
     assert!(c.is_empty());
+}
+
+#[test]
+fn answers_within_a_pass_reach_their_callers_together_at_its_release() {
+    let now = Instant::now();
+    let mut c = Correlator::default();
+    let mut a = add(&mut c, "a", req(1000), now);
+    let mut b = add(&mut c, "b", req(1000), now);
+    assert_eq!(
+        respond_held(
+            &mut c,
+            r#"{"type":"res","id":"a","ok":true,"payload":{"n":1}}"#
+        ),
+        "answered"
+    );
+    assert_eq!(
+        respond_held(
+            &mut c,
+            r#"{"type":"res","id":"b","ok":false,"error":{"code":"NOPE","message":"no"}}"#
+        ),
+        "answered"
+    );
+    // Not pending any more (a second answer is late), but not yet sent.
+    assert_eq!(c.len(), 0);
+    assert!(matches!(
+        a.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ));
+    assert!(matches!(
+        b.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ));
+    c.release();
+    assert_eq!(payload(&mut a), serde_json::json!({"n": 1}));
+    match b.try_recv() {
+        Ok(Err(RequestError::Rejected(e))) => assert_eq!(e.code, "NOPE"),
+        other => panic!("expected the gateway's error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_correlator_dropped_with_held_answers_still_sends_them() {
+    let now = Instant::now();
+    let mut c = Correlator::default();
+    let mut a = add(&mut c, "a", req(1000), now);
+    respond_held(
+        &mut c,
+        r#"{"type":"res","id":"a","ok":true,"payload":{"n":2}}"#,
+    );
+    drop(c);
+    assert_eq!(payload(&mut a), serde_json::json!({"n": 2}));
 }
