@@ -10,14 +10,16 @@
 //! **Handles:** [`Forward`] (from `Supervisor`: a caller's request with the
 //! caller's own responder; metered) and [`Send`] (from `Supervisor`: the
 //! bridge's own requests — resyncs, `agent.wait`): writes a `req` with a
-//! fresh uuid id and answers when the `res` with that id arrives, in any
+//! fresh uuid id and answers at the end of the read pass in which the `res`
+//! with that id arrives (after that pass's events are handed over), in any
 //! order, or with a typed error on timeout / disconnect / shutdown; [`Close`]
 //! (from `Supervisor`): graceful close with 1000.
 //!
 //! **Sends:** [`ConnectionUp`] after hello-ok, [`SeqGap`] when the outer seq
 //! jumps, [`HealthSeen`] with each `health` event's agent ids, and exactly one
 //! [`ConnectionDown`] when it stops (to its owner, the `Supervisor`);
-//! [`EventBatch`] with the events of each read pass (up to 16 frames) to the
+//! [`EventBatch`] with the events of each read pass (up to
+//! [`FRAMES_PER_PASS`](crate::actors::messages::FRAMES_PER_PASS) frames) to the
 //! broker and, for `agent` and `chat` events, to the registry: one message
 //! per pass, not per event, handed over before the next pass and before
 //! [`ConnectionDown`].

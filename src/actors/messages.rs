@@ -279,20 +279,32 @@ pub struct HealthSeen {
 pub struct EventMsg(pub Arc<GatewayEvent>);
 
 /// Gateway events in the order they came, to `AgentRegistry` and
-/// `EventBroker`: what one read pass of the connection decoded (up to 16
-/// frames), handed over in one message instead of one per event.
+/// `EventBroker`: what one read pass of the connection decoded (up to
+/// [`FRAMES_PER_PASS`] frames), handed over in one message instead of one per
+/// event.
 ///
 /// The registry's and the broker's mailboxes hold [`EVENT_MAILBOX`]
-/// messages: at most 65 536 events queued toward each.
+/// messages: at most [`EVENTS_WAITING`] events queued toward each.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct EventBatch(pub Vec<Arc<GatewayEvent>>);
 
+/// Frames the connection reads in one pass before the thread's other work
+/// runs; a pass's events go over as one [`EventBatch`] and its answers to
+/// their callers together, at its end. 64: a pass of 16 (actix's
+/// `add_stream`) cost 5–9 % more CPU per event and per request in paired
+/// runs (README "Performance").
+pub const FRAMES_PER_PASS: usize = 64;
+
+/// At most this many events wait toward the registry or the broker.
+pub const EVENTS_WAITING: usize = 65_536;
+
 /// Mailbox capacity of `AgentRegistry` and `EventBroker`, in messages. An
-/// [`EventBatch`] holds the events of one read pass (at most 16), so this
-/// bounds the events waiting for either at 65 536; beyond it the connection
-/// drops and counts them (`gateway.event_undelivered`).
-pub const EVENT_MAILBOX: usize = 4096;
+/// [`EventBatch`] holds the events of one read pass (at most
+/// [`FRAMES_PER_PASS`]), so this bounds the events waiting for either at
+/// [`EVENTS_WAITING`]; beyond it the connection drops and counts them
+/// (`gateway.event_undelivered`).
+pub const EVENT_MAILBOX: usize = EVENTS_WAITING / FRAMES_PER_PASS;
 
 /// The connection state as `/readyz` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

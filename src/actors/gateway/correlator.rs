@@ -3,7 +3,10 @@
 //! answers are dropped quietly, and what a request's answer is. No actix: the
 //! connection owns one [`Correlator`], feeds it responses, deadlines and
 //! departures, and arms its timer for [`Correlator::next_deadline`]. Every
-//! request registered here is answered exactly once through its responder.
+//! request registered here is answered exactly once through its responder:
+//! at once when it fails, times out or is refused; an answer decoded from a
+//! response is held until the owner calls [`Correlator::release`] (at the end
+//! of its read pass), or the correlator is dropped.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -192,13 +195,18 @@ impl Correlator {
         self.deliver(metered.as_ref(), tx.into(), Err(err));
     }
 
-    /// The one place a request is answered: the observer first, then its
-    /// caller.
+    /// Answer a request now: the observer first, then its caller.
     fn deliver(&mut self, metered: Option<&Metered>, tx: Responder, reply: Reply) {
-        if let (Some(m), Some(observe)) = (metered, self.observer.as_mut()) {
-            observe(&m.method, m.started.elapsed(), &reply);
-        }
+        self.observe(metered, &reply);
         tx.send(reply);
+    }
+
+    /// Tell the observer how a metered request ended (once per request,
+    /// before its caller has the answer).
+    fn observe(&mut self, metered: Option<&Metered>, reply: &Reply) {
+        if let (Some(m), Some(observe)) = (metered, self.observer.as_mut()) {
+            observe(&m.method, m.started.elapsed(), reply);
+        }
     }
 
     /// Send the answers held since the last release, in the order their
@@ -296,9 +304,8 @@ impl Correlator {
                 },
             ))))
         };
-        if let (Some(m), Some(observe)) = (p.metered.as_ref(), self.observer.as_mut()) {
-            observe(&m.method, m.started.elapsed(), &result);
-        }
+        // Timed at decode: the hold until the pass ends is not counted.
+        self.observe(p.metered.as_ref(), &result);
         self.held.push((p.tx, result));
         Delivered::Answered
     }

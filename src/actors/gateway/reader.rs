@@ -4,11 +4,12 @@
 //! registry at its end, in one message each, then the pass's answers to
 //! their callers (one wake-up of a caller's thread per pass).
 //!
-//! Actix's own `add_stream` reads the same way but has no end-of-pass hook,
-//! so every event was one message (an envelope, a mailbox push) per
-//! recipient. A pass ends when the socket has nothing more to read or after
-//! [`FRAMES_PER_PASS`] frames (then the thread's other work runs first), so
-//! an event waits at most for the frames read with it.
+//! Actix's own `add_stream` reads the same way (16 frames a pass) but has no
+//! end-of-pass hook, so every event was one message (an envelope, a mailbox
+//! push) per recipient. A pass ends when the socket has nothing more to read
+//! or after [`FRAMES_PER_PASS`] frames (then the thread's other work runs
+//! first), so an event or an answer waits at most for the frames read with
+//! it.
 
 use std::pin::Pin;
 use std::task::Poll;
@@ -17,10 +18,7 @@ use actix::prelude::{ActorFuture, AsyncContext, Context, StreamHandler};
 use futures_util::Stream;
 
 use super::GatewayConnection;
-
-/// Frames read per pass before the connection yields to the thread's other
-/// work (actix's `add_stream` uses the same number).
-pub(super) const FRAMES_PER_PASS: usize = 16;
+use crate::actors::messages::FRAMES_PER_PASS;
 
 /// Reads `stream` into the connection; lives as long as the connection.
 pub(super) struct ReadLoop<S> {
