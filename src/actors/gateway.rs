@@ -408,7 +408,8 @@ impl Actor for GatewayConnection {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         // What the last pass decoded reaches the broker before the link
-        // change does.
+        // change does, and its answers their callers before the pending
+        // requests fail.
         self.end_pass();
         let cause = self.cause.take().unwrap_or(DisconnectCause::Lost);
         let err = if self.shutting_down {

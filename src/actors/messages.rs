@@ -291,9 +291,9 @@ pub struct EventBatch(pub Vec<Arc<GatewayEvent>>);
 
 /// Frames the connection reads in one pass before the thread's other work
 /// runs; a pass's events go over as one [`EventBatch`] and its answers to
-/// their callers together, at its end. 64: a pass of 16 (actix's
-/// `add_stream`) cost 5–9 % more CPU per event and per request in paired
-/// runs (README "Performance").
+/// their callers together, at its end. 64: with passes of 16 (actix's
+/// `add_stream`) paired runs gave 8–9 % fewer requests/s and 5 % more CPU
+/// per event (README "Performance").
 pub const FRAMES_PER_PASS: usize = 64;
 
 /// At most this many events wait toward the registry or the broker.

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::http_api::metric;
 use crate::support::app::{spawn_app, TestApp};
+use crate::support::child_bridge::ChildBridge;
 use crate::support::fake_gateway::{FakeGateway, FakeOptions, Reply};
 use crate::support::nats_server::NatsServer;
 
@@ -600,42 +601,7 @@ async fn events_jetstream_refuses_are_announced_by_id_once_it_takes_messages_aga
 async fn a_daemon_process_exports_its_nats_metrics_from_the_first_event() {
     let server = NatsServer::start();
     let gw = FakeGateway::start(FakeOptions::default());
-    let dir = crate::support::app::state_dir();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let config = dir.join("bridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[gateway]\nurl = {:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[state]\ndir = {:?}\n{}",
-            gw.url(),
-            dir.display().to_string(),
-            nats_toml(&server, "")
-        ),
-    )
-    .expect("write config");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _daemon = Kill(
-        std::process::Command::new(env!("CARGO_BIN_EXE_openclaw-bridge"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env_remove("OPENCLAW_GATEWAY_TOKEN")
-            .env_remove("OPENCLAW_GATEWAY_URL")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the bridge binary starts"),
-    );
+    let daemon = ChildBridge::start(&gw.url(), &nats_toml(&server, ""));
     gw.wait_for(T, |g| g.handshakes_total() >= 1).await;
     gw.send_event("agent", agent_event(1));
     let js = jetstream::new(client(&server).await);
@@ -647,7 +613,7 @@ async fn a_daemon_process_exports_its_nats_metrics_from_the_first_event() {
     let deadline = Instant::now() + T;
     loop {
         let text = match http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .get(format!("http://127.0.0.1:{}/metrics", daemon.port))
             .send()
             .await
         {
@@ -669,5 +635,4 @@ async fn a_daemon_process_exports_its_nats_metrics_from_the_first_event() {
         );
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,7 +4,6 @@
 //! doubled), and the KV mirror of two bridges not undoing each other.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -13,7 +12,8 @@ use openclaw_bridge::actors::broker::{Filter, Subscribe};
 use serde_json::{json, Value};
 
 use crate::nats::{read, Got};
-use crate::support::app::{spawn_app, state_dir, TestApp};
+use crate::support::app::{spawn_app, TestApp};
+use crate::support::child_bridge::ChildBridge;
 use crate::support::fake_gateway::{FakeGateway, FakeOptions};
 use crate::support::nats_server::NatsServer;
 use crate::support::real_gateway::{shared, RealGateway};
@@ -140,54 +140,6 @@ async fn two_bridges_on_the_real_gateway_store_each_event_of_a_run_once() {
     assert_eq!(stored, seen[0], "every event of the run is stored");
     a.stop().await;
     b.stop().await;
-}
-
-/// The bridge binary as a child process (so it can be SIGKILLed).
-struct ChildBridge {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl ChildBridge {
-    fn start(gateway_url: &str, nats: &str) -> ChildBridge {
-        let dir = state_dir();
-        let config = dir.join("bridge.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\nurl = {gateway_url:?}\nhandshake_timeout_ms = 2000\n\
-                 [reconnect]\ninitial_ms = 20\nmax_ms = 300\n\
-                 [http]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = {:?}\n{nats}",
-                dir.display().to_string()
-            ),
-        )
-        .expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_openclaw-bridge"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env_remove("OPENCLAW_GATEWAY_TOKEN")
-            .env_remove("OPENCLAW_GATEWAY_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the bridge binary starts");
-        ChildBridge { child, dir }
-    }
-
-    /// SIGKILL: no flush, no goodbye.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ChildBridge {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn flood_event(i: u64) -> Value {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod app;
 pub mod cdp;
+pub mod child_bridge;
 pub mod fake_gateway;
 pub mod fake_model;
 pub mod nats_server;
